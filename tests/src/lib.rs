@@ -1,0 +1,6 @@
+//! Shared helpers for ivnet's end-to-end tests (real QEMU, real TAP devices,
+//! real network namespaces). Each module belongs to one layer of tests.
+#![allow(missing_docs)]
+
+pub mod netns;
+pub mod qemu;

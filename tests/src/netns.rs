@@ -1,0 +1,1 @@
+//! Network namespaces, TAP/veth plumbing and process helpers for the bridge tests.

@@ -1,0 +1,1 @@
+//! Starting QEMU with the bare-metal guest and reading its serial log.
