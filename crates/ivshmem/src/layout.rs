@@ -73,7 +73,7 @@ pub struct LayoutPageRaw {
     pub state_table_offset: U64,
 }
 
-const _: () = assert!(core::mem::size_of::<LayoutPageRaw>() == LayoutPage::ENCODED_LEN);
+const _: () = assert!(size_of::<LayoutPageRaw>() == LayoutPage::ENCODED_LEN);
 
 /// A validated layout page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -252,7 +252,10 @@ impl fmt::Display for LayoutError {
                 "layout page magic is {m:02x?}, expected \"IVSHMEM2\" (is an ivnet ivshmem-server serving this memory?)"
             ),
             LayoutError::UnsupportedVersion(v) => {
-                write!(f, "layout page version {v} is not supported (expected {LAYOUT_VERSION})")
+                write!(
+                    f,
+                    "layout page version {v} is not supported (expected {LAYOUT_VERSION})"
+                )
             }
             LayoutError::TooFewPeers(n) => write!(f, "max peers is {n}, at least 2 are required"),
             LayoutError::ZeroSize(r) => write!(f, "{r} is 0"),
@@ -355,10 +358,16 @@ impl LayoutPage {
             max_peers: raw.max_peers.get(),
         };
         if layout.state_table_offset < LAYOUT_PAGE_SIZE {
-            return Err(LayoutError::StateTableOverlapsLayoutPage(layout.state_table_offset));
+            return Err(LayoutError::StateTableOverlapsLayoutPage(
+                layout.state_table_offset,
+            ));
         }
         layout.validate(window_size)?;
-        Ok(LayoutPage { protocol: raw.protocol.get(), vectors: raw.vectors.get(), layout })
+        Ok(LayoutPage {
+            protocol: raw.protocol.get(),
+            vectors: raw.vectors.get(),
+            layout,
+        })
     }
 }
 
@@ -388,8 +397,14 @@ mod tests {
         assert_eq!(bytes[0x08], 1);
         assert_eq!(bytes[0x0c], 1);
         assert_eq!(bytes[0x0e], 2);
-        assert_eq!(u64::from_le_bytes(bytes[0x20..0x28].try_into().unwrap()), 0x7f000);
-        assert_eq!(u64::from_le_bytes(bytes[0x28..0x30].try_into().unwrap()), 0x1000);
+        assert_eq!(
+            u64::from_le_bytes(bytes[0x20..0x28].try_into().unwrap()),
+            0x7f000
+        );
+        assert_eq!(
+            u64::from_le_bytes(bytes[0x28..0x30].try_into().unwrap()),
+            0x1000
+        );
         assert_eq!(LayoutPage::parse(&bytes, 0x100000), Ok(page));
     }
 
@@ -398,20 +413,35 @@ mod tests {
         let good = net_page().encode();
         let mut b = good;
         b[0] = b'X';
-        assert!(matches!(LayoutPage::parse(&b, 0x100000), Err(LayoutError::BadMagic(_))));
+        assert!(matches!(
+            LayoutPage::parse(&b, 0x100000),
+            Err(LayoutError::BadMagic(_))
+        ));
         let mut b = good;
         b[0x08] = 2;
-        assert_eq!(LayoutPage::parse(&b, 0x100000), Err(LayoutError::UnsupportedVersion(2)));
+        assert_eq!(
+            LayoutPage::parse(&b, 0x100000),
+            Err(LayoutError::UnsupportedVersion(2))
+        );
         assert_eq!(
             LayoutPage::parse(&good, 0x80000),
-            Err(LayoutError::DoesNotFit { end: 0x100000, window_size: 0x80000 })
+            Err(LayoutError::DoesNotFit {
+                end: 0x100000,
+                window_size: 0x80000
+            })
         );
         let mut b = good;
         b[0x20] = 0x10; // output size 0x7f010
-        assert!(matches!(LayoutPage::parse(&b, 0x200000), Err(LayoutError::Unaligned { .. })));
+        assert!(matches!(
+            LayoutPage::parse(&b, 0x200000),
+            Err(LayoutError::Unaligned { .. })
+        ));
         let mut b = good;
         b[0x14] = 0;
-        assert_eq!(LayoutPage::parse(&b, 0x100000), Err(LayoutError::ZeroVectors));
+        assert_eq!(
+            LayoutPage::parse(&b, 0x100000),
+            Err(LayoutError::ZeroVectors)
+        );
         let mut b = good;
         b[0x28..0x30].copy_from_slice(&0u64.to_le_bytes());
         assert_eq!(
@@ -423,6 +453,9 @@ mod tests {
         assert_eq!(LayoutPage::parse(&b, 0x100000), Err(LayoutError::Overflow));
         let mut b = good;
         b[0x0e] = 1;
-        assert_eq!(LayoutPage::parse(&b, 0x100000), Err(LayoutError::TooFewPeers(1)));
+        assert_eq!(
+            LayoutPage::parse(&b, 0x100000),
+            Err(LayoutError::TooFewPeers(1))
+        );
     }
 }
