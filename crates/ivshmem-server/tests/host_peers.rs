@@ -118,12 +118,12 @@ fn two_peers_join_ring_both_vectors_both_ways_and_leave() {
     let (own_a, len_a) = a.own_section();
     assert_eq!(len_a, 0x7f000);
     // SAFETY: `own_a` is A's read-write section of `len_a` bytes.
-    unsafe { std::ptr::copy_nonoverlapping(b"from A".as_ptr(), own_a.add(100), 6) };
+    unsafe { std::ptr::copy_nonoverlapping(b"from A".as_ptr(), own_a.wrapping_add(100), 6) };
     let (peer_a, len) = b.peer_section(0).expect("B sees A's section");
     assert_eq!(len, 0x7f000);
     let mut buf = [0u8; 6];
     // SAFETY: `peer_a` is A's section mapped read-only in B, `len` bytes.
-    unsafe { std::ptr::copy_nonoverlapping(peer_a.add(100), buf.as_mut_ptr(), 6) };
+    unsafe { std::ptr::copy_nonoverlapping(peer_a.wrapping_add(100), buf.as_mut_ptr(), 6) };
     assert_eq!(&buf, b"from A");
     assert!(b.peer_section(1).is_none(), "own ID has no peer section");
     assert!(b.peer_section(2).is_none(), "beyond max peers");
