@@ -167,17 +167,17 @@ fn notify_fd_says_ready_after_listening() {
     let tx_raw = tx.as_raw_fd();
     let mut cmd = Command::new(server_bin());
     cmd.arg("--socket").arg(&socket).args(["--notify-fd", "7"]);
-    // SAFETY: dup2 is async-signal-safe and touches no memory; it runs in
-    // the child between fork and exec and makes the pipe's write end fd 7
-    // (without CLOEXEC, so the server inherits it).
-    unsafe {
-        cmd.pre_exec(move || {
-            if nix::libc::dup2(tx_raw, 7) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    let dup_to_7 = move || -> std::io::Result<()> {
+        // SAFETY: dup2 touches no memory; it makes the pipe's write end fd 7
+        // (without CLOEXEC, so the server inherits it).
+        if unsafe { nix::libc::dup2(tx_raw, 7) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // calls dup2, which is async-signal-safe, and allocates nothing.
+    unsafe { cmd.pre_exec(dup_to_7) };
     let child = cmd.spawn().unwrap();
     drop(tx);
     let _guard = KillOnDrop(child);
