@@ -1,1 +1,503 @@
 //! Starting QEMU with the bare-metal guest and reading its serial log.
+//!
+//! - [`ensure_qemu_installed`] installs `qemu-system-x86` with apt if it is
+//!   missing (the tests run real QEMU, never a stand-in).
+//! - [`guest_image`] builds `bare-metal-guest` (its own cargo workspace,
+//!   target `x86_64-unknown-none`) once per test process and returns the ELF.
+//! - [`accelerators`] probes KVM by booting the guest's `selftest=boot` with
+//!   `-accel kvm` (CPU models that this host's KVM accepts) and always offers
+//!   TCG; [`default_accel`] is KVM when it works, TCG otherwise.
+//! - [`Firmware`]: qboot by default (it starts in well under a second, where
+//!   SeaBIOS takes ~10 s under nested KVM); SeaBIOS on request, which
+//!   pre-assigns the PCI BARs where qboot leaves that to the guest.
+//! - [`Guest::start`] runs QEMU with the serial console in a log file and the
+//!   `isa-debug-exit` device; [`Guest::wait_exit`] maps the exit status back
+//!   to the guest's [`ExitCode`].
+//!
+//! Environment knobs: `IVNET_GUEST_IMAGE` (use this ELF instead of
+//! building), `IVNET_QEMU_ACCEL=tcg|kvm` (force an accelerator),
+//! `IVNET_TEST_KEEP=1` (keep the per-guest directory with the serial log).
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+#[path = "../../bare-metal-guest/src/exit_code.rs"]
+pub mod exit_code;
+
+pub use exit_code::ExitCode;
+
+/// Generous timeouts: TCG on a loaded 2-core machine is slow.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The QEMU binary.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// Root of the repository (parent of the `tests` package).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+fn qemu_present() -> bool {
+    Command::new(QEMU)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Makes sure `qemu-system-x86_64` is installed, installing Debian's
+/// `qemu-system-x86` package with apt if it is not.
+pub fn ensure_qemu_installed() -> Result<(), String> {
+    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+    DONE.get_or_init(|| {
+        if qemu_present() {
+            return Ok(());
+        }
+        let apt = |args: &[&str]| {
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .map_err(|e| format!("apt-get: {e}"))
+        };
+        let installed = apt(&["install", "-y", "qemu-system-x86"])?;
+        if !installed.success() {
+            apt(&["update"])?;
+            let again = apt(&["install", "-y", "qemu-system-x86"])?;
+            if !again.success() {
+                return Err(format!("apt-get install qemu-system-x86 failed: {again}"));
+            }
+        }
+        if qemu_present() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{QEMU} still missing after installing qemu-system-x86"
+            ))
+        }
+    })
+    .clone()
+}
+
+/// Builds the bare-metal guest (release profile) once per process and
+/// returns the path of its ELF image.
+pub fn guest_image() -> Result<PathBuf, String> {
+    static IMAGE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            if let Some(p) = std::env::var_os("IVNET_GUEST_IMAGE") {
+                return Ok(PathBuf::from(p));
+            }
+            let dir = repo_root().join("bare-metal-guest");
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            // The guest's .cargo/config.toml (target, relocation model) is
+            // found from the working directory; variables that would
+            // override it or redirect the output are removed.
+            let out = Command::new(cargo)
+                .current_dir(&dir)
+                .args(["build", "--release", "--bin", "ivnet-guest"])
+                .env_remove("CARGO_TARGET_DIR")
+                .env_remove("CARGO_BUILD_TARGET")
+                .env_remove("RUSTFLAGS")
+                .env_remove("CARGO_ENCODED_RUSTFLAGS")
+                .env_remove("CARGO_BUILD_RUSTFLAGS")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .output()
+                .map_err(|e| format!("running cargo for the guest: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "building bare-metal-guest failed ({}):\n{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            let elf = dir.join("target/x86_64-unknown-none/release/ivnet-guest");
+            if elf.is_file() {
+                Ok(elf)
+            } else {
+                Err(format!(
+                    "guest build succeeded but {} is missing",
+                    elf.display()
+                ))
+            }
+        })
+        .clone()
+}
+
+/// How QEMU executes the guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware virtualisation with this `-cpu` model.
+    Kvm {
+        /// The `-cpu` argument.
+        cpu: String,
+    },
+    /// QEMU's binary translator.
+    Tcg,
+}
+
+impl Accel {
+    fn args(&self) -> Vec<String> {
+        match self {
+            Accel::Kvm { cpu } => vec!["-accel".into(), "kvm".into(), "-cpu".into(), cpu.clone()],
+            Accel::Tcg => vec!["-accel".into(), "tcg".into()],
+        }
+    }
+
+    /// Short name for test output.
+    pub fn name(&self) -> String {
+        match self {
+            Accel::Kvm { cpu } => format!("kvm(-cpu {cpu})"),
+            Accel::Tcg => "tcg".into(),
+        }
+    }
+}
+
+/// CPU models tried under KVM, best first. Some hosts' KVM refuses to set
+/// IA32_ARCH_CAPABILITIES (MSR 0x10a) that QEMU 7.2 passes for `host`.
+const KVM_CPUS: [&str; 2] = ["host", "host,-arch-capabilities"];
+
+/// The accelerators that work on this machine: KVM (if a probe boot of the
+/// guest succeeds with it) and always TCG.
+pub fn accelerators() -> Vec<Accel> {
+    static ACCELS: OnceLock<Vec<Accel>> = OnceLock::new();
+    ACCELS
+        .get_or_init(|| {
+            match std::env::var("IVNET_QEMU_ACCEL").as_deref() {
+                Ok("tcg") => return vec![Accel::Tcg],
+                Ok("kvm") => return vec![probe_kvm().expect("IVNET_QEMU_ACCEL=kvm but KVM fails")],
+                _ => {}
+            }
+            let mut v = Vec::new();
+            if let Some(kvm) = probe_kvm() {
+                v.push(kvm);
+            }
+            v.push(Accel::Tcg);
+            v
+        })
+        .clone()
+}
+
+/// KVM when it works here, TCG otherwise.
+pub fn default_accel() -> Accel {
+    accelerators().into_iter().next().unwrap_or(Accel::Tcg)
+}
+
+fn probe_kvm() -> Option<Accel> {
+    if fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        return None;
+    }
+    for cpu in KVM_CPUS {
+        let accel = Accel::Kvm { cpu: cpu.into() };
+        let cfg = GuestConfig {
+            cmdline: "ip=10.77.0.2/24 selftest=boot".into(),
+            accel: Some(accel.clone()),
+            ..GuestConfig::default()
+        };
+        let Ok(mut g) = Guest::start(&cfg) else {
+            continue;
+        };
+        if let Ok(GuestExit::Code(ExitCode::Success)) = g.wait_exit(Duration::from_secs(60)) {
+            return Some(accel);
+        }
+    }
+    None
+}
+
+/// The firmware that runs before the guest's PVH entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Firmware {
+    /// QEMU's default, SeaBIOS: assigns every PCI BAR before the guest runs.
+    /// Slow to start under nested KVM (~10 s).
+    SeaBios,
+    /// qboot (`/usr/share/qemu/qboot.rom`, Debian's qemu-system-data): a
+    /// minimal firmware that starts in well under a second.
+    Qboot,
+}
+
+/// Where Debian keeps qboot.
+const QBOOT_ROM: &str = "/usr/share/qemu/qboot.rom";
+
+impl Firmware {
+    fn args(self) -> Vec<String> {
+        match self {
+            Firmware::SeaBios => Vec::new(),
+            Firmware::Qboot => vec!["-bios".into(), QBOOT_ROM.into()],
+        }
+    }
+
+    /// qboot when installed (fast), SeaBIOS otherwise.
+    pub fn default_for_tests() -> Firmware {
+        if Path::new(QBOOT_ROM).is_file() {
+            Firmware::Qboot
+        } else {
+            Firmware::SeaBios
+        }
+    }
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct GuestConfig {
+    /// Firmware before the PVH entry.
+    pub firmware: Firmware,
+    /// Kernel command line (`-append`).
+    pub cmdline: String,
+    /// Accelerator; `None` = [`default_accel`].
+    pub accel: Option<Accel>,
+    /// ivshmem-server socket to attach an `ivshmem-doorbell` to.
+    pub ivshmem_socket: Option<PathBuf>,
+    /// MSI-X vectors of the ivshmem-doorbell device.
+    pub vectors: u32,
+    /// Guest RAM (`-m`).
+    pub memory: String,
+    /// A name for the per-guest directory (helps when reading kept logs).
+    pub name: String,
+}
+
+impl Default for GuestConfig {
+    fn default() -> Self {
+        GuestConfig {
+            firmware: Firmware::default_for_tests(),
+            cmdline: "ip=10.77.0.2/24".into(),
+            accel: None,
+            ivshmem_socket: None,
+            vectors: 2,
+            memory: "64M".into(),
+            name: "guest".into(),
+        }
+    }
+}
+
+/// How the guest ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestExit {
+    /// Through `isa-debug-exit` with one of the guest's codes.
+    Code(ExitCode),
+    /// Some other exit status (QEMU error, triple fault with `-no-reboot`…).
+    Status(i32),
+    /// Killed by a signal.
+    Signal(i32),
+}
+
+impl fmt::Display for GuestExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GuestExit::Code(c) => write!(f, "guest exit {c:?} (status {})", c.qemu_status()),
+            GuestExit::Status(s) => write!(f, "QEMU exit status {s}"),
+            GuestExit::Signal(s) => write!(f, "QEMU killed by signal {s}"),
+        }
+    }
+}
+
+fn classify(status: ExitStatus) -> GuestExit {
+    if let Some(code) = status.code() {
+        ExitCode::from_qemu_status(code).map_or(GuestExit::Status(code), GuestExit::Code)
+    } else {
+        GuestExit::Signal(status.signal().unwrap_or(0))
+    }
+}
+
+/// A running QEMU with the guest. Killed on drop.
+pub struct Guest {
+    child: Child,
+    dir: PathBuf,
+    accel: Accel,
+    exit: Option<GuestExit>,
+}
+
+fn unique_dir(name: &str) -> io::Result<PathBuf> {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "ivnet-{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+impl Guest {
+    /// Starts QEMU: q35, no default devices, serial console into
+    /// `serial.log`, `isa-debug-exit` on port 0xf4, the guest via PVH
+    /// (`-kernel`), and optionally an `ivshmem-doorbell` on a server socket.
+    pub fn start(cfg: &GuestConfig) -> Result<Guest, String> {
+        ensure_qemu_installed()?;
+        let image = guest_image()?;
+        let accel = cfg.accel.clone().unwrap_or_else(default_accel);
+        let dir = unique_dir(&cfg.name).map_err(|e| format!("temp dir: {e}"))?;
+        let serial = dir.join("serial.log");
+        let mut cmd = Command::new(QEMU);
+        cmd.args(["-machine", "q35", "-m", &cfg.memory])
+            .args(["-nodefaults", "-display", "none", "-no-reboot"])
+            .arg("-serial")
+            .arg(format!("file:{}", serial.display()))
+            .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+            .args(accel.args())
+            .args(cfg.firmware.args())
+            .arg("-kernel")
+            .arg(&image)
+            .args(["-append", &cfg.cmdline]);
+        if let Some(sock) = &cfg.ivshmem_socket {
+            cmd.arg("-chardev")
+                .arg(format!("socket,path={},id=ivs", sock.display()))
+                .arg("-device")
+                .arg(format!(
+                    "ivshmem-doorbell,chardev=ivs,vectors={}",
+                    cfg.vectors
+                ));
+        }
+        let stderr = fs::File::create(dir.join("qemu.stderr")).map_err(|e| e.to_string())?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| format!("starting {QEMU}: {e}"))?;
+        Ok(Guest {
+            child,
+            dir,
+            accel,
+            exit: None,
+        })
+    }
+
+    /// The accelerator this guest runs with.
+    pub fn accel(&self) -> &Accel {
+        &self.accel
+    }
+
+    /// QEMU's process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The serial console output so far.
+    pub fn serial(&self) -> String {
+        fs::read(self.dir.join("serial.log"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
+            .unwrap_or_default()
+    }
+
+    /// QEMU's own error output so far.
+    pub fn qemu_stderr(&self) -> String {
+        fs::read_to_string(self.dir.join("qemu.stderr")).unwrap_or_default()
+    }
+
+    /// Everything useful for a failure message.
+    pub fn diagnostics(&self) -> String {
+        format!(
+            "--- accel: {}\n--- serial:\n{}\n--- qemu stderr:\n{}",
+            self.accel.name(),
+            self.serial(),
+            self.qemu_stderr()
+        )
+    }
+
+    /// Whether QEMU still runs (records the exit if it ended).
+    pub fn is_running(&mut self) -> bool {
+        if self.exit.is_some() {
+            return false;
+        }
+        match self.child.try_wait() {
+            Ok(Some(status)) => {
+                self.exit = Some(classify(status));
+                false
+            }
+            Ok(None) => true,
+            Err(_) => false,
+        }
+    }
+
+    /// How the guest ended, if it did.
+    pub fn exit_status(&mut self) -> Option<GuestExit> {
+        self.is_running();
+        self.exit
+    }
+
+    /// Waits until the serial log contains `needle`. Fails early if QEMU
+    /// exits first, and after `timeout`.
+    pub fn wait_for_serial(&mut self, needle: &str, timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.serial();
+            if log.contains(needle) {
+                return Ok(log);
+            }
+            if !self.is_running() {
+                // One last read: the line may have landed just before exit.
+                let log = self.serial();
+                if log.contains(needle) {
+                    return Ok(log);
+                }
+                return Err(format!(
+                    "guest ended ({}) before printing {needle:?}\n{}",
+                    self.exit.expect("recorded by is_running"),
+                    self.diagnostics()
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "no {needle:?} on the serial console after {timeout:?}\n{}",
+                    self.diagnostics()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for QEMU to exit, at most `timeout` (then kills it and fails).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<GuestExit, String> {
+        let deadline = Instant::now() + timeout;
+        while self.is_running() {
+            if Instant::now() > deadline {
+                self.kill();
+                return Err(format!(
+                    "guest still running after {timeout:?}\n{}",
+                    self.diagnostics()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(self.exit.expect("recorded by is_running"))
+    }
+
+    /// Kills QEMU (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        if self.is_running() {
+            let _ = self.child.kill();
+            if let Ok(status) = self.child.wait() {
+                self.exit = Some(classify(status));
+            }
+        }
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        self.kill();
+        if std::env::var_os("IVNET_TEST_KEEP").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("kept guest directory {}", self.dir.display());
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Links the bare-metal image with its linker script (only for the
+//! bare-metal target; host builds of the library are plain).
+fn main() {
+    let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let target = std::env::var("TARGET").unwrap_or_default();
+    if target == "x86_64-unknown-none" {
+        println!("cargo:rustc-link-arg-bins=-T{dir}/link.ld");
+        println!("cargo:rustc-link-arg-bins=--no-pie");
+    }
+    println!("cargo:rerun-if-changed=link.ld");
+    println!("cargo:rerun-if-changed=build.rs");
+}

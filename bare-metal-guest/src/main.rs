@@ -1,0 +1,186 @@
+//! The ivnet bare-metal guest: an x86_64 inmate with the ivshmem-net NIC
+//! and an IP stack.
+//!
+//! Module map (platform code; the pure logic is in the library, `lib.rs`):
+//!
+//! | module | what |
+//! |---|---|
+//! | `boot` | PVH note, 32→64-bit trampoline |
+//! | `serial` | 16550 console, `print!`/`println!` |
+//! | `exit` | `isa-debug-exit` |
+//! | `cpu` | CPUID features, NX, TSC |
+//! | `gdt` | GDT and TSS with exception stacks |
+//! | `idt` | exception and interrupt stubs, fault reports, interrupt events |
+//! | `paging` | identity page tables with per-region permissions |
+//! | `apic` | local APIC (xAPIC / x2APIC) |
+//! | `time` | TSC clock and LAPIC alarm, PIT-calibrated |
+//!
+//! Boot order: console → start info and command line → CPU features →
+//! GDT/IDT → own page tables → legacy PIC masked → LAPIC → clock → devices →
+//! services (or a self-test).
+#![no_std]
+#![no_main]
+// Shared-memory region kinds are used once the ivshmem device is mapped.
+#![allow(dead_code)]
+
+mod apic;
+mod boot;
+mod cpu;
+mod exit;
+mod gdt;
+mod idt;
+mod paging;
+mod serial;
+mod time;
+
+use core::fmt::Write;
+use core::panic::PanicInfo;
+
+use ivnet_guest::cmdline::{self, CmdlineError, GuestConfig, SelfTest};
+use ivnet_guest::exit_code::ExitCode;
+use pvh::start_info::reader::StartInfoReader;
+
+/// Room for the kernel command line (QEMU's `-append`).
+const CMDLINE_MAX: usize = 1024;
+
+/// The command line, copied out of the loader's memory before the guest
+/// switches to page tables that no longer map it.
+static CMDLINE: spin::Once<([u8; CMDLINE_MAX], usize)> = spin::Once::new();
+
+/// Prints a fatal error and stops the guest with `code`.
+fn fail(code: ExitCode, args: core::fmt::Arguments<'_>) -> ! {
+    println!("FATAL: {args}");
+    exit::exit(code)
+}
+
+/// Copies the command line out of the PVH start info. Runs while the boot
+/// tables still identity-map the first 1 GiB, where QEMU puts both.
+fn read_start_info(start_info_paddr: u32) -> Result<&'static str, CmdlineError<'static>> {
+    // SAFETY: QEMU's PVH loader passes the start info's physical address in
+    // ebx (forwarded here); the reader checks the magic before trusting the
+    // structure, and the boot tables identity-map the low memory it and the
+    // command line live in.
+    let reader = unsafe { StartInfoReader::from_paddr_identity(start_info_paddr) };
+    let Some(reader) = reader else {
+        fail(
+            ExitCode::BootError,
+            format_args!(
+                "no PVH start info at {start_info_paddr:#x} (bad magic; expected 0x336ec578)"
+            ),
+        );
+    };
+    let bytes = reader.cmdline().map_or(&b""[..], |c| c.to_bytes());
+    if bytes.len() > CMDLINE_MAX {
+        return Err(CmdlineError::TooLong(bytes.len()));
+    }
+    let (buf, len) = CMDLINE.call_once(|| {
+        let mut buf = [0u8; CMDLINE_MAX];
+        buf[..bytes.len()].copy_from_slice(bytes);
+        (buf, bytes.len())
+    });
+    core::str::from_utf8(&buf[..*len]).map_err(|_| CmdlineError::NotUtf8)
+}
+
+/// The Rust entry point, called by the trampoline in `boot.rs` on the main
+/// stack with the PVH start-info address.
+extern "C" fn rust_entry(start_info_paddr: u32) -> ! {
+    serial::init();
+    println!(
+        "ivnet-guest {} booting (PVH, start info at {start_info_paddr:#x})",
+        env!("CARGO_PKG_VERSION")
+    );
+
+    let line = read_start_info(start_info_paddr)
+        .unwrap_or_else(|e| fail(ExitCode::BadCommandLine, format_args!("command line: {e}")));
+    println!("command line: {line}");
+    let config = cmdline::parse(line)
+        .unwrap_or_else(|e| fail(ExitCode::BadCommandLine, format_args!("command line: {e}")));
+
+    let features = cpu::detect();
+    println!(
+        "cpu: hypervisor {}, x2apic {}, nx {}, {} physical address bits",
+        features.hypervisor.name(),
+        features.x2apic,
+        features.nx,
+        features.phys_addr_bits
+    );
+    gdt::init();
+    idt::init();
+    if features.nx {
+        cpu::enable_nx();
+    }
+    paging::init(features.nx, features.phys_addr_bits)
+        .unwrap_or_else(|e| fail(ExitCode::BootError, format_args!("page tables: {e}")));
+
+    // The legacy PIC: remapped away from the exception vectors, then fully
+    // masked (SeaBIOS leaves the PIT tick on IRQ0 = vector 8 = #DF).
+    // SAFETY: 0x20/0x21/0xA0/0xA1 are the two 8259s on PC-compatible
+    // machines; 0x20..0x2F are free vectors (they land in the "unexpected"
+    // stub if anything ever arrives).
+    unsafe {
+        let mut pics = pic8259::ChainedPics::new(0x20, 0x28);
+        pics.initialize();
+        pics.disable();
+    }
+    let apic_mode = apic::init(features.x2apic)
+        .unwrap_or_else(|e| fail(ExitCode::BootError, format_args!("local APIC: {e}")));
+    let cal = time::calibrate();
+    println!(
+        "apic: {:?} id {}, tsc {} kHz, apic timer {} kHz",
+        apic_mode,
+        apic::id(),
+        cal.tsc_khz,
+        cal.apic_timer_khz
+    );
+    x86_64::instructions::interrupts::enable();
+
+    run(&config)
+}
+
+fn run(config: &GuestConfig) -> ! {
+    let usage = paging::usage();
+    println!(
+        "platform up: page tables {}/{} used",
+        usage.used, usage.total
+    );
+    match config.selftest {
+        Some(SelfTest::Boot) => {
+            // Prove the timer interrupt path works before claiming success.
+            time::arm_alarm_us(10_000);
+            let events = idt::wait_for_events();
+            if events & idt::EVENT_TIMER == 0 {
+                fail(
+                    ExitCode::SelfTestFailed,
+                    format_args!("woke without the timer event"),
+                );
+            }
+            println!(
+                "selftest boot: ok (timer interrupt after {} us)",
+                time::now_us()
+            );
+            exit::exit(ExitCode::Success)
+        }
+        Some(SelfTest::Panic) => panic!("selftest panic requested on the command line"),
+        Some(t) => fail(
+            ExitCode::SelfTestFailed,
+            format_args!(
+                "selftest {} needs the ivshmem device (not yet supported)",
+                t.name()
+            ),
+        ),
+        None => {
+            println!("no services yet; halting");
+            loop {
+                idt::wait_for_events();
+            }
+        }
+    }
+}
+
+#[panic_handler]
+fn panic(info: &PanicInfo<'_>) -> ! {
+    x86_64::instructions::interrupts::disable();
+    let mut w = serial::emergency_writer();
+    let _ = writeln!(w, "\nPANIC: {info}");
+    exit::exit(ExitCode::Panic)
+}

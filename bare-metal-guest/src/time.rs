@@ -1,0 +1,81 @@
+//! Time: the TSC as the clock, the LAPIC timer as the wake-up alarm, both
+//! calibrated against the PIT (8254) channel 2, which every PC-compatible
+//! machine (and QEMU under TCG and KVM) has.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use x86_64::instructions::port::Port;
+
+use crate::{apic, cpu};
+
+/// PIT input clock, Hz.
+const PIT_HZ: u64 = 1_193_182;
+/// Calibration window: 50 ms (the PIT counter is 16 bits: at most ~55 ms).
+const CALIBRATION_MS: u64 = 50;
+
+static TSC_AT_BOOT: AtomicU64 = AtomicU64::new(0);
+static TSC_PER_MS: AtomicU64 = AtomicU64::new(1);
+static APIC_TICKS_PER_MS: AtomicU64 = AtomicU64::new(1);
+
+/// Result of the calibration, for the boot log.
+#[derive(Clone, Copy, Debug)]
+pub struct Calibration {
+    /// TSC frequency in kHz.
+    pub tsc_khz: u64,
+    /// LAPIC timer frequency (after the divider) in kHz.
+    pub apic_timer_khz: u64,
+}
+
+/// Measures the TSC and LAPIC-timer rates over [`CALIBRATION_MS`] of PIT
+/// time. The APIC must be initialised.
+pub fn calibrate() -> Calibration {
+    let mut gate = Port::<u8>::new(0x61);
+    let mut command = Port::<u8>::new(0x43);
+    let mut channel2 = Port::<u8>::new(0x42);
+    let latch = PIT_HZ * CALIBRATION_MS / 1000;
+    // SAFETY: ports 0x42/0x43/0x61 are the PIT channel 2 and its gate on
+    // PC-compatible machines; channel 2 drives only the (disabled) speaker.
+    let (tsc0, tsc1, apic_elapsed) = unsafe {
+        // Gate on, speaker off.
+        let g = gate.read();
+        gate.write((g & !0x02) | 0x01);
+        // Channel 2, lobyte/hibyte, mode 0 (interrupt on terminal count).
+        command.write(0xb0);
+        channel2.write((latch & 0xff) as u8);
+        channel2.write((latch >> 8) as u8);
+        apic::timer_start(u32::MAX, false);
+        let tsc0 = cpu::rdtsc();
+        let apic0 = apic::timer_current();
+        // OUT2 (bit 5) goes high at terminal count.
+        while gate.read() & 0x20 == 0 {
+            core::hint::spin_loop();
+        }
+        let tsc1 = cpu::rdtsc();
+        let apic1 = apic::timer_current();
+        apic::timer_stop();
+        (tsc0, tsc1, u64::from(apic0 - apic1))
+    };
+    let tsc_per_ms = ((tsc1 - tsc0) / CALIBRATION_MS).max(1);
+    let apic_per_ms = (apic_elapsed / CALIBRATION_MS).max(1);
+    TSC_AT_BOOT.store(tsc0, Ordering::Relaxed);
+    TSC_PER_MS.store(tsc_per_ms, Ordering::Relaxed);
+    APIC_TICKS_PER_MS.store(apic_per_ms, Ordering::Relaxed);
+    Calibration {
+        tsc_khz: tsc_per_ms,
+        apic_timer_khz: apic_per_ms,
+    }
+}
+
+/// Microseconds since calibration.
+pub fn now_us() -> u64 {
+    let elapsed = cpu::rdtsc().wrapping_sub(TSC_AT_BOOT.load(Ordering::Relaxed));
+    (u128::from(elapsed) * 1000 / u128::from(TSC_PER_MS.load(Ordering::Relaxed))) as u64
+}
+
+/// Arms the LAPIC timer to interrupt after `us` microseconds (clamped to
+/// what the 32-bit counter can express).
+pub fn arm_alarm_us(us: u64) {
+    let ticks = u128::from(us) * u128::from(APIC_TICKS_PER_MS.load(Ordering::Relaxed)) / 1000;
+    let ticks = ticks.clamp(1, u128::from(u32::MAX)) as u32;
+    apic::timer_start(ticks, true);
+}
