@@ -1,0 +1,473 @@
+//! UIO backends: the ivshmem PCI device is driven from user space through
+//! `/dev/uioN`. The profile is chosen from the PCI IDs in sysfs.
+//!
+//! **Jailhouse ivshmem 2.0** (`110a:4106`) on Jailhouse's `uio_ivshmem`: the
+//! driver exports the regions as separate maps, found by name
+//! (`registers`, `state_table`, `rw_section` if present, `input_sections`,
+//! `output_section`); the state table and the input sections are read-only
+//! (the hypervisor enforces it, and the driver refuses a writable mmap).
+//! Interrupts are one-shot: the hypervisor clears INT_CONTROL when it
+//! delivers one, so after each wakeup the bridge writes 1 to INT_CONTROL
+//! and only then re-reads shared memory (an event while disabled is dropped,
+//! not latched). The own state goes through the STATE register.
+//!
+//! **QEMU ivshmem-doorbell** (`1af4:1110`) on a generic PCI UIO driver with
+//! MSI-X (e.g. `igb_uio`): BAR0 (registers) and BAR2 (the whole shared
+//! window) are maps, identified by their physical address against the PCI
+//! `resource` file. The layout comes from the layout page in BAR2's first
+//! 4 KiB. QEMU enforces no permissions, so the bridge write-protects the
+//! layout page and the peer's section itself (`mprotect`). The own state is
+//! stored into the own state-table entry, followed by a doorbell on vector 0
+//! of the peer. Interrupts are re-enabled through the driver's `irqcontrol`.
+
+use std::fs;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering, fence};
+use std::time::Duration;
+
+use ivshmem::layout::{LAYOUT_PAGE_SIZE, LayoutPage, PROTOCOL_NET};
+use tracing::warn;
+
+use super::{Backend, BackendError, STATE_VECTOR, Wake, data_vector};
+use crate::uio::{Access, PciIdentity, UioDevice, UioMap, msi_irq_count};
+
+/// Jailhouse ivshmem 2.0 PCI IDs.
+const JAILHOUSE_IDS: (u16, u16) = (0x110a, 0x4106);
+/// QEMU ivshmem PCI IDs.
+const QEMU_IDS: (u16, u16) = (0x1af4, 0x1110);
+
+// Jailhouse BAR0 register offsets (ivshmem 2.0 specification).
+const REG_ID: usize = 0x00;
+const REG_MAX_PEERS: usize = 0x04;
+const REG_INT_CONTROL: usize = 0x08;
+const REG_DOORBELL: usize = 0x0c;
+const REG_STATE: usize = 0x10;
+/// QEMU BAR0: IVPosition (own ID).
+const QEMU_REG_IVPOSITION: usize = 0x08;
+/// QEMU BAR0: Doorbell (`vector | peer << 16`).
+const QEMU_REG_DOORBELL: usize = 0x0c;
+
+/// Opens `/dev/uioN` and picks the profile from the PCI IDs.
+pub fn open(node: &Path) -> Result<Box<dyn Backend>, BackendError> {
+    let dev = UioDevice::open(node)?;
+    let id = PciIdentity::read(&dev.pci_dir())?;
+    match (id.vendor, id.device) {
+        JAILHOUSE_IDS => Ok(Box::new(JailhouseUio::new(dev, id)?)),
+        QEMU_IDS => Ok(Box::new(QemuUio::new(dev, id)?)),
+        (v, d) => Err(BackendError::Unsupported(format!(
+            "{}: PCI device {v:04x}:{d:04x} is neither Jailhouse ivshmem 2.0 (110a:4106) nor QEMU ivshmem \
+             (1af4:1110)",
+            node.display()
+        ))),
+    }
+}
+
+/// A 32-bit MMIO register block (the first bytes of a mapped BAR0).
+struct Registers<'a> {
+    map: &'a UioMap,
+}
+
+impl Registers<'_> {
+    fn check(map: &UioMap, last: usize, node: &Path) -> Result<(), BackendError> {
+        if map.len() < last + 4 || map.as_mut_ptr().is_none() {
+            return Err(BackendError::Unsupported(format!(
+                "{}: register map is {} bytes (or not writable), needs {}",
+                node.display(),
+                map.len(),
+                last + 4
+            )));
+        }
+        Ok(())
+    }
+
+    fn read(&self, offset: usize) -> u32 {
+        debug_assert!(offset % 4 == 0 && offset + 4 <= self.map.len());
+        // SAFETY: `offset` is 4-aligned and inside the register map (checked
+        // at open); the page is uncached device memory where an aligned
+        // 32-bit volatile load is the only access the device supports.
+        unsafe { self.map.as_ptr().add(offset).cast::<u32>().read_volatile() }
+    }
+
+    fn write(&self, offset: usize, value: u32) {
+        debug_assert!(offset % 4 == 0 && offset + 4 <= self.map.len());
+        let base = self.map.as_mut_ptr().expect("register map is writable (checked at open)");
+        // SAFETY: as in `read`; the map is writable (checked at open). Stores
+        // to shared memory that precede the doorbell are ordered before it by
+        // the `Release` fence the callers issue.
+        unsafe { base.add(offset).cast::<u32>().write_volatile(value) }
+    }
+}
+
+/// Reads a `u32` state-table entry once (the table may be mapped read-only,
+/// so no `AtomicU32` is formed over it) and orders later reads after it.
+///
+/// # Safety
+/// `entry` must be 4-aligned and readable.
+unsafe fn read_state_entry(entry: *const u32) -> u32 {
+    // SAFETY: guaranteed by the caller; an aligned 32-bit load is single-copy
+    // atomic on every platform ivshmem exists on.
+    let v = unsafe { entry.read_volatile() };
+    fence(Ordering::Acquire);
+    v
+}
+
+/// Checks the link shape ivshmem-net needs: protocol 0x0001, two peers, an
+/// ID of 0 or 1.
+fn check_net_link(node: &Path, protocol: u16, max_peers: u32, id: u32) -> Result<(u16, u16), BackendError> {
+    if protocol != PROTOCOL_NET {
+        return Err(BackendError::Unsupported(format!(
+            "{}: the device speaks protocol {protocol:#06x}, not ivshmem-net ({PROTOCOL_NET:#06x})",
+            node.display()
+        )));
+    }
+    if max_peers != 2 {
+        return Err(BackendError::Unsupported(format!(
+            "{}: the link has {max_peers} peers; ivshmem-net connects exactly 2",
+            node.display()
+        )));
+    }
+    if id > 1 {
+        return Err(BackendError::Unsupported(format!("{}: own peer ID {id} is not 0 or 1", node.display())));
+    }
+    Ok((id as u16, 1 - id as u16))
+}
+
+/// Jailhouse ivshmem 2.0 on `uio_ivshmem`.
+pub struct JailhouseUio {
+    regs: UioMap,
+    state_table: UioMap,
+    inputs: UioMap,
+    output: UioMap,
+    id: u16,
+    peer: u16,
+    section_len: usize,
+    data_vector: u16,
+    vectors: usize,
+    last_count: Option<u32>,
+    dev: UioDevice,
+}
+
+impl JailhouseUio {
+    fn new(dev: UioDevice, pci: PciIdentity) -> Result<Self, BackendError> {
+        let node = dev.node().to_owned();
+        let regs = dev.map(dev.find_map("registers")?, Access::ReadWrite)?;
+        Registers::check(&regs, REG_STATE, &node)?;
+        let r = Registers { map: &regs };
+        let protocol = (pci.class & 0xffff) as u16;
+        let (id, peer) = check_net_link(&node, protocol, r.read(REG_MAX_PEERS), r.read(REG_ID))?;
+        let state_table = dev.map(dev.find_map("state_table")?, Access::ReadOnly)?;
+        if state_table.len() < 8 {
+            return Err(BackendError::Unsupported(format!(
+                "{}: state table of {} bytes cannot hold two entries",
+                node.display(),
+                state_table.len()
+            )));
+        }
+        let out_info = dev.find_map("output_section")?.clone();
+        let in_info = dev.find_map("input_sections")?.clone();
+        let section_len = out_info.size as usize;
+        if in_info.size < 2 * out_info.size {
+            return Err(BackendError::Unsupported(format!(
+                "{}: input sections ({:#x} bytes) do not hold two output sections of {:#x} bytes",
+                node.display(),
+                in_info.size,
+                out_info.size
+            )));
+        }
+        if out_info.addr != in_info.addr + u64::from(id) * out_info.size {
+            return Err(BackendError::Unsupported(format!(
+                "{}: output section at {:#x} is not section {id} of the input sections at {:#x}",
+                node.display(),
+                out_info.addr,
+                in_info.addr
+            )));
+        }
+        let output = dev.map(&out_info, Access::ReadWrite)?;
+        let inputs = dev.map(&in_info, Access::ReadOnly)?;
+        let vectors = msi_irq_count(&dev.pci_dir());
+        let data_vector = data_vector(vectors as u32);
+        let me = JailhouseUio {
+            regs,
+            state_table,
+            inputs,
+            output,
+            id,
+            peer,
+            section_len,
+            data_vector,
+            vectors,
+            last_count: None,
+            dev,
+        };
+        // Interrupts on (one-shot mode is set by uio_ivshmem at probe).
+        Registers { map: &me.regs }.write(REG_INT_CONTROL, 1);
+        Ok(me)
+    }
+}
+
+impl Backend for JailhouseUio {
+    fn describe(&self) -> String {
+        format!(
+            "{}: Jailhouse ivshmem 2.0 on {}, peer {} of 2 (other peer {}), output sections {:#x} bytes, {} MSI-X \
+             vectors (data on vector {})",
+            self.dev.node().display(),
+            self.dev.driver_name(),
+            self.id,
+            self.peer,
+            self.section_len,
+            self.vectors,
+            self.data_vector
+        )
+    }
+    fn own_id(&self) -> u16 {
+        self.id
+    }
+    fn peer_id(&self) -> u16 {
+        self.peer
+    }
+    fn section_len(&self) -> usize {
+        self.section_len
+    }
+    fn own_section(&self) -> *mut u8 {
+        self.output.as_mut_ptr().expect("output section is mapped read-write")
+    }
+    fn peer_section(&self) -> *const u8 {
+        // `peer * section_len + section_len <= inputs.len()` (checked at open).
+        self.inputs.as_ptr().wrapping_add(usize::from(self.peer) * self.section_len)
+    }
+    fn peer_state(&self) -> u32 {
+        let entry = self.state_table.as_ptr().wrapping_add(4 * usize::from(self.peer)).cast::<u32>();
+        // SAFETY: the state table is page-aligned, at least 8 bytes (checked
+        // at open) and mapped readable while `self` lives.
+        unsafe { read_state_entry(entry) }
+    }
+    fn publish_state(&mut self, state: u32) -> Result<(), BackendError> {
+        // The hypervisor copies the value into the state table and rings
+        // vector 0 of the peer; section contents written before must be
+        // visible first.
+        fence(Ordering::Release);
+        Registers { map: &self.regs }.write(REG_STATE, state);
+        Ok(())
+    }
+    fn ring_data(&mut self) -> Result<(), BackendError> {
+        fence(Ordering::Release);
+        Registers { map: &self.regs }.write(REG_DOORBELL, u32::from(self.data_vector) | u32::from(self.peer) << 16);
+        Ok(())
+    }
+    fn wakeup_fds(&self) -> Vec<RawFd> {
+        vec![self.dev.as_raw_fd()]
+    }
+    fn on_wakeup(&mut self, _fd: RawFd) -> Result<Wake, BackendError> {
+        let count = self.dev.take_event().map_err(|source| BackendError::Io { what: "reading the UIO event count", source })?;
+        let doorbells = match (count, self.last_count) {
+            (Some(c), Some(last)) => u64::from(c.wrapping_sub(last)),
+            (Some(_), None) => 1,
+            (None, _) => 0,
+        };
+        if count.is_some() {
+            self.last_count = count;
+        }
+        // One-shot mode: the hypervisor cleared INT_CONTROL when it sent the
+        // interrupt. Re-arm before the caller re-reads shared memory.
+        Registers { map: &self.regs }.write(REG_INT_CONTROL, 1);
+        fence(Ordering::SeqCst);
+        Ok(Wake { doorbells, membership: false })
+    }
+}
+
+impl Drop for JailhouseUio {
+    fn drop(&mut self) {
+        Registers { map: &self.regs }.write(REG_INT_CONTROL, 0);
+    }
+}
+
+/// QEMU ivshmem-doorbell on a generic MSI-X UIO driver.
+pub struct QemuUio {
+    regs: UioMap,
+    window: UioMap,
+    layout: LayoutPage,
+    id: u16,
+    peer: u16,
+    data_vector: u16,
+    irqs: usize,
+    last_count: Option<u32>,
+    dev: UioDevice,
+}
+
+/// Start addresses of the BARs from a PCI device's `resource` file (one line
+/// `start end flags` per resource).
+fn bar_starts(pci_dir: &Path) -> Vec<u64> {
+    let Ok(text) = fs::read_to_string(pci_dir.join("resource")) else { return Vec::new() };
+    text.lines()
+        .map(|l| {
+            l.split_whitespace()
+                .next()
+                .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+impl QemuUio {
+    fn new(dev: UioDevice, pci: PciIdentity) -> Result<Self, BackendError> {
+        let node = dev.node().to_owned();
+        if pci.revision != 1 {
+            return Err(BackendError::Unsupported(format!(
+                "{}: QEMU ivshmem revision {} (need 1: ivshmem-doorbell of QEMU >= 2.6)",
+                node.display(),
+                pci.revision
+            )));
+        }
+        let bars = bar_starts(&dev.pci_dir());
+        let find_bar = |bar: usize, names: [&'static str; 2]| {
+            dev.maps()
+                .iter()
+                .find(|m| bars.get(bar).is_some_and(|a| *a != 0 && *a == m.addr))
+                .or_else(|| dev.maps().iter().find(|m| names.contains(&m.name.as_str())))
+                .cloned()
+                .ok_or_else(|| BackendError::Unsupported(format!(
+                    "{}: no UIO map for BAR{bar} (is the UIO driver one that maps BARs, such as igb_uio?)",
+                    node.display()
+                )))
+        };
+        let regs_info = find_bar(0, ["BAR0", "bar0"])?;
+        let window_info = find_bar(2, ["BAR2", "bar2"])?;
+        let regs = dev.map(&regs_info, Access::ReadWrite)?;
+        Registers::check(&regs, QEMU_REG_DOORBELL, &node)?;
+        let window = dev.map(&window_info, Access::ReadWrite)?;
+        let mut page = [0u8; LayoutPage::ENCODED_LEN];
+        if window.len() < LAYOUT_PAGE_SIZE as usize {
+            return Err(BackendError::Unsupported(format!("{}: BAR2 is smaller than the layout page", node.display())));
+        }
+        // SAFETY: BAR2 is mapped for `window.len()` >= 4 KiB bytes; the page
+        // is copied out once and parsed from the copy.
+        unsafe { std::ptr::copy_nonoverlapping(window.as_ptr(), page.as_mut_ptr(), page.len()) };
+        let layout = LayoutPage::parse(&page, window.len() as u64)
+            .map_err(|e| BackendError::Unsupported(format!("{}: layout page: {e}", node.display())))?;
+        let id = Registers { map: &regs }.read(QEMU_REG_IVPOSITION);
+        let (id, peer) = check_net_link(&node, layout.protocol, u32::from(layout.layout.max_peers), id)?;
+        let irqs = msi_irq_count(&dev.pci_dir());
+        let data_vector = data_vector(layout.vectors);
+        let me = QemuUio { regs, window, layout, id, peer, data_vector, irqs, last_count: None, dev };
+        me.protect()?;
+        if let Err(e) = me.dev.irqcontrol(1) {
+            warn!("{}: enabling interrupts through irqcontrol failed ({e}); relying on the driver", node.display());
+        }
+        Ok(me)
+    }
+
+    /// Write-protects what this peer must never write: the layout page and
+    /// the peer's output section (QEMU maps the whole window read-write).
+    fn protect(&self) -> Result<(), BackendError> {
+        let l = &self.layout.layout;
+        let peer_off = l.output_section_offset(self.peer).expect("peer < max_peers") as usize;
+        for (off, len) in [(0, LAYOUT_PAGE_SIZE as usize), (peer_off, l.output_section_size as usize)] {
+            let ptr = self.window.as_ptr().wrapping_add(off);
+            // SAFETY: [off, off + len) lies inside the mapped window (the
+            // layout was validated against the window size) and is
+            // page-aligned (validated: sections are 4 KiB multiples); the
+            // bridge holds no reference into it.
+            let rc = unsafe { libc::mprotect(ptr as *mut libc::c_void, len, libc::PROT_READ) };
+            if rc != 0 {
+                return Err(BackendError::Io { what: "write-protecting the peer's section", source: std::io::Error::last_os_error() });
+            }
+        }
+        Ok(())
+    }
+
+    fn state_entry(&self, peer: u16) -> *const u32 {
+        let off = self.layout.layout.state_entry_offset(peer).expect("peer < max_peers") as usize;
+        self.window.as_ptr().wrapping_add(off).cast()
+    }
+
+    fn doorbell(&self, vector: u16) {
+        fence(Ordering::Release);
+        Registers { map: &self.regs }.write(QEMU_REG_DOORBELL, u32::from(vector) | u32::from(self.peer) << 16);
+    }
+}
+
+impl Backend for QemuUio {
+    fn describe(&self) -> String {
+        format!(
+            "{}: QEMU ivshmem-doorbell on {}, peer {} of 2 (other peer {}), output sections {:#x} bytes, {} vectors \
+             (data on vector {}), {} MSI-X interrupts allocated",
+            self.dev.node().display(),
+            self.dev.driver_name(),
+            self.id,
+            self.peer,
+            self.layout.layout.output_section_size,
+            self.layout.vectors,
+            self.data_vector,
+            self.irqs
+        )
+    }
+    fn own_id(&self) -> u16 {
+        self.id
+    }
+    fn peer_id(&self) -> u16 {
+        self.peer
+    }
+    fn section_len(&self) -> usize {
+        self.layout.layout.output_section_size as usize
+    }
+    fn own_section(&self) -> *mut u8 {
+        let off = self.layout.layout.output_section_offset(self.id).expect("id < max_peers") as usize;
+        self.window.as_mut_ptr().expect("BAR2 is mapped read-write").wrapping_add(off)
+    }
+    fn peer_section(&self) -> *const u8 {
+        let off = self.layout.layout.output_section_offset(self.peer).expect("peer < max_peers") as usize;
+        self.window.as_ptr().wrapping_add(off)
+    }
+    fn peer_state(&self) -> u32 {
+        // SAFETY: the entry lies inside the validated state table in the
+        // mapped window and is 4-aligned.
+        unsafe { read_state_entry(self.state_entry(self.peer)) }
+    }
+    fn publish_state(&mut self, state: u32) -> Result<(), BackendError> {
+        let entry = self.state_entry(self.id) as *mut u32;
+        // SAFETY: the own entry is 4-aligned, inside the writable mapping,
+        // written only by this peer, and read by others only through atomic
+        // or volatile loads; no reference to it exists elsewhere.
+        let atomic = unsafe { AtomicU32::from_ptr(entry) };
+        atomic.store(state, Ordering::Release);
+        self.doorbell(STATE_VECTOR);
+        Ok(())
+    }
+    fn ring_data(&mut self) -> Result<(), BackendError> {
+        self.doorbell(self.data_vector);
+        Ok(())
+    }
+    fn wakeup_fds(&self) -> Vec<RawFd> {
+        vec![self.dev.as_raw_fd()]
+    }
+    fn on_wakeup(&mut self, _fd: RawFd) -> Result<Wake, BackendError> {
+        let count = self.dev.take_event().map_err(|source| BackendError::Io { what: "reading the UIO event count", source })?;
+        let doorbells = match (count, self.last_count) {
+            (Some(c), Some(last)) => u64::from(c.wrapping_sub(last)),
+            (Some(_), None) => 1,
+            (None, _) => 0,
+        };
+        if count.is_some() {
+            self.last_count = count;
+        }
+        // Generic UIO drivers mask the interrupt in their handler; unmask it
+        // before the caller re-reads shared memory.
+        let _ = self.dev.irqcontrol(1);
+        Ok(Wake { doorbells, membership: false })
+    }
+    fn forced_poll(&self) -> Option<Duration> {
+        // A generic UIO driver has one interrupt; ivshmem-net rings data on
+        // vector 1 when the device has two vectors, which then never reaches
+        // us. Poll for data every millisecond in that case.
+        (self.data_vector != STATE_VECTOR && self.irqs < 2).then(|| {
+            warn!(
+                "{}: the UIO driver delivers {} MSI-X interrupt(s) but data doorbells use vector {}; polling every 1 ms",
+                self.dev.node().display(),
+                self.irqs,
+                self.data_vector
+            );
+            Duration::from_millis(1)
+        })
+    }
+}

@@ -1,0 +1,540 @@
+//! The bridge's event loop: one thread, one epoll set over the TAP, the
+//! backend's wakeup descriptors, a signalfd and a timerfd.
+//!
+//! Per wakeup:
+//! 1. link state: read the peer's entry once, step the state machine, publish
+//!    the own state and switch the TAP carrier as it says;
+//! 2. TX completions (`reclaim`);
+//! 3. RX in NAPI style: write frames from the peer's section straight to the
+//!    TAP until the ring is empty or the budget is spent, publish the
+//!    completions (one doorbell decision), and before sleeping re-enable the
+//!    RX doorbell and look again (`enable_rx_notify`);
+//! 4. TX: read TAP frames straight into reserved slots of the own section,
+//!    publish the batch once and decide on one doorbell. When the ring is
+//!    full, the TAP is taken out of the epoll set until completions free
+//!    space (backpressure instead of dropping).
+//!
+//! Frames are dropped only where the bridge cannot do otherwise, and each
+//! drop is counted by reason (see [`BridgeCounters`]).
+
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use ivnet_ring::{Config, Endpoint, LinkState, Notify, OwnSection, PeerSection, RingError};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+use tracing::{debug, info, warn};
+
+use crate::backend::{Backend, BackendError};
+use crate::cli::Mode;
+use crate::stats::{BridgeCounters, Report, RingCounters};
+use crate::tap::Tap;
+
+const TOKEN_TAP: u64 = 1;
+const TOKEN_SIGNAL: u64 = 2;
+const TOKEN_TIMER: u64 = 3;
+const TOKEN_BACKEND: u64 = 16;
+
+/// Ethernet header plus one VLAN tag: what a frame may add to the MTU.
+pub const FRAME_OVERHEAD: usize = 18;
+
+/// Housekeeping period: re-reads the peer state and TX completions even if a
+/// notification was lost, and drives `--stats-interval`.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Settings of the loop.
+#[derive(Clone, Copy, Debug)]
+pub struct LoopConfig {
+    /// Link MTU.
+    pub mtu: u32,
+    /// Frames per direction per round.
+    pub budget: u32,
+    /// Waiting strategy.
+    pub mode: Mode,
+    /// Busy-poll window in hybrid mode.
+    pub busy_poll: Duration,
+    /// Periodic report (zero: none).
+    pub stats_interval: Duration,
+    /// Reports as JSON lines.
+    pub stats_json: bool,
+}
+
+/// Why the loop stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// The ring library refused the sections or the MTU.
+    #[error("ring setup: {0}")]
+    Ring(String),
+    /// The backend failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// epoll/signalfd/timerfd failed.
+    #[error("{what}: {source}")]
+    Sys {
+        /// What was being done.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: nix::Error,
+    },
+}
+
+fn sys(what: &'static str) -> impl FnOnce(nix::Error) -> BridgeError {
+    move |source| BridgeError::Sys { what, source }
+}
+
+/// The running bridge.
+pub struct Bridge {
+    // `ep` holds raw pointers into memory `backend` maps: it is declared
+    // first so that it is dropped first.
+    ep: Endpoint,
+    backend: Box<dyn Backend>,
+    tap: Tap,
+    cfg: LoopConfig,
+    counters: BridgeCounters,
+    epoll: Epoll,
+    signals: SignalFd,
+    timer: TimerFd,
+    backend_fds: Vec<RawFd>,
+    /// The TAP is in the epoll set with EPOLLIN.
+    tap_armed: bool,
+    /// The TAP may have frames (epoll said so, or the last read did not
+    /// return EAGAIN).
+    tap_readable: bool,
+    /// Frames from the peer may be waiting (doorbell, or budget exhausted).
+    rx_pending: bool,
+    last_peer_state: u32,
+    started: Instant,
+    next_report: Option<Instant>,
+    last_work: Instant,
+    forced_poll: Option<Duration>,
+    last_forced_poll: Instant,
+    /// Scratch buffer for frames read from the TAP while the link is down.
+    discard: Vec<u8>,
+}
+
+/// What to do after handling signals.
+enum Control {
+    Continue,
+    Quit(Signal),
+}
+
+impl Bridge {
+    /// Sets up the endpoint over the backend's sections and the epoll set.
+    pub fn new(backend: Box<dyn Backend>, tap: Tap, cfg: LoopConfig) -> Result<Self, BridgeError> {
+        let len = backend.section_len();
+        // SAFETY: the backend maps its own output section read-write for
+        // `len` bytes and keeps it mapped for its lifetime; `backend` is
+        // moved into the `Bridge` together with `ep`, which is declared (and
+        // so dropped) before it. Only this process writes the section.
+        let own = unsafe { OwnSection::new(backend.own_section(), len) }
+            .ok_or_else(|| BridgeError::Ring("own section is misaligned or empty".into()))?;
+        // SAFETY: as above for the peer's section, mapped readable for `len`
+        // bytes (read-only) for the backend's lifetime.
+        let peer = unsafe { PeerSection::new(backend.peer_section(), len) }
+            .ok_or_else(|| BridgeError::Ring("peer section is misaligned or empty".into()))?;
+        let ep = Endpoint::new(own, peer, Config { mtu: cfg.mtu as usize, ..Config::default() })
+            .map_err(|e| BridgeError::Ring(e.to_string()))?;
+
+        let mut mask = SigSet::empty();
+        for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGUSR1, Signal::SIGHUP] {
+            mask.add(s);
+        }
+        mask.thread_block().map_err(sys("blocking signals"))?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(sys("signalfd"))?;
+        let timer = TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC)
+            .map_err(sys("timerfd"))?;
+        let tick = if cfg.stats_interval.is_zero() { TICK } else { TICK.min(cfg.stats_interval) };
+        let tick = tick.max(Duration::from_millis(5));
+        timer
+            .set(Expiration::Interval(TimeSpec::from_duration(tick)), TimerSetTimeFlags::empty())
+            .map_err(sys("timerfd_settime"))?;
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(sys("epoll_create"))?;
+        epoll
+            .add(&signals, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_SIGNAL))
+            .map_err(sys("epoll add signalfd"))?;
+        epoll.add(&timer, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_TIMER)).map_err(sys("epoll add timerfd"))?;
+        epoll.add(&tap_fd(&tap), EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_TAP)).map_err(sys("epoll add TAP"))?;
+        let backend_fds = backend.wakeup_fds();
+        for (i, fd) in backend_fds.iter().enumerate() {
+            // SAFETY: the backend owns `fd` and keeps it open while it lives;
+            // the borrow ends with this call.
+            let bfd = unsafe { BorrowedFd::borrow_raw(*fd) };
+            epoll
+                .add(bfd, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_BACKEND + i as u64))
+                .map_err(sys("epoll add backend fd"))?;
+        }
+        let now = Instant::now();
+        let forced_poll = backend.forced_poll();
+        Ok(Bridge {
+            backend,
+            ep,
+            tap,
+            next_report: (!cfg.stats_interval.is_zero()).then(|| now + cfg.stats_interval),
+            cfg,
+            counters: BridgeCounters::default(),
+            epoll,
+            signals,
+            timer,
+            backend_fds,
+            tap_armed: true,
+            tap_readable: true,
+            rx_pending: true,
+            last_peer_state: u32::MAX,
+            started: now,
+            last_work: now,
+            forced_poll,
+            last_forced_poll: now,
+            discard: vec![0; 65536 + FRAME_OVERHEAD],
+        })
+    }
+
+    /// Runs until SIGINT/SIGTERM; then leaves the link (state RESET) and
+    /// switches the carrier off.
+    pub fn run(&mut self) -> Result<(), BridgeError> {
+        self.step_link()?;
+        let mut events = [EpollEvent::empty(); 16];
+        loop {
+            let timeout = self.wait_timeout()?;
+            let n = match self.epoll.wait(&mut events, timeout) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => 0,
+                Err(e) => return Err(sys("epoll_wait")(e)),
+            };
+            let mut link_event = false;
+            for ev in &events[..n] {
+                match ev.data() {
+                    TOKEN_TAP => self.tap_readable = true,
+                    TOKEN_SIGNAL => {
+                        if let Control::Quit(sig) = self.handle_signals() {
+                            info!("{sig}: leaving the link");
+                            self.shutdown();
+                            return Ok(());
+                        }
+                    }
+                    TOKEN_TIMER => {
+                        let _ = self.timer.wait();
+                        link_event = true;
+                        self.on_tick();
+                    }
+                    t if t >= TOKEN_BACKEND => {
+                        let fd = self.backend_fds[(t - TOKEN_BACKEND) as usize];
+                        let wake = self.backend.on_wakeup(fd)?;
+                        self.counters.doorbells_received += wake.doorbells;
+                        link_event = true;
+                        self.rx_pending = true;
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(period) = self.forced_poll
+                && self.last_forced_poll.elapsed() >= period
+            {
+                self.last_forced_poll = Instant::now();
+                link_event = true;
+                self.rx_pending = true;
+            }
+            if link_event {
+                self.step_link()?;
+            }
+            let worked = self.pump()?;
+            if worked {
+                self.last_work = Instant::now();
+            }
+        }
+    }
+
+    /// How long epoll may sleep: not at all while there is work or while
+    /// polling; otherwise until a descriptor fires (after re-enabling the
+    /// RX doorbell, which may reveal work that arrived meanwhile).
+    fn wait_timeout(&mut self) -> Result<EpollTimeout, BridgeError> {
+        let busy = match self.cfg.mode {
+            Mode::Poll => true,
+            Mode::Hybrid => self.last_work.elapsed() < self.cfg.busy_poll,
+            Mode::Event => false,
+        };
+        if busy || self.rx_pending || (self.tap_readable && self.tap_armed && self.ep.running()) {
+            return Ok(EpollTimeout::ZERO);
+        }
+        if self.ep.running() {
+            match self.ep.enable_rx_notify() {
+                Ok(false) => {}
+                // Frames arrived between the last poll and re-enabling.
+                Ok(true) => {
+                    self.rx_pending = true;
+                    return Ok(EpollTimeout::ZERO);
+                }
+                Err(e) => {
+                    self.peer_error(e)?;
+                    return Ok(EpollTimeout::ZERO);
+                }
+            }
+        }
+        if let Some(period) = self.forced_poll {
+            let ms = period.as_millis().clamp(1, u16::MAX as u128) as u16;
+            return Ok(EpollTimeout::from(ms));
+        }
+        Ok(EpollTimeout::NONE)
+    }
+
+    fn on_tick(&mut self) {
+        self.rx_pending = true;
+        if let Some(at) = self.next_report
+            && Instant::now() >= at
+        {
+            self.report("interval");
+            self.next_report = Some(at + self.cfg.stats_interval);
+        }
+    }
+
+    fn handle_signals(&mut self) -> Control {
+        loop {
+            match self.signals.read_signal() {
+                Ok(Some(info)) => match Signal::try_from(info.ssi_signo as i32) {
+                    Ok(Signal::SIGUSR1) => self.report("signal"),
+                    Ok(Signal::SIGHUP) => debug!("SIGHUP ignored"),
+                    Ok(sig) => return Control::Quit(sig),
+                    Err(_) => {}
+                },
+                Ok(None) => return Control::Continue,
+                Err(e) => {
+                    warn!("signalfd read: {e}");
+                    return Control::Continue;
+                }
+            }
+        }
+    }
+
+    /// Reads the peer state once and applies what the state machine says.
+    fn step_link(&mut self) -> Result<(), BridgeError> {
+        let peer = self.backend.peer_state();
+        let before = self.ep.local_state();
+        let out = self.ep.on_peer_state(peer, true);
+        if let Some(state) = out.write_state {
+            self.backend.publish_state(state.raw())?;
+            self.counters.state_doorbells_sent += 1;
+        }
+        let after = self.ep.local_state();
+        if before != after || peer != self.last_peer_state {
+            info!(
+                "link: local {} -> {}, peer {}",
+                before.name(),
+                after.name(),
+                LinkState::from_raw(peer).map_or_else(|| format!("{peer} (unknown)"), |s| s.name().to_owned())
+            );
+        }
+        self.last_peer_state = peer;
+        if let Some(on) = out.carrier {
+            match self.tap.set_carrier(on) {
+                Ok(()) => {
+                    self.counters.carrier_changes += 1;
+                    info!("{}: carrier {}", self.tap.name(), if on { "on (link up)" } else { "off (link down)" });
+                }
+                Err(e) => warn!("{}: cannot switch carrier: {e}", self.tap.name()),
+            }
+        }
+        if self.ep.running() {
+            self.rx_pending = true;
+        }
+        Ok(())
+    }
+
+    /// A data-path error from the peer: count it; the endpoint is faulted
+    /// and asks for RESET on the next step.
+    fn peer_error(&mut self, e: RingError) -> Result<(), BridgeError> {
+        self.counters.peer_errors += 1;
+        warn!("peer protocol error: {e}; resetting the link");
+        self.step_link()
+    }
+
+    fn ring(&mut self, n: Notify) -> Result<(), BridgeError> {
+        if n.needs_doorbell() {
+            self.backend.ring_data()?;
+            self.counters.doorbells_sent += 1;
+        }
+        Ok(())
+    }
+
+    /// One round of RX and TX; returns whether any frame moved.
+    fn pump(&mut self) -> Result<bool, BridgeError> {
+        if !self.ep.running() {
+            self.rx_pending = false;
+            self.drain_tap_link_down();
+            return Ok(false);
+        }
+        if let Err(e) = self.ep.reclaim() {
+            self.peer_error(e)?;
+            return Ok(false);
+        }
+        let rx = self.pump_rx()?;
+        let tx = self.pump_tx()?;
+        Ok(rx + tx > 0)
+    }
+
+    fn pump_rx(&mut self) -> Result<u32, BridgeError> {
+        let mut moved = 0;
+        self.rx_pending = false;
+        while moved < self.cfg.budget {
+            match self.ep.rx_peek() {
+                Ok(Some(frame)) => {
+                    // SAFETY: `frame.as_ptr()` points to `frame.len()` bytes
+                    // inside the peer's section that the ring validated to lie
+                    // in its data area; they stay mapped and are not reused by
+                    // the peer until the frame is released below. No
+                    // reference to them is formed; write(2) copies them.
+                    let res = unsafe { self.tap.write_raw(frame.as_ptr(), frame.len()) };
+                    if let Err(e) = res {
+                        self.counters.drop_tap_write += 1;
+                        debug!("TAP write of {} bytes failed: {e}", frame.len());
+                    } else {
+                        self.counters.tap_written_frames += 1;
+                    }
+                    frame.release();
+                    moved += 1;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let n = self.ep.flush_rx();
+                    self.ring(n)?;
+                    self.peer_error(e)?;
+                    return Ok(moved);
+                }
+            }
+        }
+        if moved == self.cfg.budget {
+            self.rx_pending = true;
+        }
+        let n = self.ep.flush_rx();
+        self.ring(n)?;
+        Ok(moved)
+    }
+
+    fn pump_tx(&mut self) -> Result<u32, BridgeError> {
+        let mut moved = 0;
+        let capacity = self.cfg.mtu as usize + FRAME_OVERHEAD;
+        if !self.tap_armed && self.ep.tx_ready() {
+            self.arm_tap(true)?;
+        }
+        while self.tap_readable && self.tap_armed && moved < self.cfg.budget {
+            if !self.ep.tx_ready() {
+                self.counters.ring_full_events += 1;
+                self.arm_tap(false)?;
+                break;
+            }
+            let Ok(mut slot) = self.ep.tx_reserve(capacity) else {
+                self.counters.ring_full_events += 1;
+                self.arm_tap(false)?;
+                break;
+            };
+            // SAFETY: the slot is `slot.capacity()` writable bytes of the own
+            // output section, reserved for us and not yet visible to the
+            // peer; nothing else references them during the read.
+            match unsafe { self.tap.read_raw(slot.as_mut_ptr(), slot.capacity()) } {
+                Ok(Some(len)) if len > 0 && len <= slot.capacity() => {
+                    self.counters.tap_read_frames += 1;
+                    if let Err(e) = slot.commit(len) {
+                        // Cannot happen for 0 < len <= capacity; count it
+                        // rather than lose the frame silently.
+                        self.counters.drop_oversize += 1;
+                        debug!("commit of {len} bytes refused: {e}");
+                    } else {
+                        moved += 1;
+                    }
+                }
+                Ok(Some(_)) => {
+                    self.counters.drop_oversize += 1;
+                }
+                Ok(None) => {
+                    self.tap_readable = false;
+                }
+                Err(e) => {
+                    warn!("TAP read failed: {e}");
+                    self.tap_readable = false;
+                }
+            }
+        }
+        if moved > 0 {
+            let n = self.ep.flush_tx();
+            self.ring(n)?;
+        }
+        Ok(moved)
+    }
+
+    fn arm_tap(&mut self, on: bool) -> Result<(), BridgeError> {
+        if self.tap_armed == on {
+            return Ok(());
+        }
+        let flags = if on { EpollFlags::EPOLLIN } else { EpollFlags::empty() };
+        let mut ev = EpollEvent::new(flags, TOKEN_TAP);
+        self.epoll.modify(tap_fd(&self.tap), &mut ev).map_err(sys("epoll modify TAP"))?;
+        self.tap_armed = on;
+        if on {
+            self.tap_readable = true;
+        }
+        Ok(())
+    }
+
+    /// Frames the kernel queued on the TAP while the link is down cannot go
+    /// anywhere: read and count them, so nothing stale is sent later.
+    fn drain_tap_link_down(&mut self) {
+        if !self.tap_armed {
+            let _ = self.arm_tap(true);
+        }
+        while self.tap_readable {
+            let cap = self.discard.len();
+            // SAFETY: `discard` is a private buffer of `cap` bytes.
+            match unsafe { self.tap.read_raw(self.discard.as_mut_ptr(), cap) } {
+                Ok(Some(_)) => self.counters.drop_link_down += 1,
+                _ => self.tap_readable = false,
+            }
+        }
+    }
+
+    /// Leaves the link: RESET, carrier off, final report.
+    pub fn shutdown(&mut self) {
+        let out = self.ep.shutdown();
+        if let Some(state) = out.write_state
+            && let Err(e) = self.backend.publish_state(state.raw())
+        {
+            warn!("cannot publish RESET: {e}");
+        }
+        let _ = self.tap.set_carrier(false);
+        self.report("exit");
+    }
+
+    fn report(&self, reason: &str) {
+        let s = self.ep.stats();
+        let ring = RingCounters {
+            tx_frames: s.tx_frames,
+            tx_bytes: s.tx_bytes,
+            rx_frames: s.rx_frames,
+            rx_bytes: s.rx_bytes,
+            doorbells_requested: s.doorbells_requested,
+            notifications_suppressed: s.notifications_suppressed,
+            tx_ring_full: s.tx_ring_full,
+            link_resets: s.link_resets,
+            peer_errors: s.total_errors(),
+        };
+        Report {
+            reason,
+            uptime_s: crate::stats::uptime(self.started),
+            tap: self.tap.name(),
+            state: self.ep.local_state().name(),
+            peer_state: self.last_peer_state,
+            carrier: self.ep.carrier(),
+            bridge: self.counters,
+            ring,
+        }
+        .emit(self.cfg.stats_json);
+    }
+}
+
+fn tap_fd(tap: &Tap) -> BorrowedFd<'_> {
+    // SAFETY: the TAP's descriptor lives as long as `tap`, which outlives the
+    // returned borrow.
+    unsafe { BorrowedFd::borrow_raw(tap.as_raw_fd()) }
+}
