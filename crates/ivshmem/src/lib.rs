@@ -9,7 +9,7 @@
 //!   [layout page](layout::LayoutPage) written by ivnet's ivshmem-server.
 //!
 //! Both are presented to the layers above as the ivshmem 2.0
-//! [`SharedMemoryLayout`](layout::SharedMemoryLayout):
+//! [`SharedMemoryLayout`]:
 //!
 //! ```text
 //! Jailhouse (Base Address from the capability):
