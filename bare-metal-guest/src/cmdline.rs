@@ -76,6 +76,12 @@ impl SelfTest {
         }
     }
 
+    /// Whether the test cannot run without the ivshmem device (`boot` uses
+    /// it when present).
+    pub const fn needs_device(self) -> bool {
+        !matches!(self, SelfTest::Boot | SelfTest::Panic)
+    }
+
     const ALL: [SelfTest; 5] = [
         SelfTest::Boot,
         SelfTest::Panic,

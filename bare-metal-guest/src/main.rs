@@ -14,29 +14,33 @@
 //! | `paging` | identity page tables with per-region permissions |
 //! | `apic` | local APIC (xAPIC / x2APIC) |
 //! | `time` | TSC clock and LAPIC alarm, PIT-calibrated |
+//! | `pci` | configuration space through ports 0xCF8/0xCFC, bus scan |
+//! | `device` | ivshmem bring-up: BARs, mappings, MSI-X, own state |
+//! | `selftest` | platform self-tests selected on the command line |
 //!
 //! Boot order: console → start info and command line → CPU features →
 //! GDT/IDT → own page tables → legacy PIC masked → LAPIC → clock → devices →
 //! services (or a self-test).
 #![no_std]
 #![no_main]
-// Shared-memory region kinds are used once the ivshmem device is mapped.
-#![allow(dead_code)]
 
 mod apic;
 mod boot;
 mod cpu;
+mod device;
 mod exit;
 mod gdt;
 mod idt;
 mod paging;
+mod pci;
+mod selftest;
 mod serial;
 mod time;
 
 use core::fmt::Write;
 use core::panic::PanicInfo;
 
-use ivnet_guest::cmdline::{self, CmdlineError, GuestConfig, SelfTest};
+use ivnet_guest::cmdline::{self, CmdlineError, GuestConfig};
 use ivnet_guest::exit_code::ExitCode;
 use pvh::start_info::reader::StartInfoReader;
 
@@ -48,7 +52,7 @@ const CMDLINE_MAX: usize = 1024;
 static CMDLINE: spin::Once<([u8; CMDLINE_MAX], usize)> = spin::Once::new();
 
 /// Prints a fatal error and stops the guest with `code`.
-fn fail(code: ExitCode, args: core::fmt::Arguments<'_>) -> ! {
+pub(crate) fn fail(code: ExitCode, args: core::fmt::Arguments<'_>) -> ! {
     println!("FATAL: {args}");
     exit::exit(code)
 }
@@ -138,42 +142,30 @@ extern "C" fn rust_entry(start_info_paddr: u32) -> ! {
 }
 
 fn run(config: &GuestConfig) -> ! {
+    let nic = match device::bring_up(apic::id()) {
+        Ok(nic) => Some(nic),
+        Err(device::BringUpError::NotFound)
+            if config.selftest.is_some_and(|t| !t.needs_device()) =>
+        {
+            None
+        }
+        Err(e @ device::BringUpError::NotFound) => fail(ExitCode::NoDevice, format_args!("{e}")),
+        Err(e) => fail(ExitCode::DeviceError, format_args!("ivshmem: {e}")),
+    };
     let usage = paging::usage();
     println!(
         "platform up: page tables {}/{} used",
         usage.used, usage.total
     );
-    match config.selftest {
-        Some(SelfTest::Boot) => {
-            // Prove the timer interrupt path works before claiming success.
-            time::arm_alarm_us(10_000);
-            let events = idt::wait_for_events();
-            if events & idt::EVENT_TIMER == 0 {
-                fail(
-                    ExitCode::SelfTestFailed,
-                    format_args!("woke without the timer event"),
-                );
-            }
-            println!(
-                "selftest boot: ok (timer interrupt after {} us)",
-                time::now_us()
-            );
-            exit::exit(ExitCode::Success)
-        }
-        Some(SelfTest::Panic) => panic!("selftest panic requested on the command line"),
-        Some(t) => fail(
-            ExitCode::SelfTestFailed,
-            format_args!(
-                "selftest {} needs the ivshmem device (not yet supported)",
-                t.name()
-            ),
-        ),
-        None => {
+    match (config.selftest, nic) {
+        (Some(test), nic) => selftest::run(test, nic.as_ref()),
+        (None, Some(_nic)) => {
             println!("no services yet; halting");
             loop {
                 idt::wait_for_events();
             }
         }
+        (None, None) => unreachable!("bring_up failures without a self-test exit above"),
     }
 }
 

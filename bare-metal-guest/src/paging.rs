@@ -41,6 +41,8 @@ const SIZE_2M: u64 = 0x20_0000;
 const POOL_TABLES: usize = 16;
 /// Named regions remembered for fault reports.
 const MAX_REGIONS: usize = 24;
+/// First non-canonical address of the lower half (48-bit virtual addresses).
+const CANONICAL_LOWER_HALF_END: u64 = 1 << 47;
 
 /// What a range of memory is, which decides its permissions and caching.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,13 +217,33 @@ impl Mapper {
         kind: Kind,
         name: &'static str,
     ) -> Result<(), MapError> {
-        let bad = MapError::BadRange { start, len };
-        let end = start.checked_add(len).ok_or(bad)?;
-        if len == 0 || end > self.max_phys {
+        self.map_to(start, start, len, kind, name)
+    }
+
+    /// Maps `len` bytes of physical memory at `phys` to virtual `virt`
+    /// (both rounded out to pages; their offsets within a page must agree).
+    fn map_to(
+        &mut self,
+        virt: u64,
+        phys: u64,
+        len: u64,
+        kind: Kind,
+        name: &'static str,
+    ) -> Result<(), MapError> {
+        let bad = MapError::BadRange { start: phys, len };
+        let phys_end = phys.checked_add(len).ok_or(bad)?;
+        let virt_end = virt.checked_add(len).ok_or(bad)?;
+        if len == 0
+            || phys_end > self.max_phys
+            || virt_end > CANONICAL_LOWER_HALF_END
+            || (virt ^ phys) & (SIZE_4K - 1) != 0
+        {
             return Err(bad);
         }
-        let start = start & !(SIZE_4K - 1);
-        let end = end.checked_add(SIZE_4K - 1).ok_or(bad)? & !(SIZE_4K - 1);
+        let start = virt & !(SIZE_4K - 1);
+        let end = virt_end.checked_add(SIZE_4K - 1).ok_or(bad)? & !(SIZE_4K - 1);
+        // Physical = virtual + delta, for every page of the range.
+        let delta = (phys & !(SIZE_4K - 1)).wrapping_sub(start);
         let slot = self.regions.iter_mut().find(|r| r.is_none());
         if let Some(slot) = slot {
             *slot = Some(Region {
@@ -237,17 +259,22 @@ impl Mapper {
         let flags = kind.flags(self.nx);
         let mut a = start;
         while a < end {
+            let pa = a.wrapping_add(delta);
             let pdpt = self.next_table(Self::entry(self.pml4, (a >> 39) & 511))?;
             let pd = self.next_table(Self::entry(pdpt, (a >> 30) & 511))?;
             let pde = Self::entry(pd, (a >> 21) & 511);
             // SAFETY: `pde` points into a pool table (just looked up).
             let pde_unused = unsafe { (*pde).is_unused() };
-            if a.is_multiple_of(SIZE_2M) && end - a >= SIZE_2M && pde_unused {
-                Self::set_leaf(pde, a, flags | F::HUGE_PAGE)?;
+            if a.is_multiple_of(SIZE_2M)
+                && pa.is_multiple_of(SIZE_2M)
+                && end - a >= SIZE_2M
+                && pde_unused
+            {
+                Self::set_leaf(pde, pa, flags | F::HUGE_PAGE)?;
                 a += SIZE_2M;
             } else {
                 let pt = self.next_table(pde)?;
-                Self::set_leaf(Self::entry(pt, (a >> 12) & 511), a, flags)?;
+                Self::set_leaf(Self::entry(pt, (a >> 12) & 511), pa, flags)?;
                 a += SIZE_4K;
             }
         }
@@ -288,7 +315,7 @@ pub fn init(nx: bool, phys_addr_bits: u8) -> Result<(), MapError> {
         used: 0,
         nx,
         // Identity mapping needs canonical lower-half addresses too.
-        max_phys: 1u64 << phys_addr_bits.min(47),
+        max_phys: 1u64 << phys_addr_bits.min(52),
         regions: [None; MAX_REGIONS],
     };
     m.pml4 = m.alloc_table()?;
@@ -356,9 +383,22 @@ pub fn init(nx: bool, phys_addr_bits: u8) -> Result<(), MapError> {
 /// Identity-maps `len` bytes at physical address `start` as `kind`, and
 /// records the range as `name` for fault reports.
 pub fn map(start: u64, len: u64, kind: Kind, name: &'static str) -> Result<(), MapError> {
+    map_at(start, start, len, kind, name)
+}
+
+/// Maps `len` bytes of physical memory at `phys` to the virtual address
+/// `virt` (an alias: used for the one page the guest must write through a
+/// second, writable view while its identity mapping stays read-only).
+pub fn map_at(
+    virt: u64,
+    phys: u64,
+    len: u64,
+    kind: Kind,
+    name: &'static str,
+) -> Result<(), MapError> {
     let mut guard = MAPPER.lock();
     let m = guard.as_mut().expect("paging::init runs first");
-    let r = m.map(start, len, kind, name);
+    let r = m.map_to(virt, phys, len, kind, name);
     // Entries may have changed (2 MiB pages split): drop stale translations.
     x86_64::instructions::tlb::flush_all();
     r

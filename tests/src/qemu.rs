@@ -33,6 +33,49 @@ pub mod exit_code;
 
 pub use exit_code::ExitCode;
 
+/// An ivshmem server (ivnet's `ivshmem-server` library, on its own thread)
+/// on a socket in a fresh directory, with the default ivshmem-net layout
+/// (two peers, two vectors, 0x7f000-byte output sections: a 1 MiB window).
+pub struct IvshmemServer {
+    handle: Option<ivshmem_server::ServerHandle>,
+    dir: PathBuf,
+}
+
+impl IvshmemServer {
+    /// Starts a server; it listens when this returns.
+    pub fn start(name: &str) -> Result<IvshmemServer, String> {
+        let dir = unique_dir(name).map_err(|e| format!("temp dir: {e}"))?;
+        let config = ivshmem_server::ServerConfig::new(dir.join("ivshmem.sock"));
+        let handle = ivshmem_server::ServerHandle::spawn(&config)
+            .map_err(|e| format!("ivshmem server: {e}"))?;
+        Ok(IvshmemServer {
+            handle: Some(handle),
+            dir,
+        })
+    }
+
+    /// The socket QEMU and host peers connect to.
+    pub fn socket(&self) -> PathBuf {
+        self.handle
+            .as_ref()
+            .expect("running")
+            .socket_path()
+            .to_path_buf()
+    }
+
+    /// The server handle.
+    pub fn handle(&self) -> &ivshmem_server::ServerHandle {
+        self.handle.as_ref().expect("running")
+    }
+}
+
+impl Drop for IvshmemServer {
+    fn drop(&mut self) {
+        drop(self.handle.take());
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Generous timeouts: TCG on a loaded 2-core machine is slow.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 

@@ -2,8 +2,6 @@
 //! TCG), reports on its serial console and ends through `isa-debug-exit`
 //! with the documented exit codes.
 
-use std::time::Duration;
-
 use ivnet_e2e::qemu::{
     Accel, BOOT_TIMEOUT, ExitCode, Firmware, Guest, GuestConfig, GuestExit, accelerators,
 };
@@ -97,23 +95,4 @@ fn malformed_command_lines_are_rejected_with_a_typed_error() {
             "{line}\n{log}"
         );
     }
-}
-
-/// Without a self-test the guest keeps running (it must not exit or fault
-/// on its own); the test stops it.
-#[test]
-fn without_a_selftest_the_guest_keeps_running() {
-    let mut g = Guest::start(&GuestConfig {
-        name: "idle".into(),
-        ..GuestConfig::default()
-    })
-    .unwrap_or_else(|e| panic!("start: {e}"));
-    g.wait_for_serial("platform up", BOOT_TIMEOUT).unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(
-        g.is_running(),
-        "guest stopped on its own:\n{}",
-        g.diagnostics()
-    );
-    g.kill();
 }

@@ -1,0 +1,159 @@
+//! The guest's ivshmem bring-up against a real `ivshmem-doorbell` device
+//! served by ivnet's ivshmem server: BAR placement (by the firmware or by the
+//! guest), read-only mappings of what the peer owns, and doorbells in both
+//! directions through MSI-X and the local APIC, with the test process as the
+//! other peer.
+
+use std::time::{Duration, Instant};
+
+use ivnet_e2e::qemu::{
+    BOOT_TIMEOUT, ExitCode, Firmware, Guest, GuestConfig, GuestExit, IvshmemServer, accelerators,
+};
+use ivshmem_server::{Event, HostPeer};
+
+fn guest_on(server: &IvshmemServer, cmdline: &str, name: &str) -> GuestConfig {
+    GuestConfig {
+        cmdline: cmdline.into(),
+        ivshmem_socket: Some(server.socket()),
+        name: name.into(),
+        ..GuestConfig::default()
+    }
+}
+
+/// With qboot the BARs are unassigned and the guest places them; SeaBIOS
+/// assigns them and the guest keeps its addresses. Either way the layout
+/// page is found and the device comes up with the server's geometry.
+#[test]
+fn device_comes_up_with_firmware_or_guest_assigned_bars() {
+    for firmware in [Firmware::Qboot, Firmware::SeaBios] {
+        let server = IvshmemServer::start("bars").unwrap();
+        let mut cfg = guest_on(&server, "ip=10.77.0.2/24 selftest=boot", "bars");
+        cfg.firmware = firmware;
+        let mut g = Guest::start(&cfg).unwrap();
+        let exit = g.wait_exit(BOOT_TIMEOUT).unwrap();
+        let log = g.diagnostics();
+        assert_eq!(
+            exit,
+            GuestExit::Code(ExitCode::Success),
+            "{firmware:?}\n{log}"
+        );
+        assert!(log.contains("ivshmem QemuDoorbell"), "{log}");
+        assert!(
+            log.contains(
+                "state table +0x1000 (0x1000), rw +0x2000 (0x0), output sections 0x7f000 bytes at +0x2000, 2 MSI-X vectors"
+            ),
+            "{log}"
+        );
+        assert!(
+            log.contains("selftest boot: ok") && log.contains("ivshmem up"),
+            "{log}"
+        );
+        let guest_assigned = log.contains("(assigned by the guest)");
+        match firmware {
+            Firmware::Qboot => assert!(guest_assigned, "qboot leaves BARs to the guest\n{log}"),
+            Firmware::SeaBios => assert!(!guest_assigned, "SeaBIOS assigns BARs\n{log}"),
+        }
+    }
+}
+
+/// A store into the peer's output section or into the state table must
+/// fault: the guest maps both read-only. The fault report names the region,
+/// and the host peer's memory is unchanged.
+#[test]
+fn peer_section_and_state_table_are_read_only_in_the_guest() {
+    for (test, region) in [
+        ("write-peer-section", "in peer's output section (read-only)"),
+        ("write-state-table", "in ivshmem state table (read-only)"),
+    ] {
+        let server = IvshmemServer::start("ro").unwrap();
+        // The host peer takes ID 0, so the guest's peer section is ours.
+        let host = HostPeer::connect(server.socket(), Duration::from_secs(10)).unwrap();
+        assert_eq!(host.id(), 0);
+        let (own, _) = host.own_section();
+        let mut g = Guest::start(&guest_on(
+            &server,
+            &format!("ip=10.77.0.2/24 selftest={test}"),
+            "ro",
+        ))
+        .unwrap();
+        let exit = g.wait_exit(BOOT_TIMEOUT).unwrap();
+        let log = g.diagnostics();
+        assert_eq!(exit, GuestExit::Code(ExitCode::PageFault), "{test}\n{log}");
+        assert!(
+            log.contains("(protection violation on write data access)") && log.contains(region),
+            "{test}\n{log}"
+        );
+        // SAFETY: `own` points to the host peer's own output section, mapped
+        // read-write for as long as `host` lives; a volatile byte read of
+        // shared memory.
+        let first = unsafe { own.read_volatile() };
+        assert_eq!(first, 0, "the guest's store reached shared memory");
+        assert_eq!(host.peer_state(1), Some(0), "state table changed");
+    }
+}
+
+/// The guest rings the test process (peer 0) on vector 1 through its
+/// Doorbell register; the test process rings back, and the guest takes the
+/// MSI-X interrupt on vector 1. Under every accelerator (KVM: ioeventfd and
+/// irqfd in the host kernel; TCG: QEMU's event loop).
+#[test]
+fn doorbells_travel_both_ways_through_msix() {
+    for accel in accelerators() {
+        let server = IvshmemServer::start("doorbell").unwrap();
+        let mut host = HostPeer::connect(server.socket(), Duration::from_secs(10)).unwrap();
+        let mut cfg = guest_on(&server, "ip=10.77.0.2/24 selftest=doorbell", "doorbell");
+        cfg.accel = Some(accel.clone());
+        let mut g = Guest::start(&cfg).unwrap();
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        let mut joined = false;
+        let mut rang_back = false;
+        while Instant::now() < deadline && g.is_running() {
+            for event in host.wait(Some(Duration::from_millis(100))).unwrap() {
+                match event {
+                    Event::PeerJoined(1) => joined = true,
+                    Event::Vector(1) if joined => {
+                        // MSI-X is enabled before the guest rings, so this
+                        // doorbell is not dropped.
+                        host.doorbell(1, 1).unwrap();
+                        rang_back = true;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let exit = g.wait_exit(Duration::from_secs(30)).unwrap();
+        let log = g.diagnostics();
+        assert!(
+            joined && rang_back,
+            "{}: joined {joined} rang back {rang_back}\n{log}",
+            accel.name()
+        );
+        assert_eq!(
+            exit,
+            GuestExit::Code(ExitCode::Success),
+            "{}\n{log}",
+            accel.name()
+        );
+        assert!(
+            log.contains("selftest doorbell: ok (vector 1 interrupt from peer 0"),
+            "{log}"
+        );
+    }
+}
+
+/// Without an ivshmem device the guest says so and exits with `NoDevice`.
+#[test]
+fn without_a_device_the_guest_exits_with_no_device() {
+    let mut g = Guest::start(&GuestConfig {
+        name: "nodev".into(),
+        ..GuestConfig::default()
+    })
+    .unwrap();
+    let exit = g.wait_exit(BOOT_TIMEOUT).unwrap();
+    let log = g.diagnostics();
+    assert_eq!(exit, GuestExit::Code(ExitCode::NoDevice), "{log}");
+    assert!(
+        log.contains("FATAL: no ivshmem device (1af4:1110 or 110a:4106) on the PCI bus"),
+        "{log}"
+    );
+}
