@@ -81,7 +81,7 @@
 #![no_std]
 #![warn(missing_docs)]
 
-#[cfg(test)]
+#[cfg(any(test, feature = "test-utils"))]
 extern crate std;
 
 pub mod endpoint;
@@ -92,6 +92,8 @@ pub mod notify;
 mod rx;
 pub mod shm;
 pub mod stats;
+#[cfg(feature = "test-utils")]
+pub mod testing;
 mod tx;
 
 pub use endpoint::{Config, Endpoint, RxFrame, StepOutput, TxSlot};

@@ -381,15 +381,15 @@ mod tests {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
-            let raw = if seed % 17 == 0 {
+            let raw = if seed.is_multiple_of(17) {
                 (seed >> 32) as u32
             } else {
                 (seed % 4) as u32
             };
-            if seed % 31 == 0 {
+            if seed.is_multiple_of(31) {
                 m.fault();
             }
-            let up = seed % 13 != 0;
+            let up = !seed.is_multiple_of(13);
             m.step(raw, up);
             if m.carrier() {
                 assert_eq!(m.local(), Run);

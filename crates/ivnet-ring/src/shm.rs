@@ -60,7 +60,7 @@ impl OwnSection {
     /// may read it at any time.
     pub unsafe fn new(base: *mut u8, len: usize) -> Option<Self> {
         let base = NonNull::new(base)?;
-        if base.as_ptr() as usize % SECTION_ALIGN != 0 {
+        if !(base.as_ptr() as usize).is_multiple_of(SECTION_ALIGN) {
             return None;
         }
         Some(OwnSection { base, len })
@@ -83,7 +83,7 @@ impl OwnSection {
 
     fn at(&self, offset: usize, size: usize) -> *mut u8 {
         debug_assert!(offset.checked_add(size).is_some_and(|end| end <= self.len));
-        debug_assert!(offset % size.clamp(1, 8) == 0 || size > 8);
+        debug_assert!(offset.is_multiple_of(size.clamp(1, 8)) || size > 8);
         // SAFETY: offset + size <= len (checked above in debug builds and
         // guaranteed by every caller: geometry-derived or validated), so the
         // result stays inside the allocation `base` points into.
@@ -179,7 +179,7 @@ impl PeerSection {
     /// writes it); this type never creates references to it.
     pub unsafe fn new(base: *const u8, len: usize) -> Option<Self> {
         let base = NonNull::new(base.cast_mut())?;
-        if base.as_ptr() as usize % SECTION_ALIGN != 0 {
+        if !(base.as_ptr() as usize).is_multiple_of(SECTION_ALIGN) {
             return None;
         }
         Some(PeerSection { base, len })

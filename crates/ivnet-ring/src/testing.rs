@@ -1,0 +1,170 @@
+//! Test support (feature `test-utils`): two output sections on the heap, an
+//! endpoint pair over them, a handshake driver, and raw writes that play a
+//! hostile peer. Used by the crate's tests, its fuzz target and benchmarks.
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::format;
+use std::string::String;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::endpoint::{Config, Endpoint};
+use crate::shm::{OwnSection, PeerSection};
+
+/// Two adjacent output sections (peer 0's, then peer 1's) and a two-entry
+/// state table, page aligned, zeroed.
+#[derive(Debug)]
+pub struct SharedRegion {
+    base: *mut u8,
+    layout: Layout,
+    section_size: usize,
+    states: [AtomicU32; 2],
+}
+
+// SAFETY: the region is plain heap memory; all access to it goes through
+// raw pointers and atomics.
+unsafe impl Send for SharedRegion {}
+// SAFETY: as above.
+unsafe impl Sync for SharedRegion {}
+
+impl SharedRegion {
+    /// Allocates two zeroed sections of `section_size` bytes each.
+    pub fn new(section_size: usize) -> Self {
+        let layout = Layout::from_size_align(2 * section_size, 4096).expect("layout");
+        // SAFETY: the layout has a non-zero size.
+        let base = unsafe { alloc_zeroed(layout) };
+        assert!(!base.is_null(), "allocation failed");
+        SharedRegion {
+            base,
+            layout,
+            section_size,
+            states: [AtomicU32::new(0), AtomicU32::new(0)],
+        }
+    }
+
+    /// Size of one section.
+    pub fn section_size(&self) -> usize {
+        self.section_size
+    }
+
+    /// Base of peer `id`'s section.
+    pub fn section_ptr(&self, id: usize) -> *mut u8 {
+        assert!(id < 2);
+        // SAFETY: id < 2, so the offset stays inside the allocation.
+        unsafe { self.base.add(id * self.section_size) }
+    }
+
+    /// The endpoint of peer `id` (own section `id`, peer section `1 - id`).
+    ///
+    /// The region must outlive the endpoint.
+    pub fn endpoint(&self, id: usize, config: Config) -> Endpoint {
+        // SAFETY: the sections are inside our allocation, page aligned, and
+        // the caller keeps the region alive for the endpoint's lifetime.
+        // Each peer id is handed out once per test by convention.
+        let own = unsafe { OwnSection::new(self.section_ptr(id), self.section_size) };
+        // SAFETY: as above; read-only use.
+        let peer = unsafe { PeerSection::new(self.section_ptr(1 - id), self.section_size) };
+        Endpoint::new(own.expect("aligned"), peer.expect("aligned"), config).expect("geometry")
+    }
+
+    /// Both endpoints.
+    pub fn pair(&self, config: Config) -> (Endpoint, Endpoint) {
+        (self.endpoint(0, config), self.endpoint(1, config))
+    }
+
+    /// State-table entry of peer `id`.
+    pub fn state(&self, id: usize) -> &AtomicU32 {
+        &self.states[id]
+    }
+
+    /// Writes raw bytes into a section, as a (hostile) peer would.
+    pub fn poke(&self, id: usize, offset: usize, bytes: &[u8]) {
+        assert!(
+            offset + bytes.len() <= self.section_size,
+            "poke outside the section"
+        );
+        // SAFETY: offset + len <= section size (checked above).
+        let dst = unsafe { self.section_ptr(id).add(offset) };
+        // SAFETY: `dst` is inside the region; the region is plain memory
+        // that the endpoints only access through atomics and raw copies.
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) };
+    }
+
+    /// Reads raw bytes from a section.
+    pub fn peek(&self, id: usize, offset: usize, out: &mut [u8]) {
+        assert!(
+            offset + out.len() <= self.section_size,
+            "peek outside the section"
+        );
+        // SAFETY: offset + len <= section size (checked above).
+        let src = unsafe { self.section_ptr(id).add(offset) };
+        // SAFETY: `src` is inside the region, `out` is a local buffer.
+        unsafe { core::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) };
+    }
+}
+
+impl Drop for SharedRegion {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { dealloc(self.base, self.layout) };
+    }
+}
+
+/// Runs the state handshake between two endpoints (both interfaces up)
+/// until both are RUN with carrier; panics if it does not settle.
+pub fn handshake(a: &mut Endpoint, b: &mut Endpoint) {
+    let mut state_a = a.local_state().raw();
+    let mut state_b = b.local_state().raw();
+    for _ in 0..16 {
+        if let Some(s) = a.on_peer_state(state_b, true).write_state {
+            state_a = s.raw();
+        }
+        if let Some(s) = b.on_peer_state(state_a, true).write_state {
+            state_b = s.raw();
+        }
+        if a.carrier() && b.carrier() {
+            return;
+        }
+    }
+    panic!(
+        "handshake did not settle: {:?} {:?}",
+        a.local_state(),
+        b.local_state()
+    );
+}
+
+/// Deterministic frame content: byte `i` of frame `seq`.
+pub fn pattern_byte(seq: u64, i: usize) -> u8 {
+    (seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8 ^ (i as u8).wrapping_mul(31)
+}
+
+/// Fills `buf` with frame `seq`'s pattern; the first 8 bytes hold `seq`.
+pub fn fill_frame(seq: u64, buf: &mut [u8]) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = pattern_byte(seq, i);
+    }
+    if buf.len() >= 8 {
+        buf[..8].copy_from_slice(&seq.to_le_bytes());
+    }
+}
+
+/// Checks a frame filled by [`fill_frame`]; returns its sequence number.
+pub fn check_frame(buf: &[u8]) -> Result<u64, String> {
+    if buf.len() < 8 {
+        return Err(format!("frame of {} bytes too short", buf.len()));
+    }
+    let seq = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
+    for (i, &b) in buf.iter().enumerate().skip(8) {
+        if b != pattern_byte(seq, i) {
+            return Err(format!(
+                "frame {seq}: byte {i} is {b:#x}, expected {:#x}",
+                pattern_byte(seq, i)
+            ));
+        }
+    }
+    Ok(seq)
+}
+
+/// Loads a state-table entry.
+pub fn load_state(cell: &AtomicU32) -> u32 {
+    cell.load(Ordering::Acquire)
+}
