@@ -83,16 +83,22 @@ impl OwnSection {
 
     fn at(&self, offset: usize, size: usize) -> *mut u8 {
         debug_assert!(offset.checked_add(size).is_some_and(|end| end <= self.len));
-        debug_assert!(offset.is_multiple_of(size.clamp(1, 8)) || size > 8);
         // SAFETY: offset + size <= len (checked above in debug builds and
         // guaranteed by every caller: geometry-derived or validated), so the
         // result stays inside the allocation `base` points into.
         unsafe { self.base.as_ptr().add(offset) }
     }
 
+    /// Pointer for an atomic access of `size` bytes: in bounds and
+    /// naturally aligned (the base is 64-byte aligned).
+    fn at_atomic(&self, offset: usize, size: usize) -> *mut u8 {
+        debug_assert!(offset.is_multiple_of(size));
+        self.at(offset, size)
+    }
+
     /// Atomic 16-bit load.
     pub fn load_u16(&self, offset: usize, order: Ordering) -> u16 {
-        let ptr = self.at(offset, 2).cast::<u16>();
+        let ptr = self.at_atomic(offset, 2).cast::<u16>();
         // SAFETY: in bounds, 2-byte aligned (base 64-aligned, offsets even),
         // valid for the section's lifetime; an atomic may alias memory that
         // changes concurrently.
@@ -101,14 +107,14 @@ impl OwnSection {
 
     /// Atomic 16-bit store.
     pub fn store_u16(&self, offset: usize, value: u16, order: Ordering) {
-        let ptr = self.at(offset, 2).cast::<u16>();
+        let ptr = self.at_atomic(offset, 2).cast::<u16>();
         // SAFETY: as in `load_u16`; the section is writable for us.
         unsafe { AtomicU16::from_ptr(ptr) }.store(value, order);
     }
 
     /// Atomic 32-bit load.
     pub fn load_u32(&self, offset: usize, order: Ordering) -> u32 {
-        let ptr = self.at(offset, 4).cast::<u32>();
+        let ptr = self.at_atomic(offset, 4).cast::<u32>();
         // SAFETY: in bounds, 4-byte aligned by the layout, valid for the
         // section's lifetime.
         unsafe { AtomicU32::from_ptr(ptr) }.load(order)
@@ -116,14 +122,14 @@ impl OwnSection {
 
     /// Atomic 32-bit store.
     pub fn store_u32(&self, offset: usize, value: u32, order: Ordering) {
-        let ptr = self.at(offset, 4).cast::<u32>();
+        let ptr = self.at_atomic(offset, 4).cast::<u32>();
         // SAFETY: as in `load_u32`; the section is writable for us.
         unsafe { AtomicU32::from_ptr(ptr) }.store(value, order);
     }
 
     /// Atomic 64-bit load.
     pub fn load_u64(&self, offset: usize, order: Ordering) -> u64 {
-        let ptr = self.at(offset, 8).cast::<u64>();
+        let ptr = self.at_atomic(offset, 8).cast::<u64>();
         // SAFETY: in bounds, 8-byte aligned (descriptors are 16-byte
         // aligned from a 64-aligned base), valid for the section's lifetime.
         unsafe { AtomicU64::from_ptr(ptr) }.load(order)
@@ -131,7 +137,7 @@ impl OwnSection {
 
     /// Atomic 64-bit store.
     pub fn store_u64(&self, offset: usize, value: u64, order: Ordering) {
-        let ptr = self.at(offset, 8).cast::<u64>();
+        let ptr = self.at_atomic(offset, 8).cast::<u64>();
         // SAFETY: as in `load_u64`; the section is writable for us.
         unsafe { AtomicU64::from_ptr(ptr) }.store(value, order);
     }
@@ -202,9 +208,15 @@ impl PeerSection {
         unsafe { self.base.as_ptr().add(offset) }
     }
 
+    /// Pointer for an atomic access: in bounds and naturally aligned.
+    fn at_atomic(&self, offset: usize, size: usize) -> *const u8 {
+        debug_assert!(offset.is_multiple_of(size));
+        self.at(offset, size)
+    }
+
     /// Atomic 16-bit load.
     pub fn load_u16(&self, offset: usize, order: Ordering) -> u16 {
-        let ptr = self.at(offset, 2).cast::<u16>().cast_mut();
+        let ptr = self.at_atomic(offset, 2).cast::<u16>().cast_mut();
         // SAFETY: in bounds and aligned; `AtomicU16::load` only reads, so
         // a read-only mapping is fine (the `*mut` is an API formality of
         // `from_ptr`; nothing is written through it).
@@ -213,14 +225,14 @@ impl PeerSection {
 
     /// Atomic 32-bit load.
     pub fn load_u32(&self, offset: usize, order: Ordering) -> u32 {
-        let ptr = self.at(offset, 4).cast::<u32>().cast_mut();
+        let ptr = self.at_atomic(offset, 4).cast::<u32>().cast_mut();
         // SAFETY: as in `load_u16`.
         unsafe { AtomicU32::from_ptr(ptr) }.load(order)
     }
 
     /// Atomic 64-bit load.
     pub fn load_u64(&self, offset: usize, order: Ordering) -> u64 {
-        let ptr = self.at(offset, 8).cast::<u64>().cast_mut();
+        let ptr = self.at_atomic(offset, 8).cast::<u64>().cast_mut();
         // SAFETY: as in `load_u16`.
         unsafe { AtomicU64::from_ptr(ptr) }.load(order)
     }
