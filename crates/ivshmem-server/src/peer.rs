@@ -222,6 +222,12 @@ pub struct HostPeer {
     peers: BTreeMap<u16, Vec<OwnedFd>>,
 }
 
+// The bridge moves a HostPeer between threads and shares it for doorbells.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<HostPeer>();
+};
+
 fn map_err(what: &'static str) -> impl FnOnce(std::io::Error) -> ClientError {
     move |source| ClientError::Map { what, source }
 }

@@ -238,3 +238,33 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn refusal_beyond_max_peers_is_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ivshmem.sock");
+    let log = dir.path().join("server.log");
+    let ready = dir.path().join("ready");
+    let child = Command::new(server_bin())
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--ready-file")
+        .arg(&ready)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop(child);
+    wait_until("ready file", LIMIT, || ready.exists());
+    let _a = HostPeer::connect(&socket, LIMIT).unwrap();
+    let _b = HostPeer::connect(&socket, LIMIT).unwrap();
+    let third = HostPeer::connect(&socket, LIMIT);
+    assert!(
+        matches!(third, Err(ivshmem_server::ClientError::ClosedDuringSetup)),
+        "{third:?}"
+    );
+    wait_until("refusal in the log", LIMIT, || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("refusing connection: all 2 peer IDs are in use (--max-peers 2)")
+    });
+}

@@ -337,3 +337,87 @@ fn shm_path_directory_and_named_file() {
     drop(s);
     assert!(!file.exists(), "named file removed at exit");
 }
+
+/// Reads every message that arrives within a short while, raw.
+fn read_raw(stream: &std::os::unix::net::UnixStream) -> Vec<(i64, bool)> {
+    use std::os::fd::AsFd;
+    let mut reader = ivshmem_server::protocol::MessageReader::new();
+    let mut out = Vec::new();
+    loop {
+        match reader.read(stream.as_fd()) {
+            Ok(Some(msg)) => out.push((msg.value, msg.fd.is_some())),
+            Ok(None) => {
+                let more = ivshmem_server::protocol::wait_fd(
+                    stream.as_fd(),
+                    rustix::event::PollFlags::IN,
+                    Some(Duration::from_millis(200)),
+                )
+                .unwrap();
+                if !more {
+                    return out;
+                }
+            }
+            Err(e) => panic!("raw read: {e}"),
+        }
+    }
+}
+
+#[test]
+fn wire_sequence_is_exactly_qemus() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path(), |c| {
+        c.protocol = PROTOCOL_UNDEFINED;
+        c.max_peers = 3;
+        c.vectors = 3;
+    });
+    let first = std::os::unix::net::UnixStream::connect(server.socket_path()).unwrap();
+    first.set_nonblocking(true).unwrap();
+    let fd = |v| (v, true);
+    let no = |v| (v, false);
+    assert_eq!(
+        read_raw(&first),
+        vec![no(0), no(0), fd(-1), fd(0), fd(0), fd(0)],
+        "version, ID, shm, own vectors"
+    );
+    let second = std::os::unix::net::UnixStream::connect(server.socket_path()).unwrap();
+    second.set_nonblocking(true).unwrap();
+    assert_eq!(
+        read_raw(&second),
+        vec![
+            no(0),
+            no(1),
+            fd(-1),
+            fd(0),
+            fd(0),
+            fd(0),
+            fd(1),
+            fd(1),
+            fd(1)
+        ],
+        "version, ID, shm, peer 0's vectors, own vectors"
+    );
+    assert_eq!(
+        read_raw(&first),
+        vec![fd(1), fd(1), fd(1)],
+        "peer 1 announced with its vectors"
+    );
+    drop(second);
+    assert_eq!(
+        read_raw(&first),
+        vec![no(1)],
+        "disconnect: the ID without an fd"
+    );
+}
+
+#[test]
+fn a_client_that_sends_anything_is_dropped() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path(), |_| {});
+    let mut a = HostPeer::connect(server.socket_path(), SETUP).unwrap();
+    let mut rude = std::os::unix::net::UnixStream::connect(server.socket_path()).unwrap();
+    wait_for(&mut a, &[Event::PeerJoined(1)], SETUP);
+    // Clients never send; the server treats it like a departure.
+    rude.write_all(b"hello").unwrap();
+    wait_for(&mut a, &[Event::PeerLeft(1), Event::Vector(0)], SETUP);
+}
