@@ -53,6 +53,9 @@ const BAR_WINDOW: core::ops::Range<u64> = 0xC000_0000..0xFEC0_0000;
 /// would be reported as a mapping conflict.
 pub const STATE_ALIAS_VIRT: u64 = 0x0000_7f00_0000_0000;
 
+/// Doorbell vector for link-state changes (ivshmem-net: 0; data is 1).
+pub const VECTOR_STATE: u16 = 0;
+
 /// Why the device could not be brought up.
 #[derive(Clone, Copy, Debug)]
 pub enum BringUpError {
@@ -132,7 +135,6 @@ impl fmt::Display for BringUpError {
 }
 
 /// The ivshmem device, ready for the NIC driver.
-#[allow(dead_code)] // the NIC driver (next step) uses all of it
 pub struct NicDevice {
     /// Where it is.
     pub bdf: Bdf,
@@ -452,7 +454,6 @@ pub fn bring_up(apic_id: u32) -> Result<NicDevice, BringUpError> {
     })
 }
 
-#[allow(dead_code)] // the NIC driver (next step) uses all of it
 impl NicDevice {
     /// Own output section (read-write).
     pub fn own_section(&self) -> (*mut u8, usize) {
@@ -495,11 +496,6 @@ impl NicDevice {
         self.state_entry(self.peer).load(Ordering::Acquire)
     }
 
-    /// The own state-table entry as the peer sees it.
-    pub fn own_state(&self) -> u32 {
-        self.state_entry(self.id).load(Ordering::Acquire)
-    }
-
     /// Publishes the own link state and wakes the peer on vector 0.
     ///
     /// Jailhouse: the STATE register (the hypervisor updates the read-only
@@ -518,7 +514,7 @@ impl NicDevice {
                 entry.store(state, Ordering::Release);
                 // The doorbell write is ordered after the store by the
                 // fence in `ring`.
-                self.ring(0);
+                self.ring(VECTOR_STATE);
             }
             None => self.device.set_own_state(state),
         }

@@ -16,6 +16,9 @@
 //! | `time` | TSC clock and LAPIC alarm, PIT-calibrated |
 //! | `pci` | configuration space through ports 0xCF8/0xCFC, bus scan |
 //! | `device` | ivshmem bring-up: BARs, mappings, MSI-X, own state |
+//! | `nic` | the ivshmem-net NIC on `ivnet-ring`, smoltcp `phy::Device` |
+//! | `net` | smoltcp interface, services, the NAPI-style main loop |
+//! | `footprint` | image size and stack high-water mark |
 //! | `selftest` | platform self-tests selected on the command line |
 //!
 //! Boot order: console → start info and command line → CPU features →
@@ -29,8 +32,11 @@ mod boot;
 mod cpu;
 mod device;
 mod exit;
+mod footprint;
 mod gdt;
 mod idt;
+mod net;
+mod nic;
 mod paging;
 mod pci;
 mod selftest;
@@ -154,16 +160,22 @@ fn run(config: &GuestConfig) -> ! {
     };
     let usage = paging::usage();
     println!(
-        "platform up: page tables {}/{} used",
-        usage.used, usage.total
+        "platform up: page tables {}/{} used; {}; stack used {} bytes",
+        usage.used,
+        usage.total,
+        footprint::Image,
+        footprint::stack_used()
     );
     match (config.selftest, nic) {
         (Some(test), nic) => selftest::run(test, nic.as_ref()),
-        (None, Some(_nic)) => {
-            println!("no services yet; halting");
-            loop {
-                idt::wait_for_events();
-            }
+        (None, Some(device)) => {
+            // The NIC (its ring endpoint keeps per-slot state) lives in a
+            // static, not on the stack.
+            static NIC: static_cell::StaticCell<nic::Nic> = static_cell::StaticCell::new();
+            let (rx_buf, tx_scratch) = net::frame_buffers();
+            let nic = nic::Nic::new(device, config.mode, config.mtu, rx_buf, tx_scratch)
+                .unwrap_or_else(|e| fail(ExitCode::DeviceError, format_args!("nic: {e}")));
+            net::run(NIC.init(nic), config)
         }
         (None, None) => unreachable!("bring_up failures without a self-test exit above"),
     }

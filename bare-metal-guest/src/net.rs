@@ -1,0 +1,484 @@
+//! The IP stack (smoltcp, no heap) on the NIC, its services, and the
+//! guest's main loop.
+//!
+//! Services on the guest's address:
+//!
+//! | service | port | behaviour |
+//! |---|---|---|
+//! | ICMP echo | — | smoltcp answers echo requests itself (`auto-icmp-echo-reply`) |
+//! | UDP echo | 7 | every datagram goes back to its sender, byte for byte |
+//! | TCP echo | 7 | everything received is sent back; closes after the client's FIN once all is echoed |
+//! | TCP discard | 9 | everything received is dropped (throughput sink) |
+//! | UDP stats | 7777 | any datagram: the counters line goes back and to the serial console |
+//!
+//! The main loop is NAPI-style. An interrupt (doorbell or timer) wakes it;
+//! it then polls — TX completions, received frames through smoltcp, the
+//! services, transmission — and publishes each batch with one index store
+//! and at most one doorbell. While frames keep arriving it keeps polling
+//! without asking the peer for doorbells; when the ring is empty it
+//! publishes its event index, re-checks (a frame may have slipped in), and
+//! only then sleeps with `sti; hlt` until the next doorbell or the next
+//! smoltcp/link/statistics deadline. In `mode=poll` it never sleeps and
+//! never asks for doorbells.
+
+use core::fmt::{self, Write};
+use core::sync::atomic::Ordering;
+
+use ivnet_guest::cmdline::{GuestConfig, Mode};
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet, SocketStorage};
+use smoltcp::socket::{tcp, udp};
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
+use static_cell::ConstStaticCell;
+
+use crate::idt::{self, IRQ_COUNTERS};
+use crate::nic::{MAX_FRAME, Nic};
+use crate::{cpu, println, time};
+
+/// Echo and discard port numbers (RFC 862, RFC 863).
+const ECHO_PORT: u16 = 7;
+const DISCARD_PORT: u16 = 9;
+/// UDP port that answers with the counters line.
+pub const STATS_PORT: u16 = 7777;
+
+/// Received frames handled per poll round before completions are
+/// published (so the peer gets its slots back early).
+const RX_BUDGET: usize = 16;
+/// Bound on transmit rounds per poll (each sends one packet per socket).
+const EGRESS_ROUNDS: usize = 64;
+/// How often the link state is re-read even without a vector-0 interrupt
+/// (QEMU drops doorbells to peers that are not connected yet).
+const LINK_TICK_US: u64 = 250_000;
+/// Sleep bound while the TX ring is full and smoltcp has data queued: the
+/// completion doorbell normally comes first.
+const TX_FULL_SLEEP_US: u64 = 10_000;
+
+const TCP_ECHO_RX: usize = 64 * 1024;
+const TCP_ECHO_TX: usize = 64 * 1024;
+const TCP_DISCARD_RX: usize = 64 * 1024;
+const TCP_DISCARD_TX: usize = 64;
+const UDP_PAYLOAD: usize = 32 * 1024;
+const UDP_PACKETS: usize = 16;
+const STATS_PAYLOAD: usize = 2048;
+const STATS_PACKETS: usize = 2;
+
+static RX_BUF: ConstStaticCell<[u8; MAX_FRAME]> = ConstStaticCell::new([0; MAX_FRAME]);
+static TX_SCRATCH: ConstStaticCell<[u8; MAX_FRAME]> = ConstStaticCell::new([0; MAX_FRAME]);
+static BOUNCE: ConstStaticCell<[u8; MAX_FRAME]> = ConstStaticCell::new([0; MAX_FRAME]);
+static SOCKETS: ConstStaticCell<[SocketStorage<'static>; 4]> =
+    ConstStaticCell::new([SocketStorage::EMPTY; 4]);
+static ECHO_RX: ConstStaticCell<[u8; TCP_ECHO_RX]> = ConstStaticCell::new([0; TCP_ECHO_RX]);
+static ECHO_TX: ConstStaticCell<[u8; TCP_ECHO_TX]> = ConstStaticCell::new([0; TCP_ECHO_TX]);
+static DISCARD_RX: ConstStaticCell<[u8; TCP_DISCARD_RX]> =
+    ConstStaticCell::new([0; TCP_DISCARD_RX]);
+static DISCARD_TX: ConstStaticCell<[u8; TCP_DISCARD_TX]> =
+    ConstStaticCell::new([0; TCP_DISCARD_TX]);
+static UDP_RX: ConstStaticCell<[u8; UDP_PAYLOAD]> = ConstStaticCell::new([0; UDP_PAYLOAD]);
+static UDP_TX: ConstStaticCell<[u8; UDP_PAYLOAD]> = ConstStaticCell::new([0; UDP_PAYLOAD]);
+static UDP_RX_META: ConstStaticCell<[udp::PacketMetadata; UDP_PACKETS]> =
+    ConstStaticCell::new([udp::PacketMetadata::EMPTY; UDP_PACKETS]);
+static UDP_TX_META: ConstStaticCell<[udp::PacketMetadata; UDP_PACKETS]> =
+    ConstStaticCell::new([udp::PacketMetadata::EMPTY; UDP_PACKETS]);
+static STATS_RX: ConstStaticCell<[u8; STATS_PAYLOAD]> = ConstStaticCell::new([0; STATS_PAYLOAD]);
+static STATS_TX: ConstStaticCell<[u8; STATS_PAYLOAD]> = ConstStaticCell::new([0; STATS_PAYLOAD]);
+static STATS_RX_META: ConstStaticCell<[udp::PacketMetadata; STATS_PACKETS]> =
+    ConstStaticCell::new([udp::PacketMetadata::EMPTY; STATS_PACKETS]);
+static STATS_TX_META: ConstStaticCell<[udp::PacketMetadata; STATS_PACKETS]> =
+    ConstStaticCell::new([udp::PacketMetadata::EMPTY; STATS_PACKETS]);
+
+/// The NIC's frame buffers (taken once, by `main`).
+pub fn frame_buffers() -> (&'static mut [u8; MAX_FRAME], &'static mut [u8; MAX_FRAME]) {
+    (RX_BUF.take(), TX_SCRATCH.take())
+}
+
+/// Service counters.
+#[derive(Clone, Copy, Debug, Default)]
+struct ServiceCounters {
+    tcp_echo_connections: u64,
+    tcp_echo_bytes: u64,
+    tcp_discard_connections: u64,
+    tcp_discard_bytes: u64,
+    udp_echo_datagrams: u64,
+    udp_echo_bytes: u64,
+    udp_echo_dropped: u64,
+    stats_requests: u64,
+}
+
+struct Services {
+    tcp_echo: SocketHandle,
+    tcp_discard: SocketHandle,
+    udp_echo: SocketHandle,
+    udp_stats: SocketHandle,
+    echo_was_active: bool,
+    discard_was_active: bool,
+    counters: ServiceCounters,
+    bounce: &'static mut [u8; MAX_FRAME],
+}
+
+fn new_tcp(rx: &'static mut [u8], tx: &'static mut [u8]) -> tcp::Socket<'static> {
+    let mut s = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
+    // Echo and discard are bulk services: no Nagle delays on the echo path.
+    s.set_nagle_enabled(false);
+    s
+}
+
+fn new_udp(
+    rx_meta: &'static mut [udp::PacketMetadata],
+    rx: &'static mut [u8],
+    tx_meta: &'static mut [udp::PacketMetadata],
+    tx: &'static mut [u8],
+    port: u16,
+) -> udp::Socket<'static> {
+    let mut s = udp::Socket::new(
+        udp::PacketBuffer::new(rx_meta, rx),
+        udp::PacketBuffer::new(tx_meta, tx),
+    );
+    // Binding a fresh socket to a nonzero port cannot fail.
+    let _ = s.bind(port);
+    s
+}
+
+impl Services {
+    fn new(sockets: &mut SocketSet<'static>) -> Services {
+        let tcp_echo = sockets.add(new_tcp(ECHO_RX.take(), ECHO_TX.take()));
+        let tcp_discard = sockets.add(new_tcp(DISCARD_RX.take(), DISCARD_TX.take()));
+        let udp_echo = sockets.add(new_udp(
+            UDP_RX_META.take(),
+            UDP_RX.take(),
+            UDP_TX_META.take(),
+            UDP_TX.take(),
+            ECHO_PORT,
+        ));
+        let udp_stats = sockets.add(new_udp(
+            STATS_RX_META.take(),
+            STATS_RX.take(),
+            STATS_TX_META.take(),
+            STATS_TX.take(),
+            STATS_PORT,
+        ));
+        Services {
+            tcp_echo,
+            tcp_discard,
+            udp_echo,
+            udp_stats,
+            echo_was_active: false,
+            discard_was_active: false,
+            counters: ServiceCounters::default(),
+            bounce: BOUNCE.take(),
+        }
+    }
+
+    /// Serves every socket once. Returns whether any data moved (then the
+    /// caller polls again to transmit it).
+    fn process(&mut self, sockets: &mut SocketSet<'static>, nic: &Nic, now_us: u64) -> bool {
+        let mut moved = false;
+
+        // TCP echo: move received bytes to the send buffer as room allows.
+        let s = sockets.get_mut::<tcp::Socket>(self.tcp_echo);
+        if !s.is_open() {
+            let _ = s.listen(ECHO_PORT);
+        }
+        if s.is_active() && !self.echo_was_active {
+            self.counters.tcp_echo_connections += 1;
+        }
+        self.echo_was_active = s.is_active();
+        while s.can_recv() && s.can_send() {
+            let room = s.send_capacity() - s.send_queue();
+            let want = room.min(self.bounce.len());
+            if want == 0 {
+                break;
+            }
+            let n = s.recv_slice(&mut self.bounce[..want]).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            // `n <= room`: all of it fits.
+            let _ = s.send_slice(&self.bounce[..n]);
+            self.counters.tcp_echo_bytes += n as u64;
+            moved = true;
+        }
+        if !s.may_recv() && s.recv_queue() == 0 && s.may_send() {
+            // The client sent FIN and everything is echoed: FIN back after
+            // the queued data.
+            s.close();
+        }
+
+        // TCP discard.
+        let s = sockets.get_mut::<tcp::Socket>(self.tcp_discard);
+        if !s.is_open() {
+            let _ = s.listen(DISCARD_PORT);
+        }
+        if s.is_active() && !self.discard_was_active {
+            self.counters.tcp_discard_connections += 1;
+        }
+        self.discard_was_active = s.is_active();
+        while s.can_recv() {
+            let n = s.recv(|b| (b.len(), b.len())).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            self.counters.tcp_discard_bytes += n as u64;
+            moved = true;
+        }
+        if !s.may_recv() && s.may_send() {
+            s.close();
+        }
+
+        // UDP echo.
+        let s = sockets.get_mut::<udp::Socket>(self.udp_echo);
+        while s.can_send() {
+            let Ok((n, meta)) = s.recv_slice(&mut self.bounce[..]) else {
+                break;
+            };
+            match s.send_slice(&self.bounce[..n], meta.endpoint) {
+                Ok(()) => {
+                    self.counters.udp_echo_datagrams += 1;
+                    self.counters.udp_echo_bytes += n as u64;
+                }
+                Err(_) => self.counters.udp_echo_dropped += 1,
+            }
+            moved = true;
+        }
+
+        // Counters on request.
+        let s = sockets.get_mut::<udp::Socket>(self.udp_stats);
+        while s.can_send() {
+            let Ok((_, meta)) = s.recv_slice(&mut self.bounce[..]) else {
+                break;
+            };
+            self.counters.stats_requests += 1;
+            let mut line = LineBuf::new();
+            let _ = write!(
+                line,
+                "{}",
+                StatsLine {
+                    nic,
+                    services: &self.counters,
+                    now_us
+                }
+            );
+            println!("{}", line.as_str());
+            let _ = s.send_slice(line.as_bytes(), meta.endpoint);
+            moved = true;
+        }
+        moved
+    }
+}
+
+/// A fixed-size text buffer for one counters line.
+struct LineBuf {
+    buf: [u8; 1024],
+    len: usize,
+}
+
+impl LineBuf {
+    fn new() -> Self {
+        LineBuf {
+            buf: [0; 1024],
+            len: 0,
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    fn as_str(&self) -> &str {
+        // Only `write_str` fills the buffer, with whole `&str`s.
+        core::str::from_utf8(self.as_bytes()).unwrap_or("")
+    }
+}
+
+impl Write for LineBuf {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let room = self.buf.len() - self.len;
+        if s.len() > room {
+            return Err(fmt::Error);
+        }
+        self.buf[self.len..self.len + s.len()].copy_from_slice(s.as_bytes());
+        self.len += s.len();
+        Ok(())
+    }
+}
+
+/// The counters line, one line of `key=value` words.
+struct StatsLine<'a> {
+    nic: &'a Nic,
+    services: &'a ServiceCounters,
+    now_us: u64,
+}
+
+impl fmt::Display for StatsLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ep = self.nic.endpoint();
+        let s = self.nic.stats();
+        let d = self.nic.counters();
+        let c = self.services;
+        let irq = &IRQ_COUNTERS;
+        write!(
+            f,
+            "stats: t={}.{:03}s link={}/{} carrier={} rx_frames={} rx_bytes={} tx_frames={} tx_bytes={} \
+             tx_batches={} doorbells_rung={} doorbells_suppressed={} irq_state={} irq_data={} irq_timer={} \
+             tx_ring_full={} tx_completion_requests={} link_resets={} ring_errors={} rx_oversize={} \
+             tcp_echo_conns={} tcp_echo_bytes={} tcp_discard_conns={} tcp_discard_bytes={} \
+             udp_echo_dgrams={} udp_echo_bytes={} udp_echo_dropped={} tx_no_slot={} stack_used={}",
+            self.now_us / 1_000_000,
+            self.now_us / 1000 % 1000,
+            ep.local_state(),
+            ep.peer_state().map_or("?", |p| p.name()),
+            u8::from(ep.carrier()),
+            s.rx_frames,
+            s.rx_bytes,
+            s.tx_frames,
+            s.tx_bytes,
+            s.tx_batches,
+            d.doorbells_rung,
+            s.notifications_suppressed,
+            irq.doorbell[0].load(Ordering::Relaxed),
+            irq.doorbell[1].load(Ordering::Relaxed),
+            irq.timer.load(Ordering::Relaxed),
+            s.tx_ring_full,
+            s.tx_completion_irq_requests,
+            s.link_resets,
+            s.total_errors(),
+            s.rx_dropped_oversize,
+            c.tcp_echo_connections,
+            c.tcp_echo_bytes,
+            c.tcp_discard_connections,
+            c.tcp_discard_bytes,
+            c.udp_echo_datagrams,
+            c.udp_echo_bytes,
+            c.udp_echo_dropped,
+            d.tx_token_no_slot,
+            crate::footprint::stack_used(),
+        )
+    }
+}
+
+/// Lets every socket transmit until none has anything more to send or the
+/// ring is full (one `poll_egress` sends at most one packet per socket).
+fn egress(iface: &mut Interface, nic: &mut Nic, sockets: &mut SocketSet<'static>) {
+    for _ in 0..EGRESS_ROUNDS {
+        let r = iface.poll_egress(smol_now(time::now_us()), nic, sockets);
+        if r == smoltcp::iface::PollResult::None {
+            break;
+        }
+    }
+}
+
+fn smol_now(us: u64) -> Instant {
+    Instant::from_micros(us as i64)
+}
+
+/// Runs the network services forever.
+pub fn run(nic: &'static mut Nic, config: &GuestConfig) -> ! {
+    let mac = config.mac.0;
+    let mut iface_config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
+    iface_config.random_seed = cpu::rdtsc();
+    let mut iface = Interface::new(iface_config, nic, smol_now(time::now_us()));
+    let ip = config.ip;
+    iface.update_ip_addrs(|addrs| {
+        // The address list has room for this one address.
+        let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(ip.address), ip.prefix_len));
+    });
+    if let Some(gw) = config.gateway {
+        // The route table has room for the default route.
+        let _ = iface.routes_mut().add_default_ipv4_route(gw);
+    }
+    let mut sockets = SocketSet::new(&mut SOCKETS.take()[..]);
+    let mut services = Services::new(&mut sockets);
+
+    let geometry = *nic.endpoint().geometry();
+    println!(
+        "net: {}/{} mac {} mtu {} mode {:?}; ring: queue {} entries, data area {:#x} bytes; \
+         services: icmp echo, udp echo {ECHO_PORT}, tcp echo {ECHO_PORT}, tcp discard {DISCARD_PORT}, udp stats {STATS_PORT}",
+        ip.address,
+        ip.prefix_len,
+        config.mac,
+        nic.mtu(),
+        config.mode,
+        geometry.queue_len,
+        geometry.data_size,
+    );
+
+    let stats_interval_us = u64::from(config.stats_interval_s) * 1_000_000;
+    let mut next_stats = time::now_us() + stats_interval_us;
+    let mut next_link_tick = 0;
+    let mut events = 0u32;
+    nic.step_link(true);
+    loop {
+        events |= idt::take_events();
+        let now = time::now_us();
+
+        // Link state: on a vector-0 interrupt, on every tick, and whenever
+        // the peer's entry changed (one load).
+        let tick = now >= next_link_tick;
+        if tick {
+            next_link_tick = now + LINK_TICK_US;
+        }
+        nic.step_link(tick || events & idt::event_doorbell(0) != 0);
+        events = 0;
+
+        // Data path, batched.
+        nic.reclaim();
+        let mut budget = RX_BUDGET;
+        while budget > 0
+            && iface.poll_ingress_single(smol_now(time::now_us()), nic, &mut sockets)
+                != smoltcp::iface::PollIngressSingleResult::None
+        {
+            budget -= 1;
+        }
+        egress(&mut iface, nic, &mut sockets);
+        let now = time::now_us();
+        if services.process(&mut sockets, nic, now) {
+            egress(&mut iface, nic, &mut sockets);
+        }
+        nic.flush();
+
+        if stats_interval_us > 0 && now >= next_stats {
+            next_stats = now + stats_interval_us;
+            println!(
+                "{}",
+                StatsLine {
+                    nic,
+                    services: &services.counters,
+                    now_us: now
+                }
+            );
+        }
+
+        if config.mode == Mode::Poll || budget == 0 || nic.rx_pending() {
+            // More work waiting (or poll mode): poll again, no doorbells.
+            continue;
+        }
+        if nic.arm_rx_notify() {
+            // A frame slipped in while the event index was published.
+            continue;
+        }
+        nic.rearm();
+
+        // Sleep until a doorbell or the next deadline.
+        let mut delay_us = iface
+            .poll_delay(smol_now(now), &sockets)
+            .map_or(u64::MAX, |d| d.total_micros());
+        if delay_us == 0 {
+            // smoltcp has something to send but could not: the ring is full
+            // (the completion doorbell wakes us; the bound covers a lost
+            // one) or the link is down.
+            delay_us = if nic.can_transmit() {
+                1_000
+            } else {
+                TX_FULL_SLEEP_US
+            };
+        }
+        delay_us = delay_us.min(next_link_tick.saturating_sub(now));
+        if stats_interval_us > 0 {
+            delay_us = delay_us.min(next_stats.saturating_sub(now));
+        }
+        if delay_us == 0 {
+            continue;
+        }
+        time::arm_alarm_us(delay_us);
+        events = idt::wait_for_events();
+    }
+}
