@@ -52,7 +52,7 @@ Example (an ivshmem-net link, 1 MiB window):
       -device ivshmem-doorbell,chardev=ivs,vectors=2",
     after_help = "\
 Sizes accept 0x7f000, 520192, 508K or 1M (binary units) and must be multiples of 4 KiB.
-SIGTERM or SIGINT: remove the socket and exit 0. SIGUSR1: log the peers and counters.
+SIGTERM, SIGINT or SIGHUP: remove the socket and exit 0. SIGUSR1: log the peers and counters.
 Exit codes: 0 clean stop, 1 runtime failure, 2 invalid arguments, 3 socket in use by a running server."
 )]
 struct Cli {

@@ -276,6 +276,10 @@ impl HostPeer {
     ///
     /// Peers already connected are listed by [`peers`](Self::peers); no
     /// [`Event::PeerJoined`] is reported for them.
+    ///
+    /// Sections are mapped at 4 KiB granularity, so a window on hugetlbfs
+    /// (served with `--shm-path /dev/hugepages`) cannot be joined by a host
+    /// peer ([`ClientError::Map`]); QEMU peers are unaffected.
     pub fn connect(path: impl AsRef<Path>, timeout: Duration) -> Result<HostPeer, ClientError> {
         let path = path.as_ref();
         let deadline = Instant::now() + timeout;

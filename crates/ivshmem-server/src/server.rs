@@ -26,8 +26,8 @@ use crate::shm::{SharedMemory, ShmBacking, ShmError};
 /// Default output-section size: 0x7f000, the size of Jailhouse's ivshmem-net
 /// link, so that a two-peer window is exactly 1 MiB.
 pub const DEFAULT_OUTPUT_SECTION_SIZE: u64 = 0x7f000;
-/// Default number of vectors per peer (ivshmem-net: 0 = state, 1 = data…
-/// both are available; the link works with 1).
+/// Default number of vectors per peer. ivshmem-net with MSI-X uses exactly
+/// two: vector 0 for state changes, vector 1 for TX/RX.
 pub const DEFAULT_VECTORS: u32 = 2;
 /// Most vectors per peer the server hands out (QEMU's example server uses
 /// the same limit).
