@@ -157,19 +157,18 @@ impl OwnSection {
     }
 
     /// Zeroes the whole section (ivshmem-net does this on INIT → READY).
+    ///
+    /// A plain `memset`, as in the reference. The handshake guarantees the
+    /// peer is not reading our section at this point: we leave INIT only
+    /// when the peer is past RESET, and a peer reads our section only in
+    /// RUN, which it enters after seeing us READY — i.e. after this. (A
+    /// driver must publish RESET when it starts, so that a peer still
+    /// running against an earlier instance stops first.)
     pub fn zero(&self) {
-        // Word-wise atomic stores rather than `write_bytes`: the peer may
-        // still be reading (it must not, but a confused one might), and this
-        // keeps that a benign race instead of undefined behaviour.
-        let words = self.len / 8;
-        for i in 0..words {
-            self.store_u64(i * 8, 0, Ordering::Relaxed);
-        }
-        for offset in words * 8..self.len {
-            let ptr = self.at(offset, 1);
-            // SAFETY: in bounds; a one-byte write into our own section.
-            unsafe { ptr.write_volatile(0) };
-        }
+        let dst = self.at(0, self.len);
+        // SAFETY: `dst..dst+len` is exactly our section, writable for us;
+        // see above for why no concurrent access happens.
+        unsafe { core::ptr::write_bytes(dst, 0, self.len) };
     }
 }
 
