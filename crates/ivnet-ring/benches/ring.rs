@@ -32,12 +32,12 @@ const SECTION: usize = 0x7f000;
 const SPIN: u32 = 2000;
 
 fn pin(cpu: usize) {
-    // SAFETY: cpu_set_t is plain data; sched_setaffinity reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = core::mem::zeroed();
-        libc::CPU_SET(cpu % 2, &mut set);
-        libc::sched_setaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
+    // SAFETY: cpu_set_t is plain data for which all-zeroes is valid.
+    let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
+    // SAFETY: `set` is a valid cpu_set_t and cpu % 2 is within it.
+    unsafe { libc::CPU_SET(cpu % 2, &mut set) };
+    // SAFETY: sched_setaffinity reads `set` for the calling thread.
+    unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) };
 }
 
 /// An eventfd doorbell.
