@@ -1,0 +1,321 @@
+//! The guest's NIC against a host peer in the test process: the test joins
+//! the ivshmem server like a second VM (ivshmem-server's `HostPeer`),
+//! drives its own `ivnet_ring::Endpoint`, and talks to the guest with frames
+//! built by hand — ARP, ICMP echo, UDP echo, the UDP counters service — so
+//! every byte on the link is checked, without a kernel stack in between.
+
+use std::time::{Duration, Instant};
+
+use ivnet_e2e::qemu::{BOOT_TIMEOUT, Guest, GuestConfig, IvshmemServer, accelerators};
+use ivnet_ring::{Config, Endpoint, LinkState, Notify, OwnSection, PeerSection};
+use ivshmem_server::{Event, HostPeer};
+
+const HOST_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
+const HOST_IP: [u8; 4] = [10, 77, 0, 1];
+const GUEST_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x02];
+const GUEST_IP: [u8; 4] = [10, 77, 0, 2];
+const DATA_VECTOR: u32 = 1;
+const STATE_VECTOR: u32 = 0;
+
+/// The test process as the other end of the link.
+struct HostLink {
+    peer: HostPeer,
+    ep: Endpoint,
+    guest: u16,
+    doorbells_sent: u64,
+}
+
+impl HostLink {
+    fn connect(server: &IvshmemServer) -> HostLink {
+        let peer = HostPeer::connect(server.socket(), Duration::from_secs(10)).unwrap();
+        assert_eq!(peer.id(), 0, "the host peer connects first");
+        let guest = 1;
+        let (own_ptr, own_len) = peer.own_section();
+        let (peer_ptr, peer_len) = peer.peer_section(guest).unwrap();
+        // SAFETY: HostPeer maps its own output section read-write and the
+        // guest's read-only for as long as `peer` lives; `HostLink` keeps
+        // both together and drops the endpoint first (field order).
+        let own = unsafe { OwnSection::new(own_ptr, own_len) }.unwrap();
+        // SAFETY: as above.
+        let theirs = unsafe { PeerSection::new(peer_ptr, peer_len) }.unwrap();
+        let ep = Endpoint::new(own, theirs, Config::default()).unwrap();
+        HostLink {
+            ep,
+            peer,
+            guest,
+            doorbells_sent: 0,
+        }
+    }
+
+    fn step_link(&mut self) {
+        let raw = self.peer.peer_state(self.guest).unwrap();
+        let out = self.ep.on_peer_state(raw, true);
+        if let Some(state) = out.write_state {
+            self.peer.set_own_state(state.raw());
+            // The guest may not be connected yet; then this doorbell is
+            // dropped and the guest's own periodic check catches up.
+            let _ = self.peer.doorbell(self.guest, STATE_VECTOR);
+        }
+    }
+
+    fn ring_if(&mut self, n: Notify) {
+        if n == Notify::Doorbell {
+            self.peer.doorbell(self.guest, DATA_VECTOR).unwrap();
+            self.doorbells_sent += 1;
+        }
+    }
+
+    /// Waits for doorbells (or a short timeout) and handles state changes.
+    fn wait(&mut self, timeout: Duration) {
+        for e in self.peer.wait(Some(timeout)).unwrap() {
+            if matches!(
+                e,
+                Event::Vector(0) | Event::PeerJoined(_) | Event::PeerLeft(_)
+            ) {
+                self.step_link();
+            }
+        }
+        self.step_link();
+    }
+
+    fn wait_carrier(&mut self, guest: &mut Guest) {
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        while !self.ep.carrier() {
+            assert!(
+                Instant::now() < deadline && guest.is_running(),
+                "no carrier: host {:?}, guest entry {:?}\n{}",
+                self.ep.local_state(),
+                self.peer.peer_state(self.guest),
+                guest.diagnostics()
+            );
+            self.wait(Duration::from_millis(50));
+        }
+    }
+
+    fn send(&mut self, frame: &[u8]) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.ep.tx_ready() {
+            assert!(Instant::now() < deadline, "TX ring stays full");
+            self.wait(Duration::from_millis(10));
+        }
+        self.ep.send(frame).unwrap();
+        let n = self.ep.flush_tx();
+        self.ring_if(n);
+    }
+
+    /// Receives frames until `pick` accepts one (others, e.g. gratuitous
+    /// traffic, are skipped) or the timeout passes.
+    fn recv_until(
+        &mut self,
+        guest: &mut Guest,
+        timeout: Duration,
+        mut pick: impl FnMut(&[u8]) -> bool,
+    ) -> Vec<u8> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; 16384 + 18];
+        loop {
+            self.ep.reclaim().unwrap();
+            while let Some(len) = self.ep.recv(&mut buf).unwrap() {
+                let n = self.ep.flush_rx();
+                self.ring_if(n);
+                if pick(&buf[..len]) {
+                    return buf[..len].to_vec();
+                }
+            }
+            let n = self.ep.flush_rx();
+            self.ring_if(n);
+            assert!(
+                Instant::now() < deadline && guest.is_running(),
+                "no matching frame within {timeout:?}; ring stats {:?}\n{}",
+                self.ep.stats(),
+                guest.diagnostics()
+            );
+            // Ask for a doorbell before sleeping; the timeout covers none.
+            if !self.ep.enable_rx_notify().unwrap() {
+                self.wait(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    for chunk in data.chunks(2) {
+        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn ethernet(dst: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + payload.len());
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&HOST_MAC);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn arp_request() -> Vec<u8> {
+    let mut a = Vec::new();
+    a.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]); // Ethernet/IPv4, request
+    a.extend_from_slice(&HOST_MAC);
+    a.extend_from_slice(&HOST_IP);
+    a.extend_from_slice(&[0; 6]);
+    a.extend_from_slice(&GUEST_IP);
+    ethernet([0xff; 6], 0x0806, &a)
+}
+
+fn ipv4(protocol: u8, id: u16, payload: &[u8]) -> Vec<u8> {
+    let total = 20 + payload.len();
+    let mut h = vec![0x45, 0];
+    h.extend_from_slice(&(total as u16).to_be_bytes());
+    h.extend_from_slice(&id.to_be_bytes());
+    h.extend_from_slice(&[0x40, 0, 64, protocol, 0, 0]); // DF, TTL 64
+    h.extend_from_slice(&HOST_IP);
+    h.extend_from_slice(&GUEST_IP);
+    let c = checksum(&h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    h.extend_from_slice(payload);
+    ethernet(GUEST_MAC, 0x0800, &h)
+}
+
+fn icmp_echo(id: u16, seq: u16, data: &[u8]) -> Vec<u8> {
+    let mut m = vec![8, 0, 0, 0];
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(data);
+    let c = checksum(&m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    ipv4(1, seq, &m)
+}
+
+fn udp(src_port: u16, dst_port: u16, data: &[u8]) -> Vec<u8> {
+    let len = (8 + data.len()) as u16;
+    let mut u = Vec::new();
+    u.extend_from_slice(&src_port.to_be_bytes());
+    u.extend_from_slice(&dst_port.to_be_bytes());
+    u.extend_from_slice(&len.to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(data);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&HOST_IP);
+    pseudo.extend_from_slice(&GUEST_IP);
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&len.to_be_bytes());
+    pseudo.extend_from_slice(&u);
+    let c = match checksum(&pseudo) {
+        0 => 0xffff,
+        c => c,
+    };
+    u[6..8].copy_from_slice(&c.to_be_bytes());
+    ipv4(17, 0x1000 + src_port, &u)
+}
+
+/// The IPv4 payload of an Ethernet frame from the guest to us with the given
+/// protocol, after checking the Ethernet and IPv4 headers (addresses,
+/// version, header checksum).
+fn ipv4_payload(frame: &[u8], protocol: u8) -> Option<&[u8]> {
+    if frame.len() < 34 || frame[12..14] != [0x08, 0x00] || frame[0..6] != HOST_MAC {
+        return None;
+    }
+    let ip = &frame[14..];
+    let ihl = usize::from(ip[0] & 0xf) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    if ip[0] >> 4 != 4 || ip[9] != protocol || ip[12..16] != GUEST_IP || ip[16..20] != HOST_IP {
+        return None;
+    }
+    assert_eq!(
+        checksum(&ip[..ihl]),
+        0,
+        "bad IPv4 header checksum from the guest"
+    );
+    Some(&ip[ihl..total])
+}
+
+#[test]
+fn link_reaches_run_and_icmp_and_udp_echo_round_trip_byte_exact() {
+    for accel in accelerators() {
+        let server = IvshmemServer::start("hostpeer").unwrap();
+        let mut host = HostLink::connect(&server);
+        host.step_link();
+        let mut guest = Guest::start(&GuestConfig {
+            cmdline: "ip=10.77.0.2/24 mac=02:00:00:00:00:02 stats=1".into(),
+            ivshmem_socket: Some(server.socket()),
+            accel: Some(accel.clone()),
+            name: "hostpeer".into(),
+            ..GuestConfig::default()
+        })
+        .unwrap();
+        let what = accel.name();
+
+        // Link: both sides RUN, in the state table and on the console.
+        host.wait_carrier(&mut guest);
+        assert_eq!(host.ep.local_state(), LinkState::Run);
+        assert_eq!(host.peer.peer_state(1), Some(LinkState::Run.raw()));
+        guest
+            .wait_for_serial("link: carrier on (local RUN, peer RUN)", BOOT_TIMEOUT)
+            .unwrap();
+
+        // ARP: the guest answers for its address with its MAC.
+        host.send(&arp_request());
+        let reply = host.recv_until(&mut guest, BOOT_TIMEOUT, |f| {
+            f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2]
+        });
+        assert_eq!(&reply[0..6], &HOST_MAC, "{what}: ARP reply to us");
+        assert_eq!(&reply[22..28], &GUEST_MAC, "{what}: sender MAC");
+        assert_eq!(&reply[28..32], &GUEST_IP, "{what}: sender IP");
+
+        // ICMP echo, small and near the MTU.
+        for (seq, size) in [(1u16, 56usize), (2, 1400), (3, 16000)] {
+            let data: Vec<u8> = (0..size)
+                .map(|i| (i * 7 + usize::from(seq)) as u8)
+                .collect();
+            host.send(&icmp_echo(0x1234, seq, &data));
+            let frame = host.recv_until(&mut guest, BOOT_TIMEOUT, |f| {
+                ipv4_payload(f, 1).is_some_and(|m| m[0] == 0 && m[6..8] == seq.to_be_bytes())
+            });
+            let m = ipv4_payload(&frame, 1).unwrap();
+            assert_eq!(checksum(m), 0, "{what}: ICMP checksum");
+            assert_eq!(&m[4..6], &0x1234u16.to_be_bytes());
+            assert_eq!(&m[8..], &data[..], "{what}: echo payload of {size} bytes");
+        }
+
+        // UDP echo on port 7, byte-exact.
+        for (port, size) in [(40000u16, 1usize), (40001, 1472), (40002, 16000)] {
+            let data: Vec<u8> = (0..size).map(|i| (i * 13 + 5) as u8).collect();
+            host.send(&udp(port, 7, &data));
+            let frame = host.recv_until(&mut guest, BOOT_TIMEOUT, |f| {
+                ipv4_payload(f, 17).is_some_and(|u| u[2..4] == port.to_be_bytes())
+            });
+            let u = ipv4_payload(&frame, 17).unwrap();
+            assert_eq!(&u[0..2], &7u16.to_be_bytes(), "{what}: from port 7");
+            assert_eq!(usize::from(u16::from_be_bytes([u[4], u[5]])), 8 + size);
+            assert_eq!(&u[8..], &data[..], "{what}: UDP echo of {size} bytes");
+            let mut pseudo = Vec::new();
+            pseudo.extend_from_slice(&GUEST_IP);
+            pseudo.extend_from_slice(&HOST_IP);
+            pseudo.extend_from_slice(&[0, 17]);
+            pseudo.extend_from_slice(&(u.len() as u16).to_be_bytes());
+            pseudo.extend_from_slice(u);
+            assert_eq!(checksum(&pseudo), 0, "{what}: UDP checksum from the guest");
+        }
+
+        // The counters service answers with a line that reflects all this.
+        host.send(&udp(40100, 7777, b"stats"));
+        let frame = host.recv_until(&mut guest, BOOT_TIMEOUT, |f| {
+            ipv4_payload(f, 17).is_some_and(|u| u[2..4] == 40100u16.to_be_bytes())
+        });
+        let line = String::from_utf8_lossy(&ipv4_payload(&frame, 17).unwrap()[8..]).into_owned();
+        assert!(line.starts_with("stats: "), "{line}");
+        assert!(line.contains("link=RUN/RUN carrier=1"), "{line}");
+        assert!(line.contains("udp_echo_dgrams=3"), "{line}");
+        assert!(line.contains("ring_errors=0"), "{line}");
+        assert_eq!(host.ep.stats().total_errors(), 0, "host saw ring errors");
+        assert!(guest.is_running(), "{}", guest.diagnostics());
+        guest.kill();
+    }
+}
