@@ -136,36 +136,68 @@ impl Bridge {
         // bytes (read-only) for the backend's lifetime.
         let peer = unsafe { PeerSection::new(backend.peer_section(), len) }
             .ok_or_else(|| BridgeError::Ring("peer section is misaligned or empty".into()))?;
-        let ep = Endpoint::new(own, peer, Config { mtu: cfg.mtu as usize, ..Config::default() })
-            .map_err(|e| BridgeError::Ring(e.to_string()))?;
+        let ep = Endpoint::new(
+            own,
+            peer,
+            Config {
+                mtu: cfg.mtu as usize,
+                ..Config::default()
+            },
+        )
+        .map_err(|e| BridgeError::Ring(e.to_string()))?;
 
         let mut mask = SigSet::empty();
-        for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGUSR1, Signal::SIGHUP] {
+        for s in [
+            Signal::SIGINT,
+            Signal::SIGTERM,
+            Signal::SIGUSR1,
+            Signal::SIGHUP,
+        ] {
             mask.add(s);
         }
         mask.thread_block().map_err(sys("blocking signals"))?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(sys("signalfd"))?;
-        let timer = TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC)
-            .map_err(sys("timerfd"))?;
-        let tick = if cfg.stats_interval.is_zero() { TICK } else { TICK.min(cfg.stats_interval) };
+        let timer = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )
+        .map_err(sys("timerfd"))?;
+        let tick = if cfg.stats_interval.is_zero() {
+            TICK
+        } else {
+            TICK.min(cfg.stats_interval)
+        };
         let tick = tick.max(Duration::from_millis(5));
         timer
-            .set(Expiration::Interval(TimeSpec::from_duration(tick)), TimerSetTimeFlags::empty())
+            .set(
+                Expiration::Interval(TimeSpec::from_duration(tick)),
+                TimerSetTimeFlags::empty(),
+            )
             .map_err(sys("timerfd_settime"))?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(sys("epoll_create"))?;
         epoll
             .add(&signals, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_SIGNAL))
             .map_err(sys("epoll add signalfd"))?;
-        epoll.add(&timer, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_TIMER)).map_err(sys("epoll add timerfd"))?;
-        epoll.add(&tap_fd(&tap), EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_TAP)).map_err(sys("epoll add TAP"))?;
+        epoll
+            .add(&timer, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_TIMER))
+            .map_err(sys("epoll add timerfd"))?;
+        epoll
+            .add(
+                &tap_fd(&tap),
+                EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_TAP),
+            )
+            .map_err(sys("epoll add TAP"))?;
         let backend_fds = backend.wakeup_fds();
         for (i, fd) in backend_fds.iter().enumerate() {
             // SAFETY: the backend owns `fd` and keeps it open while it lives;
             // the borrow ends with this call.
             let bfd = unsafe { BorrowedFd::borrow_raw(*fd) };
             epoll
-                .add(bfd, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_BACKEND + i as u64))
+                .add(
+                    bfd,
+                    EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_BACKEND + i as u64),
+                )
                 .map_err(sys("epoll add backend fd"))?;
         }
         let now = Instant::now();
@@ -324,7 +356,8 @@ impl Bridge {
                 "link: local {} -> {}, peer {}",
                 before.name(),
                 after.name(),
-                LinkState::from_raw(peer).map_or_else(|| format!("{peer} (unknown)"), |s| s.name().to_owned())
+                LinkState::from_raw(peer)
+                    .map_or_else(|| format!("{peer} (unknown)"), |s| s.name().to_owned())
             );
         }
         self.last_peer_state = peer;
@@ -332,7 +365,15 @@ impl Bridge {
             match self.tap.set_carrier(on) {
                 Ok(()) => {
                     self.counters.carrier_changes += 1;
-                    info!("{}: carrier {}", self.tap.name(), if on { "on (link up)" } else { "off (link down)" });
+                    info!(
+                        "{}: carrier {}",
+                        self.tap.name(),
+                        if on {
+                            "on (link up)"
+                        } else {
+                            "off (link down)"
+                        }
+                    );
                 }
                 Err(e) => warn!("{}: cannot switch carrier: {e}", self.tap.name()),
             }
@@ -468,9 +509,15 @@ impl Bridge {
         if self.tap_armed == on {
             return Ok(());
         }
-        let flags = if on { EpollFlags::EPOLLIN } else { EpollFlags::empty() };
+        let flags = if on {
+            EpollFlags::EPOLLIN
+        } else {
+            EpollFlags::empty()
+        };
         let mut ev = EpollEvent::new(flags, TOKEN_TAP);
-        self.epoll.modify(tap_fd(&self.tap), &mut ev).map_err(sys("epoll modify TAP"))?;
+        self.epoll
+            .modify(tap_fd(&self.tap), &mut ev)
+            .map_err(sys("epoll modify TAP"))?;
         self.tap_armed = on;
         if on {
             self.tap_readable = true;

@@ -139,7 +139,11 @@ impl MacAddr {
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
     }
 }
 
@@ -156,7 +160,9 @@ impl FromStr for MacAddr {
         let mut out = [0u8; 6];
         let mut parts = s.split([':', '-']);
         for byte in &mut out {
-            let part = parts.next().ok_or_else(|| format!("'{s}' has fewer than 6 octets"))?;
+            let part = parts
+                .next()
+                .ok_or_else(|| format!("'{s}' has fewer than 6 octets"))?;
             if part.is_empty() || part.len() > 2 {
                 return Err(format!("'{s}': octet '{part}' is not 1-2 hex digits"));
             }
@@ -167,7 +173,9 @@ impl FromStr for MacAddr {
             return Err(format!("'{s}' has more than 6 octets"));
         }
         if out[0] & 1 != 0 {
-            return Err(format!("'{s}' is a multicast address; an interface needs a unicast one"));
+            return Err(format!(
+                "'{s}' is a multicast address; an interface needs a unicast one"
+            ));
         }
         if out == [0; 6] {
             return Err(format!("'{s}' is the all-zero address"));
@@ -178,7 +186,9 @@ impl FromStr for MacAddr {
 
 /// Parses a non-negative number of seconds (decimals allowed).
 fn parse_seconds(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s.parse().map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
     if !secs.is_finite() || secs < 0.0 || secs > 86_400.0 * 365.0 {
         return Err(format!("'{s}' is out of range (0 to one year)"));
     }
@@ -196,9 +206,13 @@ fn parse_ifname(s: &str) -> Result<String, String> {
     if s == "." || s == ".." {
         return Err(format!("'{s}' is not a valid interface name"));
     }
-    if let Some(c) = s.chars().find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control())
+    if let Some(c) = s
+        .chars()
+        .find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control())
     {
-        return Err(format!("'{s}' contains {c:?}, which interface names may not contain"));
+        return Err(format!(
+            "'{s}' contains {c:?}, which interface names may not contain"
+        ));
     }
     Ok(s.to_owned())
 }
@@ -255,13 +269,22 @@ mod tests {
             &["--uio", "/dev/uio0"],
         ] {
             let argv: Vec<&str> = base.iter().chain(extra).copied().collect();
-            assert!(Args::try_parse_from(&argv).is_err(), "{argv:?} was accepted");
+            assert!(
+                Args::try_parse_from(&argv).is_err(),
+                "{argv:?} was accepted"
+            );
         }
         assert!(Args::try_parse_from(["ivnet-bridge", "--tap", "t0"]).is_err());
         assert!(Args::try_parse_from(["ivnet-bridge", "--server", "/s", "--tap", "a/b"]).is_err());
         assert!(
-            Args::try_parse_from(["ivnet-bridge", "--server", "/s", "--tap", "0123456789abcdef"])
-                .is_err()
+            Args::try_parse_from([
+                "ivnet-bridge",
+                "--server",
+                "/s",
+                "--tap",
+                "0123456789abcdef"
+            ])
+            .is_err()
         );
     }
 

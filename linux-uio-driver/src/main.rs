@@ -57,7 +57,10 @@ fn run(args: &Args) -> Result<(), String> {
         tap::enter_netns(ns).map_err(|e| format!("cannot enter network namespace '{ns}': {e}"))?;
     }
     let backend: Box<dyn Backend> = if let Some(path) = &args.server {
-        Box::new(backend::server::ServerBackend::connect(path, args.connect_timeout).map_err(|e| e.to_string())?)
+        Box::new(
+            backend::server::ServerBackend::connect(path, args.connect_timeout)
+                .map_err(|e| e.to_string())?,
+        )
     } else if let Some(dev) = &args.uio {
         backend::uio::open(dev).map_err(|e| e.to_string())?
     } else {
@@ -65,8 +68,12 @@ fn run(args: &Args) -> Result<(), String> {
     };
     info!("{}", backend.describe());
 
-    let geometry = Geometry::for_section(backend.section_len())
-        .map_err(|e| format!("output section of {:#x} bytes cannot carry a ring: {e}", backend.section_len()))?;
+    let geometry = Geometry::for_section(backend.section_len()).map_err(|e| {
+        format!(
+            "output section of {:#x} bytes cannot carry a ring: {e}",
+            backend.section_len()
+        )
+    })?;
     if args.mtu as usize > geometry.max_mtu() {
         return Err(format!(
             "--mtu {} is too large for this link: its ring ({:#x}-byte output sections, {} entries, {:#x}-byte data \
@@ -78,15 +85,22 @@ fn run(args: &Args) -> Result<(), String> {
             geometry.max_mtu()
         ));
     }
-    let mac = args.mac.unwrap_or_else(|| MacAddr::for_peer(backend.own_id()));
+    let mac = args
+        .mac
+        .unwrap_or_else(|| MacAddr::for_peer(backend.own_id()));
     let tap = Tap::open(&args.tap, args.mtu, mac).map_err(|e| e.to_string())?;
     info!(
-        "{}: {} TAP, MTU {}, MAC {mac}, mode {:?}, own peer ID {}",
+        "{}: {} TAP, MTU {}, MAC {mac}, mode {:?}, own peer ID {} (other peer {})",
         tap.name(),
-        if tap.created() { "created" } else { "attached to existing" },
+        if tap.created() {
+            "created"
+        } else {
+            "attached to existing"
+        },
         args.mtu,
         args.mode,
-        backend.own_id()
+        backend.own_id(),
+        backend.peer_id()
     );
     let cfg = LoopConfig {
         mtu: args.mtu,
@@ -108,11 +122,18 @@ fn run(args: &Args) -> Result<(), String> {
 
 fn pin_to_cpu(cpu: usize) -> Result<(), String> {
     let mut set = nix::sched::CpuSet::new();
-    set.set(cpu).map_err(|_| format!("--cpu {cpu}: CPU number out of range"))?;
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
-        .map_err(|e| format!("--cpu {cpu}: cannot pin to this CPU: {e} (online CPUs: {})", online_cpus()))
+    set.set(cpu)
+        .map_err(|_| format!("--cpu {cpu}: CPU number out of range"))?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).map_err(|e| {
+        format!(
+            "--cpu {cpu}: cannot pin to this CPU: {e} (online CPUs: {})",
+            online_cpus()
+        )
+    })
 }
 
 fn online_cpus() -> String {
-    std::fs::read_to_string("/sys/devices/system/cpu/online").map(|s| s.trim().to_owned()).unwrap_or_default()
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }

@@ -85,7 +85,8 @@ impl Report<'_> {
     /// line.
     pub fn emit(&self, json: bool) {
         if json {
-            let line = serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+            let line =
+                serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{line}");
             let _ = out.flush();

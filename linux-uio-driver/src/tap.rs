@@ -36,7 +36,9 @@ const ARPHRD_ETHER: libc::sa_family_t = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum TapError {
     /// `/dev/net/tun` is missing or not accessible.
-    #[error("cannot open /dev/net/tun: {0} (is the tun module loaded, are we root or CAP_NET_ADMIN?)")]
+    #[error(
+        "cannot open /dev/net/tun: {0} (is the tun module loaded, are we root or CAP_NET_ADMIN?)"
+    )]
     OpenTun(#[source] io::Error),
     /// The kernel refused `TUNSETIFF`.
     #[error("cannot {verb} TAP interface '{name}': {hint}")]
@@ -80,9 +82,16 @@ union IfReqData {
 
 impl IfReq {
     fn new(name: &str) -> Self {
-        let mut req = IfReq { name: [0; libc::IFNAMSIZ], data: IfReqData { _size: [0; 24] } };
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            data: IfReqData { _size: [0; 24] },
+        };
         // Names were validated to be shorter than IFNAMSIZ (cli::parse_ifname).
-        for (dst, src) in req.name.iter_mut().zip(name.bytes().take(libc::IFNAMSIZ - 1)) {
+        for (dst, src) in req
+            .name
+            .iter_mut()
+            .zip(name.bytes().take(libc::IFNAMSIZ - 1))
+        {
             *dst = src as libc::c_char;
         }
         req
@@ -95,7 +104,11 @@ fn ifreq_ioctl(fd: RawFd, request: libc::c_ulong, req: &mut IfReq) -> io::Result
     // writes at most one `struct ifreq`, and `req` is a valid, exclusive,
     // correctly sized `ifreq` for the duration of the call.
     let rc = unsafe { libc::ioctl(fd, request as _, req as *mut IfReq) };
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// An open TAP interface.
@@ -113,8 +126,11 @@ impl Tap {
     /// the current network namespace, without packet-info header, sets its
     /// MTU and MAC, switches the carrier off and brings it up.
     pub fn open(name: &str, mtu: u32, mac: MacAddr) -> Result<Tap, TapError> {
-        let ctl = control_socket()
-            .map_err(|source| TapError::Configure { name: name.into(), what: "up", source })?;
+        let ctl = control_socket().map_err(|source| TapError::Configure {
+            name: name.into(),
+            what: "up",
+            source,
+        })?;
         let existed = ifindex(ctl.as_raw_fd(), name).is_ok();
         let file = OpenOptions::new()
             .read(true)
@@ -140,25 +156,44 @@ impl Tap {
                 _ => e.to_string(),
             };
             let verb = if existed { "attach to" } else { "create" };
-            return Err(TapError::SetIff { name: name.into(), verb, hint });
+            return Err(TapError::SetIff {
+                name: name.into(),
+                verb,
+                hint,
+            });
         }
         // The kernel may have completed a name ending in "%d".
         // SAFETY: TUNSETIFF wrote a NUL-terminated name into the buffer (the
         // kernel copies back the full IFNAMSIZ array, NUL-terminated).
-        let actual = unsafe { CStr::from_ptr(req.name.as_ptr()) }.to_string_lossy().into_owned();
-        let tap = Tap { fd, ctl, name: actual, created: !existed };
+        let actual = unsafe { CStr::from_ptr(req.name.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
+        let tap = Tap {
+            fd,
+            ctl,
+            name: actual,
+            created: !existed,
+        };
         // Carrier off first: the link is not up yet, and the kernel switches
         // it on when a queue attaches.
-        tap.set_carrier(false)
-            .map_err(|source| tap.configure_error("carrier (TUNSETCARRIER, Linux >= 5.0)", source))?;
-        tap.set_mtu(mtu).map_err(|source| tap.configure_error("MTU", source))?;
-        tap.set_mac(mac).map_err(|source| tap.configure_error("MAC address", source))?;
-        tap.set_up().map_err(|source| tap.configure_error("up", source))?;
+        tap.set_carrier(false).map_err(|source| {
+            tap.configure_error("carrier (TUNSETCARRIER, Linux >= 5.0)", source)
+        })?;
+        tap.set_mtu(mtu)
+            .map_err(|source| tap.configure_error("MTU", source))?;
+        tap.set_mac(mac)
+            .map_err(|source| tap.configure_error("MAC address", source))?;
+        tap.set_up()
+            .map_err(|source| tap.configure_error("up", source))?;
         Ok(tap)
     }
 
     fn configure_error(&self, what: &'static str, source: io::Error) -> TapError {
-        TapError::Configure { name: self.name.clone(), what, source }
+        TapError::Configure {
+            name: self.name.clone(),
+            what,
+            source,
+        }
     }
 
     /// Interface name.
@@ -177,7 +212,11 @@ impl Tap {
         // SAFETY: TUNSETCARRIER reads one `int` through the pointer, which
         // points to a live local.
         let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), TUNSETCARRIER as _, &value) };
-        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     }
 
     fn set_mtu(&self, mtu: u32) -> io::Result<()> {
@@ -244,7 +283,10 @@ impl Tap {
         if n < 0 {
             Err(io::Error::last_os_error())
         } else if n as usize != len {
-            Err(io::Error::new(io::ErrorKind::WriteZero, "short write to TAP"))
+            Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "short write to TAP",
+            ))
         } else {
             Ok(())
         }
@@ -295,7 +337,8 @@ pub fn enter_netns(name: &str) -> io::Result<()> {
         ));
     }
     let path = format!("/run/netns/{name}");
-    let file = std::fs::File::open(&path).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
+    let file =
+        std::fs::File::open(&path).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
     nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
         .map_err(|e| io::Error::other(format!("setns({path}): {e}")))
 }

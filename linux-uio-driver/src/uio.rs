@@ -143,7 +143,10 @@ impl UioMap {
 fn read_attr(path: &Path) -> Result<String, UioError> {
     fs::read_to_string(path)
         .map(|s| s.trim().to_owned())
-        .map_err(|e| UioError::Sysfs { path: path.to_owned(), reason: e.to_string() })
+        .map_err(|e| UioError::Sysfs {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
 }
 
 /// Parses a sysfs number: `0x…` hexadecimal (the kernel's `%pa`/`0x%lx`
@@ -154,7 +157,10 @@ pub fn parse_sysfs_u64(path: &Path, text: &str) -> Result<u64, UioError> {
         Some(hex) => u64::from_str_radix(hex, 16),
         None => t.parse(),
     };
-    parsed.map_err(|_| UioError::Sysfs { path: path.to_owned(), reason: format!("'{t}' is not a number") })
+    parsed.map_err(|_| UioError::Sysfs {
+        path: path.to_owned(),
+        reason: format!("'{t}' is not a number"),
+    })
 }
 
 impl UioDevice {
@@ -168,14 +174,18 @@ impl UioDevice {
         let dev_name = node
             .file_name()
             .and_then(|n| n.to_str())
-            .filter(|n| n.strip_prefix("uio").is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit())))
+            .filter(|n| {
+                n.strip_prefix("uio")
+                    .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+            })
             .ok_or_else(|| UioError::BadPath(node.to_owned()))?
             .to_owned();
         let sysfs = class_dir.join(&dev_name);
         if !sysfs.is_dir() {
             return Err(UioError::Sysfs {
                 path: sysfs,
-                reason: "no such UIO device in sysfs (is a UIO driver bound to the PCI device?)".into(),
+                reason: "no such UIO device in sysfs (is a UIO driver bound to the PCI device?)"
+                    .into(),
             });
         }
         let file = OpenOptions::new()
@@ -183,10 +193,19 @@ impl UioDevice {
             .write(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(node)
-            .map_err(|source| UioError::Open { path: node.to_owned(), source })?;
+            .map_err(|source| UioError::Open {
+                path: node.to_owned(),
+                source,
+            })?;
         let name = read_attr(&sysfs.join("name"))?;
         let maps = Self::read_maps(&sysfs)?;
-        Ok(UioDevice { file, node: node.to_owned(), sysfs, name, maps })
+        Ok(UioDevice {
+            file,
+            node: node.to_owned(),
+            sysfs,
+            name,
+            maps,
+        })
     }
 
     fn read_maps(sysfs: &Path) -> Result<Vec<MapInfo>, UioError> {
@@ -196,10 +215,18 @@ impl UioDevice {
             Ok(e) => e,
             // A device without memory maps (e.g. uio_pci_generic).
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(maps),
-            Err(e) => return Err(UioError::Sysfs { path: dir, reason: e.to_string() }),
+            Err(e) => {
+                return Err(UioError::Sysfs {
+                    path: dir,
+                    reason: e.to_string(),
+                });
+            }
         };
         for entry in entries {
-            let entry = entry.map_err(|e| UioError::Sysfs { path: dir.clone(), reason: e.to_string() })?;
+            let entry = entry.map_err(|e| UioError::Sysfs {
+                path: dir.clone(),
+                reason: e.to_string(),
+            })?;
             let file_name = entry.file_name();
             // Skip anything that is not `mapN` (rather than stopping there).
             let Some(index) = file_name
@@ -219,8 +246,18 @@ impl UioDevice {
                 Err(_) => String::new(),
             };
             // `offset` exists since Linux 3.x; treat a missing one as 0.
-            let offset = if p.join("offset").exists() { num("offset")? } else { 0 };
-            maps.push(MapInfo { index, name, addr: num("addr")?, size: num("size")?, offset });
+            let offset = if p.join("offset").exists() {
+                num("offset")?
+            } else {
+                0
+            };
+            maps.push(MapInfo {
+                index,
+                name,
+                addr: num("addr")?,
+                size: num("size")?,
+                offset,
+            });
         }
         maps.sort_by_key(|m| m.index);
         Ok(maps)
@@ -249,18 +286,25 @@ impl UioDevice {
 
     /// The map called `name`.
     pub fn find_map(&self, name: &'static str) -> Result<&MapInfo, UioError> {
-        self.maps.iter().find(|m| m.name == name).ok_or_else(|| UioError::MissingMap {
-            device: self.node.display().to_string(),
-            name,
-            available: self.map_names(),
-        })
+        self.maps
+            .iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| UioError::MissingMap {
+                device: self.node.display().to_string(),
+                name,
+                available: self.map_names(),
+            })
     }
 
     fn map_names(&self) -> String {
         if self.maps.is_empty() {
             return "none".into();
         }
-        self.maps.iter().map(|m| format!("map{}={}", m.index, m.name)).collect::<Vec<_>>().join(", ")
+        self.maps
+            .iter()
+            .map(|m| format!("map{}={}", m.index, m.name))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Maps map `info` with `access`.
@@ -272,11 +316,17 @@ impl UioDevice {
             source,
         };
         if info.size == 0 {
-            return Err(err(io::Error::new(io::ErrorKind::InvalidData, "map size is 0"), 0));
+            return Err(err(
+                io::Error::new(io::ErrorKind::InvalidData, "map size is 0"),
+                0,
+            ));
         }
         if info.offset >= UIO_PAGE_SIZE {
             return Err(err(
-                io::Error::new(io::ErrorKind::InvalidData, format!("in-page offset {:#x} >= page size", info.offset)),
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("in-page offset {:#x} >= page size", info.offset),
+                ),
                 info.size,
             ));
         }
@@ -285,16 +335,27 @@ impl UioDevice {
             .checked_add(info.size)
             .and_then(|l| l.checked_next_multiple_of(UIO_PAGE_SIZE))
             .filter(|l| usize::try_from(*l).is_ok())
-            .ok_or_else(|| err(io::Error::new(io::ErrorKind::InvalidData, "map size overflows"), info.size))?;
+            .ok_or_else(|| {
+                err(
+                    io::Error::new(io::ErrorKind::InvalidData, "map size overflows"),
+                    info.size,
+                )
+            })?;
         let mut opts = MmapOptions::new();
         // `len` must be given: a character device has no file size.
-        opts.offset(u64::from(info.index) * UIO_PAGE_SIZE).len(len as usize);
+        opts.offset(u64::from(info.index) * UIO_PAGE_SIZE)
+            .len(len as usize);
         let mmap = match access {
             Access::ReadOnly => opts.map_raw_read_only(&self.file),
             Access::ReadWrite => opts.map_raw(&self.file),
         }
         .map_err(|e| err(e, len))?;
-        Ok(UioMap { mmap, offset: info.offset as usize, size: info.size as usize, access })
+        Ok(UioMap {
+            mmap,
+            offset: info.offset as usize,
+            size: info.size as usize,
+            access,
+        })
     }
 
     /// Reads the interrupt event counter if an event is pending (consumes
@@ -303,7 +364,9 @@ impl UioDevice {
         let mut count = [0u8; 4];
         match nix::unistd::read(&self.file, &mut count) {
             Ok(4) => Ok(Some(u32::from_ne_bytes(count))),
-            Ok(n) => Err(io::Error::other(format!("short read of {n} bytes from UIO device"))),
+            Ok(n) => Err(io::Error::other(format!(
+                "short read of {n} bytes from UIO device"
+            ))),
             Err(nix::errno::Errno::EAGAIN) => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -314,7 +377,9 @@ impl UioDevice {
     pub fn irqcontrol(&self, value: u32) -> io::Result<()> {
         match nix::unistd::write(&self.file, &value.to_ne_bytes()) {
             Ok(4) => Ok(()),
-            Ok(n) => Err(io::Error::other(format!("short write of {n} bytes to UIO device"))),
+            Ok(n) => Err(io::Error::other(format!(
+                "short write of {n} bytes to UIO device"
+            ))),
             Err(e) => Err(e.into()),
         }
     }
@@ -349,7 +414,10 @@ impl PciIdentity {
         };
         let narrow = |attr: &str, v: u64, max: u64| -> Result<u64, UioError> {
             if v > max {
-                Err(UioError::Sysfs { path: pci_dir.join(attr), reason: format!("{v:#x} out of range") })
+                Err(UioError::Sysfs {
+                    path: pci_dir.join(attr),
+                    reason: format!("{v:#x} out of range"),
+                })
             } else {
                 Ok(v)
             }
@@ -362,14 +430,21 @@ impl PciIdentity {
         } else {
             0
         };
-        Ok(PciIdentity { vendor, device, class, revision })
+        Ok(PciIdentity {
+            vendor,
+            device,
+            class,
+            revision,
+        })
     }
 }
 
 /// Number of MSI/MSI-X interrupts the kernel allocated for a PCI device
 /// (entries of `msi_irqs/`); 0 means INTx (or none).
 pub fn msi_irq_count(pci_dir: &Path) -> usize {
-    fs::read_dir(pci_dir.join("msi_irqs")).map(|d| d.count()).unwrap_or(0)
+    fs::read_dir(pci_dir.join("msi_irqs"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -389,7 +464,11 @@ mod tests {
             let m = dev.join("maps").join(format!("map{i}"));
             fs::create_dir(&m).unwrap();
             fs::write(m.join("name"), format!("{name}\n")).unwrap();
-            fs::write(m.join("addr"), format!("0x{:016x}\n", 0xfe00_0000u64 + i as u64 * 0x10_0000)).unwrap();
+            fs::write(
+                m.join("addr"),
+                format!("0x{:016x}\n", 0xfe00_0000u64 + i as u64 * 0x10_0000),
+            )
+            .unwrap();
             fs::write(m.join("size"), format!("0x{size:x}\n")).unwrap();
             fs::write(m.join("offset"), format!("0x{offset:x}\n")).unwrap();
         }
@@ -443,7 +522,10 @@ mod tests {
         ));
         let uio = UioDevice::open_with_sysfs(&node, &class).unwrap();
         let m = uio.find_map("registers").unwrap();
-        assert!(uio.map(m, Access::ReadWrite).is_err(), "offset beyond a page must be refused");
+        assert!(
+            uio.map(m, Access::ReadWrite).is_err(),
+            "offset beyond a page must be refused"
+        );
         assert!(parse_sysfs_u64(Path::new("x"), "0xzz").is_err());
         assert_eq!(parse_sysfs_u64(Path::new("x"), "0x10\n").unwrap(), 16);
         assert_eq!(parse_sysfs_u64(Path::new("x"), "42").unwrap(), 42);
@@ -456,7 +538,15 @@ mod tests {
         fs::write(d.path().join("device"), "0x4106\n").unwrap();
         fs::write(d.path().join("class"), "0xff0001\n").unwrap();
         let id = PciIdentity::read(d.path()).unwrap();
-        assert_eq!(id, PciIdentity { vendor: 0x110a, device: 0x4106, class: 0xff0001, revision: 0 });
+        assert_eq!(
+            id,
+            PciIdentity {
+                vendor: 0x110a,
+                device: 0x4106,
+                class: 0xff0001,
+                revision: 0
+            }
+        );
         fs::write(d.path().join("vendor"), "0x1110a\n").unwrap();
         assert!(PciIdentity::read(d.path()).is_err());
         assert_eq!(msi_irq_count(d.path()), 0);

@@ -27,7 +27,11 @@ pub const DATA_VECTOR: u16 = 1;
 /// Which vector carries data doorbells on a device with `vectors` vectors
 /// (ivshmem-net: vector 1 with MSI-X and two or more vectors, else 0).
 pub fn data_vector(vectors: u32) -> u16 {
-    if vectors >= 2 { DATA_VECTOR } else { STATE_VECTOR }
+    if vectors >= 2 {
+        DATA_VECTOR
+    } else {
+        STATE_VECTOR
+    }
 }
 
 /// What a wakeup meant.

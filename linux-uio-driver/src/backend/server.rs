@@ -34,7 +34,8 @@ pub struct ServerBackend {
 impl ServerBackend {
     /// Connects to the server at `path`.
     pub fn connect(path: &Path, timeout: Duration) -> Result<Self, BackendError> {
-        let peer = HostPeer::connect(path, timeout).map_err(|e| BackendError::Server(e.to_string()))?;
+        let peer =
+            HostPeer::connect(path, timeout).map_err(|e| BackendError::Server(e.to_string()))?;
         let layout = *peer.layout();
         let id = peer.id();
         if layout.protocol != PROTOCOL_NET {
@@ -52,7 +53,10 @@ impl ServerBackend {
             )));
         }
         if id > 1 {
-            return Err(BackendError::Unsupported(format!("{}: server assigned peer ID {id}", path.display())));
+            return Err(BackendError::Unsupported(format!(
+                "{}: server assigned peer ID {id}",
+                path.display()
+            )));
         }
         let vector_fds = peer.vector_fds().iter().map(|fd| fd.as_raw_fd()).collect();
         let server_fd = peer.server_fd().map(|fd| fd.as_raw_fd());
@@ -84,7 +88,11 @@ impl Backend for ServerBackend {
             self.path,
             self.peer.id(),
             self.peer_id,
-            if self.peer.peers().contains(&self.peer_id) { ", connected" } else { ", not connected yet" },
+            if self.peer.peers().contains(&self.peer_id) {
+                ", connected"
+            } else {
+                ", not connected yet"
+            },
             l.layout.output_section_size,
             l.vectors,
             self.data_vector
@@ -103,10 +111,15 @@ impl Backend for ServerBackend {
         self.peer.own_section().0
     }
     fn peer_section(&self) -> *const u8 {
-        self.peer.peer_section(self.peer_id).expect("peer ID < max peers, not own ID").0
+        self.peer
+            .peer_section(self.peer_id)
+            .expect("peer ID < max peers, not own ID")
+            .0
     }
     fn peer_state(&self) -> u32 {
-        self.peer.peer_state(self.peer_id).expect("peer ID < max peers")
+        self.peer
+            .peer_state(self.peer_id)
+            .expect("peer ID < max peers")
     }
     fn publish_state(&mut self, state: u32) -> Result<(), BackendError> {
         self.peer.set_own_state(state);
@@ -116,15 +129,25 @@ impl Backend for ServerBackend {
         self.doorbell(self.data_vector)
     }
     fn wakeup_fds(&self) -> Vec<RawFd> {
-        self.vector_fds.iter().copied().chain(self.server_fd).collect()
+        self.vector_fds
+            .iter()
+            .copied()
+            .chain(self.server_fd)
+            .collect()
     }
     fn on_wakeup(&mut self, fd: RawFd) -> Result<Wake, BackendError> {
         if let Some(vector) = self.vector_fds.iter().position(|v| *v == fd) {
             let n = self
                 .peer
                 .drain_vector(vector as u32)
-                .map_err(|source| BackendError::Io { what: "reading a vector eventfd", source })?;
-            return Ok(Wake { doorbells: n, membership: false });
+                .map_err(|source| BackendError::Io {
+                    what: "reading a vector eventfd",
+                    source,
+                })?;
+            return Ok(Wake {
+                doorbells: n,
+                membership: false,
+            });
         }
         let mut events = Vec::new();
         let res = self.peer.handle_server_messages_into(&mut events);
@@ -133,7 +156,10 @@ impl Backend for ServerBackend {
                 Event::PeerJoined(p) if *p == self.peer_id => info!("peer {p} joined the server"),
                 Event::PeerLeft(p) if *p == self.peer_id => info!("peer {p} left the server"),
                 Event::ServerGone => {
-                    warn!("{}: the server closed the connection; peer departures will go unnoticed", self.path);
+                    warn!(
+                        "{}: the server closed the connection; peer departures will go unnoticed",
+                        self.path
+                    );
                     self.server_fd = None;
                 }
                 other => debug!("server event {other:?}"),
@@ -142,6 +168,9 @@ impl Backend for ServerBackend {
         if let Err(e) = res {
             warn!("{}: bad server message ignored: {e}", self.path);
         }
-        Ok(Wake { doorbells: 0, membership: true })
+        Ok(Wake {
+            doorbells: 0,
+            membership: true,
+        })
     }
 }

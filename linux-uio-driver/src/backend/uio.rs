@@ -91,7 +91,10 @@ impl Registers<'_> {
 
     fn write(&self, offset: usize, value: u32) {
         debug_assert!(offset % 4 == 0 && offset + 4 <= self.map.len());
-        let base = self.map.as_mut_ptr().expect("register map is writable (checked at open)");
+        let base = self
+            .map
+            .as_mut_ptr()
+            .expect("register map is writable (checked at open)");
         // SAFETY: as in `read`; the map is writable (checked at open). Stores
         // to shared memory that precede the doorbell are ordered before it by
         // the `Release` fence the callers issue.
@@ -114,7 +117,12 @@ unsafe fn read_state_entry(entry: *const u32) -> u32 {
 
 /// Checks the link shape ivshmem-net needs: protocol 0x0001, two peers, an
 /// ID of 0 or 1.
-fn check_net_link(node: &Path, protocol: u16, max_peers: u32, id: u32) -> Result<(u16, u16), BackendError> {
+fn check_net_link(
+    node: &Path,
+    protocol: u16,
+    max_peers: u32,
+    id: u32,
+) -> Result<(u16, u16), BackendError> {
     if protocol != PROTOCOL_NET {
         return Err(BackendError::Unsupported(format!(
             "{}: the device speaks protocol {protocol:#06x}, not ivshmem-net ({PROTOCOL_NET:#06x})",
@@ -128,7 +136,10 @@ fn check_net_link(node: &Path, protocol: u16, max_peers: u32, id: u32) -> Result
         )));
     }
     if id > 1 {
-        return Err(BackendError::Unsupported(format!("{}: own peer ID {id} is not 0 or 1", node.display())));
+        return Err(BackendError::Unsupported(format!(
+            "{}: own peer ID {id} is not 0 or 1",
+            node.display()
+        )));
     }
     Ok((id as u16, 1 - id as u16))
 }
@@ -230,14 +241,22 @@ impl Backend for JailhouseUio {
         self.section_len
     }
     fn own_section(&self) -> *mut u8 {
-        self.output.as_mut_ptr().expect("output section is mapped read-write")
+        self.output
+            .as_mut_ptr()
+            .expect("output section is mapped read-write")
     }
     fn peer_section(&self) -> *const u8 {
         // `peer * section_len + section_len <= inputs.len()` (checked at open).
-        self.inputs.as_ptr().wrapping_add(usize::from(self.peer) * self.section_len)
+        self.inputs
+            .as_ptr()
+            .wrapping_add(usize::from(self.peer) * self.section_len)
     }
     fn peer_state(&self) -> u32 {
-        let entry = self.state_table.as_ptr().wrapping_add(4 * usize::from(self.peer)).cast::<u32>();
+        let entry = self
+            .state_table
+            .as_ptr()
+            .wrapping_add(4 * usize::from(self.peer))
+            .cast::<u32>();
         // SAFETY: the state table is page-aligned, at least 8 bytes (checked
         // at open) and mapped readable while `self` lives.
         unsafe { read_state_entry(entry) }
@@ -252,14 +271,20 @@ impl Backend for JailhouseUio {
     }
     fn ring_data(&mut self) -> Result<(), BackendError> {
         fence(Ordering::Release);
-        Registers { map: &self.regs }.write(REG_DOORBELL, u32::from(self.data_vector) | u32::from(self.peer) << 16);
+        Registers { map: &self.regs }.write(
+            REG_DOORBELL,
+            u32::from(self.data_vector) | u32::from(self.peer) << 16,
+        );
         Ok(())
     }
     fn wakeup_fds(&self) -> Vec<RawFd> {
         vec![self.dev.as_raw_fd()]
     }
     fn on_wakeup(&mut self, _fd: RawFd) -> Result<Wake, BackendError> {
-        let count = self.dev.take_event().map_err(|source| BackendError::Io { what: "reading the UIO event count", source })?;
+        let count = self.dev.take_event().map_err(|source| BackendError::Io {
+            what: "reading the UIO event count",
+            source,
+        })?;
         let doorbells = match (count, self.last_count) {
             (Some(c), Some(last)) => u64::from(c.wrapping_sub(last)),
             (Some(_), None) => 1,
@@ -272,7 +297,10 @@ impl Backend for JailhouseUio {
         // interrupt. Re-arm before the caller re-reads shared memory.
         Registers { map: &self.regs }.write(REG_INT_CONTROL, 1);
         fence(Ordering::SeqCst);
-        Ok(Wake { doorbells, membership: false })
+        Ok(Wake {
+            doorbells,
+            membership: false,
+        })
     }
 }
 
@@ -298,7 +326,9 @@ pub struct QemuUio {
 /// Start addresses of the BARs from a PCI device's `resource` file (one line
 /// `start end flags` per resource).
 fn bar_starts(pci_dir: &Path) -> Vec<u64> {
-    let Ok(text) = fs::read_to_string(pci_dir.join("resource")) else { return Vec::new() };
+    let Ok(text) = fs::read_to_string(pci_dir.join("resource")) else {
+        return Vec::new();
+    };
     text.lines()
         .map(|l| {
             l.split_whitespace()
@@ -338,21 +368,43 @@ impl QemuUio {
         let window = dev.map(&window_info, Access::ReadWrite)?;
         let mut page = [0u8; LayoutPage::ENCODED_LEN];
         if window.len() < LAYOUT_PAGE_SIZE as usize {
-            return Err(BackendError::Unsupported(format!("{}: BAR2 is smaller than the layout page", node.display())));
+            return Err(BackendError::Unsupported(format!(
+                "{}: BAR2 is smaller than the layout page",
+                node.display()
+            )));
         }
         // SAFETY: BAR2 is mapped for `window.len()` >= 4 KiB bytes; the page
         // is copied out once and parsed from the copy.
         unsafe { std::ptr::copy_nonoverlapping(window.as_ptr(), page.as_mut_ptr(), page.len()) };
-        let layout = LayoutPage::parse(&page, window.len() as u64)
-            .map_err(|e| BackendError::Unsupported(format!("{}: layout page: {e}", node.display())))?;
+        let layout = LayoutPage::parse(&page, window.len() as u64).map_err(|e| {
+            BackendError::Unsupported(format!("{}: layout page: {e}", node.display()))
+        })?;
         let id = Registers { map: &regs }.read(QEMU_REG_IVPOSITION);
-        let (id, peer) = check_net_link(&node, layout.protocol, u32::from(layout.layout.max_peers), id)?;
+        let (id, peer) = check_net_link(
+            &node,
+            layout.protocol,
+            u32::from(layout.layout.max_peers),
+            id,
+        )?;
         let irqs = msi_irq_count(&dev.pci_dir());
         let data_vector = data_vector(layout.vectors);
-        let me = QemuUio { regs, window, layout, id, peer, data_vector, irqs, last_count: None, dev };
+        let me = QemuUio {
+            regs,
+            window,
+            layout,
+            id,
+            peer,
+            data_vector,
+            irqs,
+            last_count: None,
+            dev,
+        };
         me.protect()?;
         if let Err(e) = me.dev.irqcontrol(1) {
-            warn!("{}: enabling interrupts through irqcontrol failed ({e}); relying on the driver", node.display());
+            warn!(
+                "{}: enabling interrupts through irqcontrol failed ({e}); relying on the driver",
+                node.display()
+            );
         }
         Ok(me)
     }
@@ -361,8 +413,13 @@ impl QemuUio {
     /// the peer's output section (QEMU maps the whole window read-write).
     fn protect(&self) -> Result<(), BackendError> {
         let l = &self.layout.layout;
-        let peer_off = l.output_section_offset(self.peer).expect("peer < max_peers") as usize;
-        for (off, len) in [(0, LAYOUT_PAGE_SIZE as usize), (peer_off, l.output_section_size as usize)] {
+        let peer_off = l
+            .output_section_offset(self.peer)
+            .expect("peer < max_peers") as usize;
+        for (off, len) in [
+            (0, LAYOUT_PAGE_SIZE as usize),
+            (peer_off, l.output_section_size as usize),
+        ] {
             let ptr = self.window.as_ptr().wrapping_add(off);
             // SAFETY: [off, off + len) lies inside the mapped window (the
             // layout was validated against the window size) and is
@@ -370,20 +427,30 @@ impl QemuUio {
             // bridge holds no reference into it.
             let rc = unsafe { libc::mprotect(ptr as *mut libc::c_void, len, libc::PROT_READ) };
             if rc != 0 {
-                return Err(BackendError::Io { what: "write-protecting the peer's section", source: std::io::Error::last_os_error() });
+                return Err(BackendError::Io {
+                    what: "write-protecting the peer's section",
+                    source: std::io::Error::last_os_error(),
+                });
             }
         }
         Ok(())
     }
 
     fn state_entry(&self, peer: u16) -> *const u32 {
-        let off = self.layout.layout.state_entry_offset(peer).expect("peer < max_peers") as usize;
+        let off = self
+            .layout
+            .layout
+            .state_entry_offset(peer)
+            .expect("peer < max_peers") as usize;
         self.window.as_ptr().wrapping_add(off).cast()
     }
 
     fn doorbell(&self, vector: u16) {
         fence(Ordering::Release);
-        Registers { map: &self.regs }.write(QEMU_REG_DOORBELL, u32::from(vector) | u32::from(self.peer) << 16);
+        Registers { map: &self.regs }.write(
+            QEMU_REG_DOORBELL,
+            u32::from(vector) | u32::from(self.peer) << 16,
+        );
     }
 }
 
@@ -412,11 +479,22 @@ impl Backend for QemuUio {
         self.layout.layout.output_section_size as usize
     }
     fn own_section(&self) -> *mut u8 {
-        let off = self.layout.layout.output_section_offset(self.id).expect("id < max_peers") as usize;
-        self.window.as_mut_ptr().expect("BAR2 is mapped read-write").wrapping_add(off)
+        let off = self
+            .layout
+            .layout
+            .output_section_offset(self.id)
+            .expect("id < max_peers") as usize;
+        self.window
+            .as_mut_ptr()
+            .expect("BAR2 is mapped read-write")
+            .wrapping_add(off)
     }
     fn peer_section(&self) -> *const u8 {
-        let off = self.layout.layout.output_section_offset(self.peer).expect("peer < max_peers") as usize;
+        let off = self
+            .layout
+            .layout
+            .output_section_offset(self.peer)
+            .expect("peer < max_peers") as usize;
         self.window.as_ptr().wrapping_add(off)
     }
     fn peer_state(&self) -> u32 {
@@ -442,7 +520,10 @@ impl Backend for QemuUio {
         vec![self.dev.as_raw_fd()]
     }
     fn on_wakeup(&mut self, _fd: RawFd) -> Result<Wake, BackendError> {
-        let count = self.dev.take_event().map_err(|source| BackendError::Io { what: "reading the UIO event count", source })?;
+        let count = self.dev.take_event().map_err(|source| BackendError::Io {
+            what: "reading the UIO event count",
+            source,
+        })?;
         let doorbells = match (count, self.last_count) {
             (Some(c), Some(last)) => u64::from(c.wrapping_sub(last)),
             (Some(_), None) => 1,
@@ -454,7 +535,10 @@ impl Backend for QemuUio {
         // Generic UIO drivers mask the interrupt in their handler; unmask it
         // before the caller re-reads shared memory.
         let _ = self.dev.irqcontrol(1);
-        Ok(Wake { doorbells, membership: false })
+        Ok(Wake {
+            doorbells,
+            membership: false,
+        })
     }
     fn forced_poll(&self) -> Option<Duration> {
         // A generic UIO driver has one interrupt; ivshmem-net rings data on
