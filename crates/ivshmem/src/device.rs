@@ -77,7 +77,7 @@ pub trait Ivshmem {
     /// than two peers.
     fn peer_id(&self) -> Option<u16> {
         if self.max_peers() == 2 {
-            Some(1 - self.id())
+            1u16.checked_sub(self.id())
         } else {
             None
         }

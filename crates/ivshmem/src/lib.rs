@@ -52,9 +52,8 @@
 //! Nothing a device, hypervisor or peer provides is trusted: every pointer
 //! in configuration space and every size is checked, and a bad value is a
 //! [`DeviceError`], never a panic. Registers are accessed with aligned 32-bit
-//! volatile accesses only, as both specifications require. Without the
-//! `std`-only test suite, the crate has no allocation and builds for
-//! `x86_64-unknown-none`.
+//! volatile accesses only, as both specifications require. The crate is
+//! `#![no_std]`, never allocates, and builds for `x86_64-unknown-none`.
 #![no_std]
 #![warn(missing_docs)]
 

@@ -289,3 +289,24 @@ fn msix_control_and_bad_capabilities() {
     img.put16(0x06, 0);
     assert_eq!(MsixCapability::find(&img), Ok(None));
 }
+
+#[test]
+fn image_from_a_short_sysfs_read() {
+    // Unprivileged readers of /sys/bus/pci/devices/*/config get 64 bytes.
+    let full = jailhouse_net();
+    let header_only = ConfigImage::from_prefix(&full.0[..64]);
+    assert_eq!(Header::read(&header_only), Header::read(&full));
+    assert_eq!(
+        ivshmem::jailhouse::VendorCapability::find(&header_only),
+        Err(ivshmem::DeviceError::Pci(
+            PciError::UnalignedCapabilityPointer {
+                at: 0x41,
+                pointer: 0xff
+            }
+        ))
+    );
+    // A 4 KiB PCIe read keeps the legacy part.
+    let mut long = full.0.to_vec();
+    long.resize(4096, 0);
+    assert_eq!(ConfigImage::from_prefix(&long), full);
+}

@@ -31,7 +31,7 @@ impl Capability {
     /// Checks that `length` bytes starting at the capability lie inside the
     /// legacy configuration space.
     pub fn check_length(&self, length: u16) -> Result<(), PciError> {
-        if u16::from(self.offset) + length > LEGACY_CONFIG_SPACE_SIZE {
+        if u32::from(self.offset) + u32::from(length) > u32::from(LEGACY_CONFIG_SPACE_SIZE) {
             return Err(PciError::CapabilityPastEnd {
                 id: self.id,
                 offset: self.offset,

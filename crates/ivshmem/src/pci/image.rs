@@ -18,6 +18,19 @@ impl ConfigImage {
         ConfigImage([0; 256])
     }
 
+    /// An image of the first bytes of a configuration space, for example the
+    /// contents of a Linux sysfs `config` file (256 bytes for root, only the
+    /// 64-byte header for other users, 4096 on PCIe). Bytes beyond `bytes`
+    /// read as `0xFF`, like registers nobody answers for, so a capability
+    /// list that leads there fails with a typed error instead of parsing
+    /// zeros.
+    pub fn from_prefix(bytes: &[u8]) -> Self {
+        let mut image = ConfigImage([0xFF; 256]);
+        let n = bytes.len().min(256);
+        image.0[..n].copy_from_slice(&bytes[..n]);
+        image
+    }
+
     /// Stores `value` little-endian at `offset`; bytes beyond the end are
     /// dropped. For building fixtures.
     pub fn put(&mut self, offset: usize, value: &[u8]) {
