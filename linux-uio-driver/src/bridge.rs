@@ -141,7 +141,6 @@ impl Bridge {
             peer,
             Config {
                 mtu: cfg.mtu as usize,
-                ..Config::default()
             },
         )
         .map_err(|e| BridgeError::Ring(e.to_string()))?;
@@ -184,7 +183,7 @@ impl Bridge {
             .map_err(sys("epoll add timerfd"))?;
         epoll
             .add(
-                &tap_fd(&tap),
+                tap_fd(&tap),
                 EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_TAP),
             )
             .map_err(sys("epoll add TAP"))?;

@@ -242,11 +242,11 @@ impl Netns {
         timeout: Duration,
     ) -> Result<Duration, String> {
         let start = Instant::now();
-        wait_until(timeout, Duration::from_millis(20), || {
+        wait_until(timeout, Duration::from_millis(2), || {
             self.carrier(ifname) == Some(want)
         })
         .map(|()| start.elapsed())
-        .map_err(|()| {
+        .map_err(|TimedOut| {
             format!(
                 "{}: carrier of {ifname} did not become {want} within {timeout:?}",
                 self.name
@@ -294,19 +294,23 @@ impl Drop for Netns {
     }
 }
 
+/// [`wait_until`] gave up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimedOut;
+
 /// Polls `cond` every `every` until it holds or `timeout` passes.
 pub fn wait_until(
     timeout: Duration,
     every: Duration,
     mut cond: impl FnMut() -> bool,
-) -> Result<(), ()> {
+) -> Result<(), TimedOut> {
     let deadline = Instant::now() + timeout;
     loop {
         if cond() {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(());
+            return Err(TimedOut);
         }
         std::thread::sleep(every);
     }
@@ -348,18 +352,9 @@ impl Proc {
                 .open(p)
                 .expect("log file")
         };
-        // SAFETY: the closure runs in the child between fork and exec and
-        // only calls prctl(2), which is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                // Die with the test: a killed or panicking test must not
-                // leave bridges and servers behind.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // SAFETY: `die_with_parent` only calls prctl(2), which is
+        // async-signal-safe, as required between fork and exec.
+        unsafe { cmd.pre_exec(die_with_parent) };
         let child = cmd
             .stdin(Stdio::null())
             .stdout(open(&stdout_path))
@@ -457,7 +452,7 @@ impl Proc {
                 self.stderr()
             ));
         }
-        r.map_err(|()| {
+        r.map_err(|TimedOut| {
             format!(
                 "{}: {needle:?} not logged {times}x within {timeout:?}:\n{}",
                 self.name,
@@ -483,6 +478,17 @@ impl Proc {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     }
+}
+
+/// Runs in a spawned child before exec: die with the test, so that a killed
+/// or panicking test leaves no bridges and servers behind.
+fn die_with_parent() -> std::io::Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and touches no
+    // memory of ours.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl Drop for Proc {

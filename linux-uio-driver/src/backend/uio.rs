@@ -82,15 +82,17 @@ impl Registers<'_> {
     }
 
     fn read(&self, offset: usize) -> u32 {
-        debug_assert!(offset % 4 == 0 && offset + 4 <= self.map.len());
+        debug_assert!(offset.is_multiple_of(4) && offset + 4 <= self.map.len());
         // SAFETY: `offset` is 4-aligned and inside the register map (checked
         // at open); the page is uncached device memory where an aligned
         // 32-bit volatile load is the only access the device supports.
-        unsafe { self.map.as_ptr().add(offset).cast::<u32>().read_volatile() }
+        let reg = self.map.as_ptr().wrapping_add(offset).cast::<u32>();
+        // SAFETY: see above.
+        unsafe { reg.read_volatile() }
     }
 
     fn write(&self, offset: usize, value: u32) {
-        debug_assert!(offset % 4 == 0 && offset + 4 <= self.map.len());
+        debug_assert!(offset.is_multiple_of(4) && offset + 4 <= self.map.len());
         let base = self
             .map
             .as_mut_ptr()
@@ -98,7 +100,9 @@ impl Registers<'_> {
         // SAFETY: as in `read`; the map is writable (checked at open). Stores
         // to shared memory that precede the doorbell are ordered before it by
         // the `Release` fence the callers issue.
-        unsafe { base.add(offset).cast::<u32>().write_volatile(value) }
+        let reg = base.wrapping_add(offset).cast::<u32>();
+        // SAFETY: see above.
+        unsafe { reg.write_volatile(value) }
     }
 }
 
