@@ -559,3 +559,127 @@ impl Backend for QemuUio {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    const SECTION: u64 = 0x4000;
+
+    /// A fake `uio_ivshmem` device: sysfs attributes in a temp dir and a
+    /// regular file standing in for `/dev/uioN` (map N at offset N pages).
+    struct Fake {
+        _dir: tempfile::TempDir,
+        class: PathBuf,
+        node: PathBuf,
+    }
+
+    fn fake_jailhouse(
+        id: u32,
+        max_peers: u32,
+        class: &str,
+        msi: usize,
+        out_addr_shift: u64,
+    ) -> Fake {
+        let dir = tempfile::tempdir().unwrap();
+        let class_dir = dir.path().join("class");
+        let dev = class_dir.join("uio3");
+        let base = 0x1_0000_0000u64;
+        let maps = [
+            ("registers", 0xfeb0_0000, 0x1000),
+            ("state_table", base, 0x1000),
+            ("input_sections", base + 0x1000, 2 * SECTION),
+            (
+                "output_section",
+                base + 0x1000 + u64::from(id) * SECTION + out_addr_shift,
+                SECTION,
+            ),
+        ];
+        for (i, (name, addr, size)) in maps.iter().enumerate() {
+            let m = dev.join("maps").join(format!("map{i}"));
+            fs::create_dir_all(&m).unwrap();
+            fs::write(m.join("name"), format!("{name}\n")).unwrap();
+            fs::write(m.join("addr"), format!("{addr:#018x}\n")).unwrap();
+            fs::write(m.join("size"), format!("{size:#x}\n")).unwrap();
+            fs::write(m.join("offset"), "0x0\n").unwrap();
+        }
+        fs::write(dev.join("name"), "uio_ivshmem\n").unwrap();
+        let pci = dev.join("device");
+        fs::create_dir_all(pci.join("msi_irqs")).unwrap();
+        for v in 0..msi {
+            fs::write(pci.join("msi_irqs").join(format!("{}", 40 + v)), "msix\n").unwrap();
+        }
+        fs::write(pci.join("vendor"), "0x110a\n").unwrap();
+        fs::write(pci.join("device"), "0x4106\n").unwrap();
+        fs::write(pci.join("class"), format!("{class}\n")).unwrap();
+        let node = dir.path().join("uio3");
+        let mut image = vec![0u8; (3 * 0x1000 + 2 * SECTION) as usize];
+        image[0..4].copy_from_slice(&id.to_ne_bytes());
+        image[4..8].copy_from_slice(&max_peers.to_ne_bytes());
+        // The peer's state-table entry says READY.
+        let peer = 1 - id.min(1) as usize;
+        image[0x1000 + 4 * peer..0x1000 + 4 * peer + 4].copy_from_slice(&2u32.to_ne_bytes());
+        fs::write(&node, &image).unwrap();
+        Fake {
+            _dir: dir,
+            class: class_dir,
+            node,
+        }
+    }
+
+    fn open_fake(f: &Fake) -> Result<JailhouseUio, BackendError> {
+        let dev = UioDevice::open_with_sysfs(&f.node, &f.class)?;
+        let pci = PciIdentity::read(&dev.pci_dir())?;
+        JailhouseUio::new(dev, pci)
+    }
+
+    fn reg(f: &Fake, offset: usize) -> u32 {
+        let image = fs::read(&f.node).unwrap();
+        u32::from_ne_bytes(image[offset..offset + 4].try_into().unwrap())
+    }
+
+    #[test]
+    fn jailhouse_profile_maps_by_name_and_uses_the_registers() {
+        let f = fake_jailhouse(1, 2, "0xff0001", 2, 0);
+        let mut j = open_fake(&f).unwrap();
+        assert_eq!(
+            (j.own_id(), j.peer_id(), j.section_len()),
+            (1, 0, SECTION as usize)
+        );
+        assert_eq!(j.peer_state(), 2);
+        assert_eq!(reg(&f, REG_INT_CONTROL), 1, "interrupts enabled at open");
+        j.publish_state(1).unwrap();
+        assert_eq!(reg(&f, REG_STATE), 1);
+        j.ring_data().unwrap();
+        assert_eq!(reg(&f, REG_DOORBELL), 1, "vector 1 to peer 0");
+        // A wakeup re-arms the one-shot interrupt.
+        Registers { map: &j.regs }.write(REG_INT_CONTROL, 0);
+        let fd = j.wakeup_fds()[0];
+        j.on_wakeup(fd).unwrap();
+        assert_eq!(reg(&f, REG_INT_CONTROL), 1, "re-armed after the event");
+        assert!(j.describe().contains("Jailhouse"));
+        drop(j);
+        assert_eq!(reg(&f, REG_INT_CONTROL), 0, "interrupts off on close");
+
+        // INTx (no MSI-X vectors): data goes on vector 0.
+        let f = fake_jailhouse(0, 2, "0xff0001", 0, 0);
+        let mut j = open_fake(&f).unwrap();
+        j.ring_data().unwrap();
+        assert_eq!(reg(&f, REG_DOORBELL), 1 << 16, "vector 0 to peer 1");
+    }
+
+    #[test]
+    fn jailhouse_profile_refuses_what_is_not_an_ivshmem_net_link() {
+        let err = |f: Fake| {
+            open_fake(&f)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(err(fake_jailhouse(0, 3, "0xff0001", 2, 0)).contains("exactly 2"));
+        assert!(err(fake_jailhouse(0, 2, "0xff0000", 2, 0)).contains("not ivshmem-net"));
+        assert!(err(fake_jailhouse(2, 2, "0xff0001", 2, 0)).contains("not 0 or 1"));
+        assert!(err(fake_jailhouse(1, 2, "0xff0001", 2, 0x1000)).contains("is not section 1"));
+    }
+}
