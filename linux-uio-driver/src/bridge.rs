@@ -364,6 +364,8 @@ impl Bridge {
             match self.tap.set_carrier(on) {
                 Ok(()) => {
                     self.counters.carrier_changes += 1;
+                    let status = if on { "link up" } else { "link down" };
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(status)]);
                     info!(
                         "{}: carrier {}",
                         self.tap.name(),
@@ -542,6 +544,7 @@ impl Bridge {
 
     /// Leaves the link: RESET, carrier off, final report.
     pub fn shutdown(&mut self) {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         let out = self.ep.shutdown();
         if let Some(state) = out.write_state
             && let Err(e) = self.backend.publish_state(state.raw())

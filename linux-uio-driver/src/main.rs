@@ -114,6 +114,9 @@ fn run(args: &Args) -> Result<(), String> {
         stats_json: args.stats_json,
     };
     let mut bridge = Bridge::new(backend, tap, cfg).map_err(|e| e.to_string())?;
+    // Under systemd (Type=notify): the TAP exists now, so ExecStartPost can
+    // configure it. A no-op without $NOTIFY_SOCKET.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     bridge.run().map_err(|e| {
         bridge.shutdown();
         e.to_string()
