@@ -49,6 +49,40 @@ impl Notify {
     }
 }
 
+/// Publishes a ring index and decides on the doorbell: the one mechanism
+/// behind both `avail.idx` (TX) and `used.idx` (RX).
+///
+/// Stores `new` at `index_offset` in our section with Release, so that
+/// everything written before (descriptors, ring entries, payload or used
+/// elements) is visible to a peer that Acquire-loads the index; then a full
+/// fence (store→load), pairing with the fence the peer issues between
+/// writing its event index and re-reading ours; then the peer's event
+/// index at `event_offset` in its section, once.
+pub(crate) fn publish_index(
+    own: &crate::shm::OwnSection,
+    peer: &crate::shm::PeerSection,
+    index_offset: usize,
+    event_offset: usize,
+    new: u16,
+    old: u16,
+    stats: &mut crate::stats::Stats,
+) -> Notify {
+    use core::sync::atomic::{Ordering, fence};
+    if new == old {
+        return Notify::Idle;
+    }
+    own.store_u16(index_offset, new, Ordering::Release);
+    fence(Ordering::SeqCst);
+    let event = peer.load_u16(event_offset, Ordering::Relaxed);
+    if need_event(event, new, old) {
+        stats.doorbells_requested += 1;
+        Notify::Doorbell
+    } else {
+        stats.notifications_suppressed += 1;
+        Notify::Suppressed
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,7 @@ use core::sync::atomic::{Ordering, fence};
 
 use crate::error::RingError;
 use crate::geometry::Geometry;
-use crate::notify::{Notify, need_event};
+use crate::notify::{Notify, publish_index};
 use crate::shm::{OwnSection, PeerSection};
 use crate::stats::Stats;
 
@@ -157,26 +157,18 @@ impl RxQueue {
         geo: &Geometry,
         stats: &mut Stats,
     ) -> Notify {
-        let new = self.next_used;
-        let old = self.published_used;
-        if new == old {
-            return Notify::Idle;
-        }
-        // Release: the used elements are visible before the index, and our
-        // reads of the completed payload happen before the peer reuses it.
-        own.store_u16(geo.used_idx_offset(), new, Ordering::Release);
+        let (new, old) = (self.next_used, self.published_used);
+        let notify = publish_index(
+            own,
+            peer,
+            geo.used_idx_offset(),
+            geo.used_event_offset(),
+            new,
+            old,
+            stats,
+        );
         self.published_used = new;
-        // Store→load fence, pairs with the sender's fence between writing
-        // used_event and re-reading used.idx.
-        fence(Ordering::SeqCst);
-        let event = peer.load_u16(geo.used_event_offset(), Ordering::Relaxed);
-        if need_event(event, new, old) {
-            stats.doorbells_requested += 1;
-            Notify::Doorbell
-        } else {
-            stats.notifications_suppressed += 1;
-            Notify::Suppressed
-        }
+        notify
     }
 
     /// Leaves polling: asks to be rung at the next avail entry, then

@@ -27,7 +27,7 @@ use core::sync::atomic::{Ordering, fence};
 
 use crate::error::{RingError, TxError};
 use crate::geometry::{Geometry, MAX_QUEUE_LEN, frame_slot_size};
-use crate::notify::{Notify, need_event};
+use crate::notify::{Notify, publish_index};
 use crate::shm::{OwnSection, PeerSection};
 use crate::stats::Stats;
 
@@ -158,28 +158,21 @@ impl TxQueue {
         geo: &Geometry,
         stats: &mut Stats,
     ) -> Notify {
-        let new = self.next_avail;
-        let old = self.published_avail;
-        if new == old {
-            return Notify::Idle;
+        let (new, old) = (self.next_avail, self.published_avail);
+        let notify = publish_index(
+            own,
+            peer,
+            geo.avail_idx_offset(),
+            geo.avail_event_offset(),
+            new,
+            old,
+            stats,
+        );
+        if notify != Notify::Idle {
+            self.published_avail = new;
+            stats.tx_batches += 1;
         }
-        // Release: descriptors, avail entries and payload written before
-        // this store are visible to a peer that Acquire-loads avail.idx.
-        own.store_u16(geo.avail_idx_offset(), new, Ordering::Release);
-        self.published_avail = new;
-        stats.tx_batches += 1;
-        // Full fence between publishing the index and reading the peer's
-        // avail_event (store→load): pairs with the fence the peer issues
-        // between writing avail_event and re-reading avail.idx.
-        fence(Ordering::SeqCst);
-        let event = peer.load_u16(geo.avail_event_offset(), Ordering::Relaxed);
-        if need_event(event, new, old) {
-            stats.doorbells_requested += 1;
-            Notify::Doorbell
-        } else {
-            stats.notifications_suppressed += 1;
-            Notify::Suppressed
-        }
+        notify
     }
 
     /// Consumes the peer's completions; when short of space afterwards,
