@@ -682,4 +682,127 @@ mod tests {
         assert!(err(fake_jailhouse(2, 2, "0xff0001", 2, 0)).contains("not 0 or 1"));
         assert!(err(fake_jailhouse(1, 2, "0xff0001", 2, 0x1000)).contains("is not section 1"));
     }
+    /// A fake QEMU ivshmem-doorbell device under a generic UIO driver: map0
+    /// = BAR0 (registers), map1 = BAR2 (1 MiB window with a layout page).
+    fn fake_qemu(ivposition: u32, page: [u8; LayoutPage::ENCODED_LEN]) -> Fake {
+        let dir = tempfile::tempdir().unwrap();
+        let class_dir = dir.path().join("class");
+        let dev = class_dir.join("uio5");
+        let (bar0, bar2) = (0xfe00_0000u64, 0x80_0000_0000u64);
+        for (i, (name, addr, size)) in [("BAR0", bar0, 0x1000u64), ("BAR2", bar2, 0x10_0000)]
+            .iter()
+            .enumerate()
+        {
+            let m = dev.join("maps").join(format!("map{i}"));
+            fs::create_dir_all(&m).unwrap();
+            fs::write(m.join("name"), format!("{name}\n")).unwrap();
+            fs::write(m.join("addr"), format!("{addr:#018x}\n")).unwrap();
+            fs::write(m.join("size"), format!("{size:#x}\n")).unwrap();
+        }
+        fs::write(dev.join("name"), "igb_uio\n").unwrap();
+        let pci = dev.join("device");
+        fs::create_dir_all(&pci).unwrap();
+        fs::write(pci.join("vendor"), "0x1af4\n").unwrap();
+        fs::write(pci.join("device"), "0x1110\n").unwrap();
+        fs::write(pci.join("class"), "0x050000\n").unwrap();
+        fs::write(pci.join("revision"), "0x01\n").unwrap();
+        let z = "0x0000000000000000 0x0000000000000000 0x0000000000000000\n";
+        let resource = format!(
+            "{bar0:#018x} {:#018x} 0x0000000000040200\n0x00000000fe001000 0x00000000fe001fff 0x0000000000040200\n\
+             {bar2:#018x} {:#018x} 0x000000000014220c\n{z}{z}{z}",
+            bar0 + 0xff,
+            bar2 + 0xf_ffff
+        );
+        fs::write(pci.join("resource"), resource).unwrap();
+        let node = dir.path().join("uio5");
+        let mut image = vec![0u8; 0x1000 + 0x10_0000];
+        image[8..12].copy_from_slice(&ivposition.to_ne_bytes());
+        image[0x1000..0x1000 + page.len()].copy_from_slice(&page);
+        fs::write(&node, &image).unwrap();
+        Fake {
+            _dir: dir,
+            class: class_dir,
+            node,
+        }
+    }
+
+    fn open_fake_qemu(f: &Fake) -> Result<QemuUio, BackendError> {
+        let dev = UioDevice::open_with_sysfs(&f.node, &f.class)?;
+        let pci = PciIdentity::read(&dev.pci_dir())?;
+        QemuUio::new(dev, pci)
+    }
+
+    /// Permissions of the mapping that contains `addr`, from /proc/self/maps.
+    fn perms_at(addr: usize) -> String {
+        let maps = fs::read_to_string("/proc/self/maps").unwrap();
+        for line in maps.lines() {
+            let (range, rest) = line.split_once(' ').unwrap();
+            let (lo, hi) = range.split_once('-').unwrap();
+            let (lo, hi) = (
+                usize::from_str_radix(lo, 16).unwrap(),
+                usize::from_str_radix(hi, 16).unwrap(),
+            );
+            if (lo..hi).contains(&addr) {
+                return rest[..4].to_owned();
+            }
+        }
+        panic!("{addr:#x} not mapped");
+    }
+
+    #[test]
+    fn qemu_profile_reads_the_layout_page_and_protects_the_peer() {
+        let page = LayoutPage::new(PROTOCOL_NET, 2, 2, 0x1000, 0, 0x7f000).encode();
+        let f = fake_qemu(1, page);
+        let mut q = open_fake_qemu(&f).unwrap();
+        assert_eq!((q.own_id(), q.peer_id(), q.section_len()), (1, 0, 0x7f000));
+        assert_eq!(
+            q.own_section() as usize - q.window.as_ptr() as usize,
+            0x2000 + 0x7f000
+        );
+        assert_eq!(
+            q.peer_section() as usize - q.window.as_ptr() as usize,
+            0x2000
+        );
+        // The layout page and the peer's section are read-only, the own
+        // section and the state table writable.
+        assert_eq!(perms_at(q.window.as_ptr() as usize), "r--s");
+        assert_eq!(perms_at(q.peer_section() as usize + 0x7e000), "r--s");
+        assert_eq!(perms_at(q.own_section() as usize), "rw-s");
+        assert_eq!(perms_at(q.window.as_ptr() as usize + 0x1000), "rw-s");
+        q.publish_state(2).unwrap();
+        let image = fs::read(&f.node).unwrap();
+        assert_eq!(
+            u32::from_ne_bytes(image[0x1000 + 0x1004..0x1000 + 0x1008].try_into().unwrap()),
+            2
+        );
+        assert_eq!(
+            reg(&f, QEMU_REG_DOORBELL),
+            0,
+            "state change: vector 0 of peer 0"
+        );
+        q.ring_data().unwrap();
+        assert_eq!(reg(&f, QEMU_REG_DOORBELL), 1, "data: vector 1 of peer 0");
+        assert_eq!(q.peer_state(), 0);
+        // No MSI-X interrupts for vector 1 behind a generic UIO driver: poll.
+        assert_eq!(q.forced_poll(), Some(Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn qemu_profile_refuses_bad_layouts() {
+        let err = |f: Fake| {
+            open_fake_qemu(&f)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let mut bad_magic = LayoutPage::new(PROTOCOL_NET, 2, 2, 0x1000, 0, 0x7f000).encode();
+        bad_magic[0] = b'X';
+        assert!(err(fake_qemu(0, bad_magic)).contains("magic"));
+        let other_protocol = LayoutPage::new(0x4000, 2, 2, 0x1000, 0, 0x7f000).encode();
+        assert!(err(fake_qemu(0, other_protocol)).contains("not ivshmem-net"));
+        let too_big = LayoutPage::new(PROTOCOL_NET, 2, 2, 0x1000, 0, 0xff000).encode();
+        assert!(err(fake_qemu(0, too_big)).contains("beyond"));
+        let three = LayoutPage::new(PROTOCOL_NET, 2, 3, 0x1000, 0, 0x3f000).encode();
+        assert!(err(fake_qemu(0, three)).contains("exactly 2"));
+    }
 }
