@@ -114,6 +114,8 @@ pub struct Bridge {
     last_forced_poll: Instant,
     /// Scratch buffer for frames read from the TAP while the link is down.
     discard: Vec<u8>,
+    /// The TAP is administratively up (checked every tick).
+    interface_up: bool,
 }
 
 /// What to do after handling signals.
@@ -221,6 +223,7 @@ impl Bridge {
             forced_poll,
             last_forced_poll: now,
             discard: vec![0; 65536 + FRAME_OVERHEAD],
+            interface_up: true,
         })
     }
 
@@ -314,6 +317,20 @@ impl Bridge {
 
     fn on_tick(&mut self) {
         self.rx_pending = true;
+        // `ip link set TAP down` stops the link like ndo_stop stops
+        // ivshmem-net (the peer sees RESET); `up` restarts the handshake.
+        match self.tap.is_up() {
+            Ok(up) if up != self.interface_up => {
+                info!(
+                    "{}: interface {}",
+                    self.tap.name(),
+                    if up { "up" } else { "down" }
+                );
+                self.interface_up = up;
+            }
+            Ok(_) => {}
+            Err(e) => debug!("{}: cannot read interface flags: {e}", self.tap.name()),
+        }
         if let Some(at) = self.next_report
             && Instant::now() >= at
         {
@@ -344,7 +361,7 @@ impl Bridge {
     fn step_link(&mut self) -> Result<(), BridgeError> {
         let peer = self.backend.peer_state();
         let before = self.ep.local_state();
-        let out = self.ep.on_peer_state(peer, true);
+        let out = self.ep.on_peer_state(peer, self.interface_up);
         if let Some(state) = out.write_state {
             self.backend.publish_state(state.raw())?;
             self.counters.state_doorbells_sent += 1;
@@ -431,7 +448,14 @@ impl Bridge {
                     let res = unsafe { self.tap.write_raw(frame.as_ptr(), frame.len()) };
                     if let Err(e) = res {
                         self.counters.drop_tap_write += 1;
-                        debug!("TAP write of {} bytes failed: {e}", frame.len());
+                        if self.counters.drop_tap_write.is_power_of_two() {
+                            warn!(
+                                "{}: writing a {}-byte frame failed: {e} ({} such drops so far)",
+                                self.tap.name(),
+                                frame.len(),
+                                self.counters.drop_tap_write
+                            );
+                        }
                     } else {
                         self.counters.tap_written_frames += 1;
                     }
@@ -487,8 +511,17 @@ impl Bridge {
                         moved += 1;
                     }
                 }
-                Ok(Some(_)) => {
+                Ok(Some(len)) => {
                     self.counters.drop_oversize += 1;
+                    if self.counters.drop_oversize.is_power_of_two() {
+                        warn!(
+                            "{}: dropped a {len}-byte frame that does not fit the link MTU {} (was the \
+                             interface MTU raised? {} such drops so far)",
+                            self.tap.name(),
+                            self.cfg.mtu,
+                            self.counters.drop_oversize
+                        );
+                    }
                 }
                 Ok(None) => {
                     self.tap_readable = false;

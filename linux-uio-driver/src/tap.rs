@@ -237,6 +237,15 @@ impl Tap {
         ifreq_ioctl(self.ctl.as_raw_fd(), libc::SIOCSIFHWADDR, &mut req)
     }
 
+    /// Whether the interface is administratively up (`IFF_UP`).
+    pub fn is_up(&self) -> io::Result<bool> {
+        let mut req = IfReq::new(&self.name);
+        ifreq_ioctl(self.ctl.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req)?;
+        // SAFETY: SIOCGIFFLAGS filled in the `flags` member.
+        let flags = unsafe { req.data.flags };
+        Ok(flags & libc::IFF_UP as libc::c_short != 0)
+    }
+
     fn set_up(&self) -> io::Result<()> {
         let mut req = IfReq::new(&self.name);
         ifreq_ioctl(self.ctl.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req)?;

@@ -1,7 +1,8 @@
 //! Two ivnet-bridges over one ivshmem-server, each TAP in its own network
 //! namespace: ping both ways, full-MTU pings with DF set, and a byte-exact
 //! TCP bulk transfer of 1 GiB in each direction (both at once), at MTU 1500
-//! and at ivshmem-net's default 16384. Then SIGTERM: exit 0, TAP removed.
+//! and at ivshmem-net's default 16384; interface down/up stops and restores
+//! the link. Then SIGTERM: exit 0, TAP removed.
 
 use std::time::Duration;
 
@@ -70,6 +71,20 @@ fn link_test(mtu: u32) {
     assert!(
         !pair.ns_a.ping(ADDR_B, 1, Some(max_payload + 1)),
         "oversized DF ping passed"
+    );
+
+    // Taking one TAP down stops the link for the other side too (as
+    // ndo_stop does for ivshmem-net); bringing it up restores it.
+    pair.ns_a.run(&["ip", "link", "set", TAP, "down"]);
+    pair.ns_b
+        .wait_carrier(TAP, false, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", pair.logs()));
+    pair.ns_a.run(&["ip", "link", "set", TAP, "up"]);
+    pair.wait_link_up(Duration::from_secs(10));
+    assert!(
+        pair.ns_a.ping(ADDR_B, 3, None),
+        "ping after down/up failed\n{}",
+        pair.logs()
     );
 
     bulk_both_ways(&pair, GIB, &format!("mtu{mtu}"));
