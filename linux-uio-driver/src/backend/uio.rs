@@ -9,7 +9,12 @@
 //! Interrupts are one-shot: the hypervisor clears INT_CONTROL when it
 //! delivers one, so after each wakeup the bridge writes 1 to INT_CONTROL
 //! and only then re-reads shared memory (an event while disabled is dropped,
-//! not latched). The own state goes through the STATE register.
+//! not latched). The own state goes through the STATE register. When the
+//! PCI configuration space is readable (CAP_SYS_ADMIN), the map sizes are
+//! cross-checked against the vendor capability.
+//!
+//! Register access, the capability and layout-page parsing come from the
+//! `ivshmem` crate; this module only finds the memory through UIO.
 //!
 //! **QEMU ivshmem-doorbell** (`1af4:1110`) on a generic PCI UIO driver with
 //! MSI-X (e.g. `igb_uio`): BAR0 (registers) and BAR2 (the whole shared
@@ -23,11 +28,16 @@
 use std::fs;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering, fence};
 use std::time::Duration;
 
+use ivshmem::device::check_link;
+use ivshmem::jailhouse::{self, IntControl, VendorCapability};
 use ivshmem::layout::{LAYOUT_PAGE_SIZE, LayoutPage, PROTOCOL_NET};
-use tracing::warn;
+use ivshmem::pci::ConfigImage;
+use ivshmem::qemu;
+use tracing::{debug, warn};
 
 use super::{Backend, BackendError, STATE_VECTOR, Wake, data_vector};
 use crate::uio::{Access, PciIdentity, UioDevice, UioMap, msi_irq_count};
@@ -36,17 +46,6 @@ use crate::uio::{Access, PciIdentity, UioDevice, UioMap, msi_irq_count};
 const JAILHOUSE_IDS: (u16, u16) = (0x110a, 0x4106);
 /// QEMU ivshmem PCI IDs.
 const QEMU_IDS: (u16, u16) = (0x1af4, 0x1110);
-
-// Jailhouse BAR0 register offsets (ivshmem 2.0 specification).
-const REG_ID: usize = 0x00;
-const REG_MAX_PEERS: usize = 0x04;
-const REG_INT_CONTROL: usize = 0x08;
-const REG_DOORBELL: usize = 0x0c;
-const REG_STATE: usize = 0x10;
-/// QEMU BAR0: IVPosition (own ID).
-const QEMU_REG_IVPOSITION: usize = 0x08;
-/// QEMU BAR0: Doorbell (`vector | peer << 16`).
-const QEMU_REG_DOORBELL: usize = 0x0c;
 
 /// Opens `/dev/uioN` and picks the profile from the PCI IDs.
 pub fn open(node: &Path) -> Result<Box<dyn Backend>, BackendError> {
@@ -63,47 +62,34 @@ pub fn open(node: &Path) -> Result<Box<dyn Backend>, BackendError> {
     }
 }
 
-/// A 32-bit MMIO register block (the first bytes of a mapped BAR0).
-struct Registers<'a> {
-    map: &'a UioMap,
+/// Checks that a register map is writable and covers `len` bytes.
+fn check_register_map(map: &UioMap, len: u64, node: &Path) -> Result<NonNull<u8>, BackendError> {
+    match map.as_mut_ptr().and_then(NonNull::new) {
+        Some(base) if map.len() as u64 >= len => Ok(base),
+        _ => Err(BackendError::Unsupported(format!(
+            "{}: register map is {} bytes (or not writable), needs {len}",
+            node.display(),
+            map.len()
+        ))),
+    }
 }
 
-impl Registers<'_> {
-    fn check(map: &UioMap, last: usize, node: &Path) -> Result<(), BackendError> {
-        if map.len() < last + 4 || map.as_mut_ptr().is_none() {
-            return Err(BackendError::Unsupported(format!(
-                "{}: register map is {} bytes (or not writable), needs {}",
-                node.display(),
-                map.len(),
-                last + 4
-            )));
-        }
-        Ok(())
-    }
+/// The Jailhouse register block in a mapped BAR0.
+fn jailhouse_registers(map: &UioMap) -> jailhouse::Registers<'_> {
+    let base = NonNull::new(map.as_mut_ptr().expect("checked writable at open")).expect("mapped");
+    // SAFETY: `map` is BAR0 as mapped by uio_ivshmem (UIO_MEM_PHYS, so
+    // uncached), page-aligned, writable and at least 0x14 bytes long (checked
+    // at open by `check_register_map`); it stays mapped for the borrow of
+    // `map`, and nothing forms references into it.
+    unsafe { jailhouse::Registers::new(base) }
+}
 
-    fn read(&self, offset: usize) -> u32 {
-        debug_assert!(offset.is_multiple_of(4) && offset + 4 <= self.map.len());
-        // SAFETY: `offset` is 4-aligned and inside the register map (checked
-        // at open); the page is uncached device memory where an aligned
-        // 32-bit volatile load is the only access the device supports.
-        let reg = self.map.as_ptr().wrapping_add(offset).cast::<u32>();
-        // SAFETY: see above.
-        unsafe { reg.read_volatile() }
-    }
-
-    fn write(&self, offset: usize, value: u32) {
-        debug_assert!(offset.is_multiple_of(4) && offset + 4 <= self.map.len());
-        let base = self
-            .map
-            .as_mut_ptr()
-            .expect("register map is writable (checked at open)");
-        // SAFETY: as in `read`; the map is writable (checked at open). Stores
-        // to shared memory that precede the doorbell are ordered before it by
-        // the `Release` fence the callers issue.
-        let reg = base.wrapping_add(offset).cast::<u32>();
-        // SAFETY: see above.
-        unsafe { reg.write_volatile(value) }
-    }
+/// The QEMU register block in a mapped BAR0.
+fn qemu_registers(map: &UioMap) -> qemu::Registers<'_> {
+    let base = NonNull::new(map.as_mut_ptr().expect("checked writable at open")).expect("mapped");
+    // SAFETY: as for `jailhouse_registers`: BAR0 mapped uncached by the UIO
+    // driver, at least 0x10 bytes (checked at open), alive for the borrow.
+    unsafe { qemu::Registers::new(base) }
 }
 
 /// Reads a `u32` state-table entry once (the table may be mapped read-only,
@@ -120,7 +106,7 @@ unsafe fn read_state_entry(entry: *const u32) -> u32 {
 }
 
 /// Checks the link shape ivshmem-net needs: protocol 0x0001, two peers, an
-/// ID of 0 or 1.
+/// ID of 0 or 1. Returns (own ID, peer ID).
 fn check_net_link(
     node: &Path,
     protocol: u16,
@@ -133,19 +119,59 @@ fn check_net_link(
             node.display()
         )));
     }
-    if max_peers != 2 {
+    let (peers, id) = check_link(protocol, max_peers, id).map_err(|e| {
+        BackendError::Unsupported(format!(
+            "{}: {e} (ivshmem-net connects exactly 2 peers)",
+            node.display()
+        ))
+    })?;
+    if peers != 2 {
         return Err(BackendError::Unsupported(format!(
-            "{}: the link has {max_peers} peers; ivshmem-net connects exactly 2",
+            "{}: the link has {peers} peers; ivshmem-net connects exactly 2",
             node.display()
         )));
     }
-    if id > 1 {
+    Ok((id, 1 - id))
+}
+
+/// Cross-checks the UIO maps against the vendor capability in the PCI
+/// configuration space, when it can be read (beyond the first 64 bytes it
+/// needs CAP_SYS_ADMIN; without it the maps alone are trusted).
+fn check_capability(
+    pci_dir: &Path,
+    node: &Path,
+    protocol: u16,
+    max_peers: u32,
+    id: u32,
+    sizes: (u64, u64),
+) -> Result<(), BackendError> {
+    let config = match fs::read(pci_dir.join("config")) {
+        Ok(c) if c.len() > 0x40 => c,
+        Ok(_) | Err(_) => {
+            debug!(
+                "{}: PCI configuration space not readable beyond the header; trusting the UIO maps",
+                node.display()
+            );
+            return Ok(());
+        }
+    };
+    let image = ConfigImage::from_prefix(&config);
+    let layout = VendorCapability::find(&image)
+        .and_then(|cap| cap.validate(protocol, max_peers, id, None))
+        .map_err(|e| {
+            BackendError::Unsupported(format!("{}: vendor capability: {e}", node.display()))
+        })?;
+    let (state_table, output) = sizes;
+    if layout.state_table_size != state_table || layout.output_section_size != output {
         return Err(BackendError::Unsupported(format!(
-            "{}: own peer ID {id} is not 0 or 1",
-            node.display()
+            "{}: the UIO maps (state table {state_table:#x}, output section {output:#x}) do not match the vendor \
+             capability (state table {:#x}, output sections {:#x})",
+            node.display(),
+            layout.state_table_size,
+            layout.output_section_size
         )));
     }
-    Ok((id as u16, 1 - id as u16))
+    Ok(())
 }
 
 /// Jailhouse ivshmem 2.0 on `uio_ivshmem`.
@@ -167,10 +193,11 @@ impl JailhouseUio {
     fn new(dev: UioDevice, pci: PciIdentity) -> Result<Self, BackendError> {
         let node = dev.node().to_owned();
         let regs = dev.map(dev.find_map("registers")?, Access::ReadWrite)?;
-        Registers::check(&regs, REG_STATE, &node)?;
-        let r = Registers { map: &regs };
+        check_register_map(&regs, 0x14, &node)?;
+        let r = jailhouse_registers(&regs);
         let protocol = (pci.class & 0xffff) as u16;
-        let (id, peer) = check_net_link(&node, protocol, r.read(REG_MAX_PEERS), r.read(REG_ID))?;
+        let (max_peers, raw_id) = (r.max_peers(), r.id());
+        let (id, peer) = check_net_link(&node, protocol, max_peers, raw_id)?;
         let state_table = dev.map(dev.find_map("state_table")?, Access::ReadOnly)?;
         if state_table.len() < 8 {
             return Err(BackendError::Unsupported(format!(
@@ -198,6 +225,14 @@ impl JailhouseUio {
                 in_info.addr
             )));
         }
+        check_capability(
+            &dev.pci_dir(),
+            &node,
+            protocol,
+            max_peers,
+            raw_id,
+            (state_table.len() as u64, out_info.size),
+        )?;
         let output = dev.map(&out_info, Access::ReadWrite)?;
         let inputs = dev.map(&in_info, Access::ReadOnly)?;
         let vectors = msi_irq_count(&dev.pci_dir());
@@ -216,7 +251,7 @@ impl JailhouseUio {
             dev,
         };
         // Interrupts on (one-shot mode is set by uio_ivshmem at probe).
-        Registers { map: &me.regs }.write(REG_INT_CONTROL, 1);
+        jailhouse_registers(&me.regs).set_int_control(IntControl::ENABLE);
         Ok(me)
     }
 }
@@ -267,18 +302,15 @@ impl Backend for JailhouseUio {
     }
     fn publish_state(&mut self, state: u32) -> Result<(), BackendError> {
         // The hypervisor copies the value into the state table and rings
-        // vector 0 of the peer; section contents written before must be
-        // visible first.
-        fence(Ordering::Release);
-        Registers { map: &self.regs }.write(REG_STATE, state);
+        // vector 0 of the peer; `set_state` fences first, so the section
+        // contents written before are visible by then.
+        jailhouse_registers(&self.regs).set_state(state);
         Ok(())
     }
     fn ring_data(&mut self) -> Result<(), BackendError> {
-        fence(Ordering::Release);
-        Registers { map: &self.regs }.write(
-            REG_DOORBELL,
-            u32::from(self.data_vector) | u32::from(self.peer) << 16,
-        );
+        // `ring` fences first: published indices are visible before the
+        // interrupt arrives.
+        jailhouse_registers(&self.regs).ring(self.peer, self.data_vector);
         Ok(())
     }
     fn wakeup_fds(&self) -> Vec<RawFd> {
@@ -299,7 +331,7 @@ impl Backend for JailhouseUio {
         }
         // One-shot mode: the hypervisor cleared INT_CONTROL when it sent the
         // interrupt. Re-arm before the caller re-reads shared memory.
-        Registers { map: &self.regs }.write(REG_INT_CONTROL, 1);
+        jailhouse_registers(&self.regs).set_int_control(IntControl::ENABLE);
         fence(Ordering::SeqCst);
         Ok(Wake {
             doorbells,
@@ -310,7 +342,7 @@ impl Backend for JailhouseUio {
 
 impl Drop for JailhouseUio {
     fn drop(&mut self) {
-        Registers { map: &self.regs }.write(REG_INT_CONTROL, 0);
+        jailhouse_registers(&self.regs).set_int_control(IntControl::empty());
     }
 }
 
@@ -368,22 +400,16 @@ impl QemuUio {
         let regs_info = find_bar(0, ["BAR0", "bar0"])?;
         let window_info = find_bar(2, ["BAR2", "bar2"])?;
         let regs = dev.map(&regs_info, Access::ReadWrite)?;
-        Registers::check(&regs, QEMU_REG_DOORBELL, &node)?;
+        check_register_map(&regs, 0x10, &node)?;
         let window = dev.map(&window_info, Access::ReadWrite)?;
-        let mut page = [0u8; LayoutPage::ENCODED_LEN];
-        if window.len() < LAYOUT_PAGE_SIZE as usize {
-            return Err(BackendError::Unsupported(format!(
-                "{}: BAR2 is smaller than the layout page",
-                node.display()
-            )));
-        }
-        // SAFETY: BAR2 is mapped for `window.len()` >= 4 KiB bytes; the page
-        // is copied out once and parsed from the copy.
-        unsafe { std::ptr::copy_nonoverlapping(window.as_ptr(), page.as_mut_ptr(), page.len()) };
-        let layout = LayoutPage::parse(&page, window.len() as u64).map_err(|e| {
+        let bar2 = NonNull::new(window.as_ptr() as *mut u8).expect("mapped");
+        // SAFETY: BAR2 is mapped readable for `window.len()` bytes while
+        // `window` lives; the page is copied out once and only the copy is
+        // parsed.
+        let layout = unsafe { qemu::read_layout_page(bar2, window.len() as u64) }.map_err(|e| {
             BackendError::Unsupported(format!("{}: layout page: {e}", node.display()))
         })?;
-        let id = Registers { map: &regs }.read(QEMU_REG_IVPOSITION);
+        let id = qemu_registers(&regs).iv_position();
         let (id, peer) = check_net_link(
             &node,
             layout.protocol,
@@ -449,12 +475,14 @@ impl QemuUio {
         self.window.as_ptr().wrapping_add(off).cast()
     }
 
-    fn doorbell(&self, vector: u16) {
-        fence(Ordering::Release);
-        Registers { map: &self.regs }.write(
-            QEMU_REG_DOORBELL,
-            u32::from(vector) | u32::from(self.peer) << 16,
-        );
+    fn doorbell(&self, vector: u16) -> Result<(), BackendError> {
+        // `ring` fences first: published indices are visible before the
+        // interrupt arrives.
+        qemu_registers(&self.regs)
+            .ring(self.peer, vector)
+            .map_err(|e| {
+                BackendError::Unsupported(format!("{}: doorbell: {e}", self.dev.node().display()))
+            })
     }
 }
 
@@ -513,12 +541,10 @@ impl Backend for QemuUio {
         // or volatile loads; no reference to it exists elsewhere.
         let atomic = unsafe { AtomicU32::from_ptr(entry) };
         atomic.store(state, Ordering::Release);
-        self.doorbell(STATE_VECTOR);
-        Ok(())
+        self.doorbell(STATE_VECTOR)
     }
     fn ring_data(&mut self) -> Result<(), BackendError> {
-        self.doorbell(self.data_vector);
-        Ok(())
+        self.doorbell(self.data_vector)
     }
     fn wakeup_fds(&self) -> Vec<RawFd> {
         vec![self.dev.as_raw_fd()]
@@ -566,6 +592,11 @@ mod tests {
     use std::path::PathBuf;
 
     const SECTION: u64 = 0x4000;
+    // BAR0 register offsets, to read back what the profiles wrote.
+    const REG_INT_CONTROL: usize = 0x08;
+    const REG_DOORBELL: usize = 0x0c;
+    const REG_STATE: usize = 0x10;
+    const QEMU_REG_DOORBELL: usize = 0x0c;
 
     /// A fake `uio_ivshmem` device: sysfs attributes in a temp dir and a
     /// regular file standing in for `/dev/uioN` (map N at offset N pages).
@@ -654,7 +685,7 @@ mod tests {
         j.ring_data().unwrap();
         assert_eq!(reg(&f, REG_DOORBELL), 1, "vector 1 to peer 0");
         // A wakeup re-arms the one-shot interrupt.
-        Registers { map: &j.regs }.write(REG_INT_CONTROL, 0);
+        jailhouse_registers(&j.regs).set_int_control(IntControl::empty());
         let fd = j.wakeup_fds()[0];
         j.on_wakeup(fd).unwrap();
         assert_eq!(reg(&f, REG_INT_CONTROL), 1, "re-armed after the event");
@@ -679,8 +710,39 @@ mod tests {
         };
         assert!(err(fake_jailhouse(0, 3, "0xff0001", 2, 0)).contains("exactly 2"));
         assert!(err(fake_jailhouse(0, 2, "0xff0000", 2, 0)).contains("not ivshmem-net"));
-        assert!(err(fake_jailhouse(2, 2, "0xff0001", 2, 0)).contains("not 0 or 1"));
+        assert!(err(fake_jailhouse(2, 2, "0xff0001", 2, 0)).contains("own peer ID 2"));
         assert!(err(fake_jailhouse(1, 2, "0xff0001", 2, 0x1000)).contains("is not section 1"));
+    }
+
+    /// A configuration space with the vendor capability of an ivshmem-net
+    /// device whose output sections are `output` bytes.
+    fn config_space(output: u64) -> Vec<u8> {
+        let mut c = ConfigImage::from_prefix(&[0; 256]);
+        c.put(0x00, &0x4106_110au32.to_le_bytes());
+        c.put(0x06, &0x0010u16.to_le_bytes()); // status: capability list
+        c.put(0x08, &0xff00_0100u32.to_le_bytes());
+        c.put(0x34, &[0x40]);
+        c.put(0x40, &[0x09, 0x00, 0x20, 0x00]);
+        c.put(0x44, &0x1000u32.to_le_bytes());
+        c.put(0x48, &0u64.to_le_bytes());
+        c.put(0x50, &output.to_le_bytes());
+        c.put(0x58, &0x1_0000_0000u64.to_le_bytes());
+        c.0.to_vec()
+    }
+
+    #[test]
+    fn jailhouse_profile_cross_checks_the_vendor_capability() {
+        let f = fake_jailhouse(0, 2, "0xff0001", 2, 0);
+        let pci = f.class.join("uio3/device");
+        fs::write(pci.join("config"), config_space(SECTION)).unwrap();
+        open_fake(&f).unwrap();
+        fs::write(pci.join("config"), config_space(2 * SECTION)).unwrap();
+        let e = open_fake(&f).err().unwrap().to_string();
+        assert!(e.contains("do not match the vendor capability"), "{e}");
+        // Only the 64-byte header is readable (no CAP_SYS_ADMIN): the maps
+        // alone are trusted.
+        fs::write(pci.join("config"), &config_space(2 * SECTION)[..64]).unwrap();
+        open_fake(&f).unwrap();
     }
     /// A fake QEMU ivshmem-doorbell device under a generic UIO driver: map0
     /// = BAR0 (registers), map1 = BAR2 (1 MiB window with a layout page).
