@@ -512,6 +512,7 @@ impl Bridge {
                     }
                 }
                 Ok(Some(len)) => {
+                    self.counters.tap_read_frames += 1;
                     self.counters.drop_oversize += 1;
                     if self.counters.drop_oversize.is_power_of_two() {
                         warn!(
@@ -569,7 +570,10 @@ impl Bridge {
             let cap = self.discard.len();
             // SAFETY: `discard` is a private buffer of `cap` bytes.
             match unsafe { self.tap.read_raw(self.discard.as_mut_ptr(), cap) } {
-                Ok(Some(_)) => self.counters.drop_link_down += 1,
+                Ok(Some(_)) => {
+                    self.counters.tap_read_frames += 1;
+                    self.counters.drop_link_down += 1;
+                }
                 _ => self.tap_readable = false,
             }
         }

@@ -12,9 +12,12 @@ use serde::Serialize;
 /// [`RingCounters`]).
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct BridgeCounters {
-    /// Frames read from the TAP interface.
+    /// Frames read from the TAP interface. Each one was published to the
+    /// peer (`ring.tx_frames`) or counted in `drop_link_down` or
+    /// `drop_oversize`.
     pub tap_read_frames: u64,
-    /// Frames written to the TAP interface.
+    /// Frames written to the TAP interface. With `drop_tap_write` they add
+    /// up to `ring.rx_frames`.
     pub tap_written_frames: u64,
     /// Data doorbells this bridge rang at the peer.
     pub doorbells_sent: u64,
