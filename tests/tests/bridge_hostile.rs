@@ -68,17 +68,25 @@ impl Peer {
         let (own, len) = self.host.own_section();
         let g = Geometry::for_section(len).unwrap();
         let at = |off: usize| own.wrapping_add(off);
-        // SAFETY: all offsets come from the geometry of this section, are
-        // naturally aligned and inside it; the words are only accessed
-        // atomically by both sides.
-        unsafe {
-            AtomicU64::from_ptr(at(g.desc_offset(0)).cast())
-                .store(u64::MAX - 0xfff, Ordering::Relaxed);
-            AtomicU32::from_ptr(at(g.desc_offset(0) + 8).cast()).store(60, Ordering::Relaxed);
-            AtomicU16::from_ptr(at(g.desc_offset(0) + 12).cast()).store(0, Ordering::Relaxed);
-            AtomicU16::from_ptr(at(g.avail_ring_offset(0)).cast()).store(0, Ordering::Relaxed);
-            AtomicU16::from_ptr(at(g.avail_idx_offset()).cast()).store(1, Ordering::Release);
-        }
+        // The SAFETY argument of every `from_ptr` below: the offset comes
+        // from this section's geometry, is naturally aligned and inside the
+        // section, which is mapped read-write for this process; both sides
+        // access these words only atomically.
+        // SAFETY: see above.
+        let addr = unsafe { AtomicU64::from_ptr(at(g.desc_offset(0)).cast()) };
+        // SAFETY: see above.
+        let dlen = unsafe { AtomicU32::from_ptr(at(g.desc_offset(0) + 8).cast()) };
+        // SAFETY: see above.
+        let flags = unsafe { AtomicU16::from_ptr(at(g.desc_offset(0) + 12).cast()) };
+        // SAFETY: see above.
+        let ring0 = unsafe { AtomicU16::from_ptr(at(g.avail_ring_offset(0)).cast()) };
+        // SAFETY: see above.
+        let avail_idx = unsafe { AtomicU16::from_ptr(at(g.avail_idx_offset()).cast()) };
+        addr.store(u64::MAX - 0xfff, Ordering::Relaxed);
+        dlen.store(60, Ordering::Relaxed);
+        flags.store(0, Ordering::Relaxed);
+        ring0.store(0, Ordering::Relaxed);
+        avail_idx.store(1, Ordering::Release);
         self.host
             .doorbell(self.bridge, 1)
             .expect("ring the bridge's data vector");
