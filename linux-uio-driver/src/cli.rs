@@ -40,7 +40,9 @@ pub const DEFAULT_MTU: u32 = 16384;
 ///
 /// Signals: SIGUSR1 prints the counters, SIGINT/SIGTERM leave the link
 /// (state RESET) and exit 0. Logs go to stderr; RUST_LOG sets the filter
-/// (default "info").
+/// (default "info"). Exit status: 0 after SIGINT/SIGTERM, 1 when the device,
+/// server, link or TAP cannot be used (the message says why), 2 for a bad
+/// command line.
 #[derive(Debug, Parser)]
 #[command(name = "ivnet-bridge", version, verbatim_doc_comment)]
 #[command(group(ArgGroup::new("backend").required(true).args(["uio", "server"])))]
@@ -117,7 +119,8 @@ pub enum Mode {
     /// the queues run empty (lowest CPU use).
     Event,
     /// Never sleep: poll the rings and the TAP continuously; the peer sends
-    /// no data doorbells (one CPU at 100 %, lowest latency).
+    /// no data doorbells (one CPU at 100 %; lowest latency only when that
+    /// CPU is otherwise idle).
     Poll,
     /// Poll for --busy-poll-us after the last frame, then sleep as in event
     /// mode.
