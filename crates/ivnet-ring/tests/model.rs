@@ -209,7 +209,12 @@ impl World {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    // Unoptimised builds (plain `cargo test`) run fewer cases; the test
+    // command runs the release build with all of them.
+    #![proptest_config(ProptestConfig {
+        cases: if cfg!(debug_assertions) { 16 } else { 96 },
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn endpoints_behave_like_two_fifos(
