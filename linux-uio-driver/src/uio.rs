@@ -358,6 +358,45 @@ impl UioDevice {
         })
     }
 
+    /// Maps PCI BAR `bar` of the device behind the UIO device through sysfs
+    /// (`device/resourceN`, whose size is the BAR size), for UIO drivers
+    /// that export no memory maps, such as `uio_pci_generic`.
+    pub fn map_pci_resource(&self, bar: u8, access: Access) -> Result<UioMap, UioError> {
+        let path = self.pci_dir().join(format!("resource{bar}"));
+        let err = |source: io::Error, len: u64| UioError::Map {
+            device: self.node.display().to_string(),
+            what: path.display().to_string(),
+            len,
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(access == Access::ReadWrite)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| err(e, 0))?;
+        let size = file.metadata().map_err(|e| err(e, 0))?.len();
+        if size == 0 || usize::try_from(size).is_err() {
+            return Err(err(
+                io::Error::new(io::ErrorKind::InvalidData, "BAR size is 0"),
+                size,
+            ));
+        }
+        let mut opts = MmapOptions::new();
+        opts.len(size as usize);
+        let mmap = match access {
+            Access::ReadOnly => opts.map_raw_read_only(&file),
+            Access::ReadWrite => opts.map_raw(&file),
+        }
+        .map_err(|e| err(e, size))?;
+        Ok(UioMap {
+            mmap,
+            offset: 0,
+            size: size as usize,
+            access,
+        })
+    }
+
     /// Reads the interrupt event counter if an event is pending (consumes
     /// the wakeup). `Ok(None)` if none is pending.
     pub fn take_event(&self) -> io::Result<Option<u32>> {

@@ -19,7 +19,10 @@
 //! **QEMU ivshmem-doorbell** (`1af4:1110`) on a generic PCI UIO driver with
 //! MSI-X (e.g. `igb_uio`): BAR0 (registers) and BAR2 (the whole shared
 //! window) are maps, identified by their physical address against the PCI
-//! `resource` file. The layout comes from the layout page in BAR2's first
+//! `resource` file. A driver that exports no maps (`uio_pci_generic`) works
+//! too: the BARs are mapped through the PCI sysfs `resourceN` files, and as
+//! such a driver enables no MSI-X (and ivshmem-doorbell has no INTx), the
+//! bridge then polls every millisecond. The layout comes from the layout page in BAR2's first
 //! 4 KiB. QEMU enforces no permissions, so the bridge write-protects the
 //! layout page and the peer's section itself (`mprotect`). The own state is
 //! stored into the own state-table entry, followed by a doorbell on vector 0
@@ -386,22 +389,31 @@ impl QemuUio {
             )));
         }
         let bars = bar_starts(&dev.pci_dir());
-        let find_bar = |bar: usize, names: [&'static str; 2]| {
-            dev.maps()
+        // A UIO map for the BAR (igb_uio: one per memory BAR, named BARn),
+        // matched by physical address or name; else the PCI sysfs resource
+        // file (uio_pci_generic exports no maps).
+        let map_bar = |bar: u8, names: [&'static str; 2]| -> Result<UioMap, BackendError> {
+            let info = dev
+                .maps()
                 .iter()
-                .find(|m| bars.get(bar).is_some_and(|a| *a != 0 && *a == m.addr))
-                .or_else(|| dev.maps().iter().find(|m| names.contains(&m.name.as_str())))
-                .cloned()
-                .ok_or_else(|| BackendError::Unsupported(format!(
-                    "{}: no UIO map for BAR{bar} (is the UIO driver one that maps BARs, such as igb_uio?)",
-                    node.display()
-                )))
+                .find(|m| {
+                    bars.get(usize::from(bar))
+                        .is_some_and(|a| *a != 0 && *a == m.addr)
+                })
+                .or_else(|| dev.maps().iter().find(|m| names.contains(&m.name.as_str())));
+            match info {
+                Some(info) => Ok(dev.map(info, Access::ReadWrite)?),
+                None => dev.map_pci_resource(bar, Access::ReadWrite).map_err(|e| {
+                    BackendError::Unsupported(format!(
+                        "{}: no UIO map for BAR{bar}, and the PCI resource file cannot be mapped: {e}",
+                        node.display()
+                    ))
+                }),
+            }
         };
-        let regs_info = find_bar(0, ["BAR0", "bar0"])?;
-        let window_info = find_bar(2, ["BAR2", "bar2"])?;
-        let regs = dev.map(&regs_info, Access::ReadWrite)?;
+        let regs = map_bar(0, ["BAR0", "bar0"])?;
         check_register_map(&regs, 0x10, &node)?;
-        let window = dev.map(&window_info, Access::ReadWrite)?;
+        let window = map_bar(2, ["BAR2", "bar2"])?;
         let bar2 = NonNull::new(window.as_ptr() as *mut u8).expect("mapped");
         // SAFETY: BAR2 is mapped readable for `window.len()` bytes while
         // `window` lives; the page is copied out once and only the copy is
@@ -571,9 +583,18 @@ impl Backend for QemuUio {
         })
     }
     fn forced_poll(&self) -> Option<Duration> {
-        // A generic UIO driver has one interrupt; ivshmem-net rings data on
-        // vector 1 when the device has two vectors, which then never reaches
-        // us. Poll for data every millisecond in that case.
+        // ivshmem-doorbell interrupts only through MSI-X. A driver without
+        // MSI-X (uio_pci_generic) delivers nothing: poll state and rings. A
+        // driver with one MSI-X interrupt misses data doorbells on vector 1
+        // when the link has two vectors: poll for data.
+        if self.irqs == 0 {
+            warn!(
+                "{}: {} enabled no MSI-X interrupts (ivshmem-doorbell has no INTx); polling every 1 ms",
+                self.dev.node().display(),
+                self.dev.driver_name()
+            );
+            return Some(Duration::from_millis(1));
+        }
         (self.data_vector != STATE_VECTOR && self.irqs < 2).then(|| {
             warn!(
                 "{}: the UIO driver delivers {} MSI-X interrupt(s) but data doorbells use vector {}; polling every 1 ms",
@@ -847,6 +868,46 @@ mod tests {
         assert_eq!(q.peer_state(), 0);
         // No MSI-X interrupts for vector 1 behind a generic UIO driver: poll.
         assert_eq!(q.forced_poll(), Some(Duration::from_millis(1)));
+    }
+
+    /// Turns the igb_uio-style fake into a uio_pci_generic one: no maps,
+    /// the BARs only as PCI sysfs resource files.
+    fn without_maps(f: &Fake) -> (PathBuf, PathBuf) {
+        let dev = f.class.join("uio5");
+        fs::remove_dir_all(dev.join("maps")).unwrap();
+        fs::write(dev.join("name"), "uio_pci_generic\n").unwrap();
+        let image = fs::read(&f.node).unwrap();
+        let (r0, r2) = (dev.join("device/resource0"), dev.join("device/resource2"));
+        fs::write(&r0, &image[..0x100]).unwrap();
+        fs::write(&r2, &image[0x1000..]).unwrap();
+        (r0, r2)
+    }
+
+    #[test]
+    fn qemu_profile_falls_back_to_pci_resources_and_polls_without_msix() {
+        let page = LayoutPage::new(PROTOCOL_NET, 1, 2, 0x1000, 0, 0x7f000).encode();
+        let f = fake_qemu(0, page);
+        let (r0, r2) = without_maps(&f);
+        let mut q = open_fake_qemu(&f).unwrap();
+        assert_eq!((q.own_id(), q.peer_id()), (0, 1));
+        q.publish_state(1).unwrap();
+        let bar2 = fs::read(&r2).unwrap();
+        assert_eq!(
+            u32::from_ne_bytes(bar2[0x1000..0x1004].try_into().unwrap()),
+            1
+        );
+        q.ring_data().unwrap();
+        let bar0 = fs::read(&r0).unwrap();
+        assert_eq!(
+            u32::from_ne_bytes(bar0[0x0c..0x10].try_into().unwrap()),
+            1 << 16,
+            "vector 0 of peer 1"
+        );
+        assert_eq!(
+            q.forced_poll(),
+            Some(Duration::from_millis(1)),
+            "no MSI-X: poll"
+        );
     }
 
     #[test]
