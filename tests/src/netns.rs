@@ -622,6 +622,12 @@ impl BridgedPair {
     /// Starts server and both bridges with `mtu`, configures the addresses,
     /// and waits for carrier on both sides.
     pub fn start(mtu: u32, extra: &[&str]) -> BridgedPair {
+        Self::start_with(mtu, extra, extra)
+    }
+
+    /// Like [`start`](Self::start) with different extra arguments for the
+    /// two bridges.
+    pub fn start_with(mtu: u32, extra_a: &[&str], extra_b: &[&str]) -> BridgedPair {
         require_root();
         ensure_base_tools();
         let dir = tempfile::Builder::new()
@@ -631,17 +637,16 @@ impl BridgedPair {
         let ns_a = Netns::new("a");
         let ns_b = Netns::new("b");
         let server = Server::start(dir.path(), &[]);
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let spec = |name: &str, ns: &Netns| BridgeSpec {
+        let spec = |name: &str, ns: &Netns, extra: &[&str]| BridgeSpec {
             name: name.into(),
             socket: server.socket.clone(),
             netns: ns.name().into(),
             tap: TAP.into(),
             mtu,
-            extra: extra.clone(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        let spec_a = spec("bridge-a", &ns_a);
-        let spec_b = spec("bridge-b", &ns_b);
+        let spec_a = spec("bridge-a", &ns_a, extra_a);
+        let spec_b = spec("bridge-b", &ns_b, extra_b);
         let mut a = spec_a.spawn(dir.path());
         a.wait_stderr("TAP, MTU", 1, Duration::from_secs(20))
             .expect("bridge A starts");

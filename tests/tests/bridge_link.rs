@@ -162,3 +162,39 @@ fn ping_and_bulk_at_mtu_1500() {
 fn ping_and_bulk_at_mtu_16384() {
     link_test(16384);
 }
+
+/// Poll mode on one side, hybrid on the other: traffic flows byte-exact,
+/// and the polling side's peer rings (almost) no data doorbells, because a
+/// polling receiver never re-enables its RX notification.
+#[test]
+fn poll_and_hybrid_modes() {
+    let _serial = netns::serial();
+    let pair = BridgedPair::start_with(
+        1500,
+        &["--mode", "poll"],
+        &["--mode", "hybrid", "--busy-poll-us", "100"],
+    );
+    assert!(
+        pair.ns_a.ping(ADDR_B, 5, None),
+        "ping A -> B failed\n{}",
+        pair.logs()
+    );
+    assert!(
+        pair.ns_b.ping(ADDR_A, 5, None),
+        "ping B -> A failed\n{}",
+        pair.logs()
+    );
+    bulk_both_ways(&pair, 64 << 20, "modes");
+    let sb = snapshot(&pair.b);
+    let n = |v: &serde_json::Value| v.as_u64().unwrap();
+    let (rung, frames) = (
+        n(&sb["bridge"]["doorbells_sent"]),
+        n(&sb["ring"]["tx_frames"]),
+    );
+    assert!(frames > 40_000, "{sb}");
+    assert!(
+        rung * 100 < frames,
+        "B rang the polling side {rung} times for {frames} frames: {sb}"
+    );
+    assert!(n(&sb["ring"]["notifications_suppressed"]) > 0, "{sb}");
+}
