@@ -144,7 +144,9 @@ impl Tap {
         if let Err(e) = ifreq_ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req) {
             let hint = match e.raw_os_error() {
                 Some(libc::EINVAL) if existed => {
-                    "an interface of that name exists and is not a TAP interface".to_owned()
+                    "an interface of that name exists and is not a TAP interface (or a TAP created with \
+                     other flags, e.g. multi_queue or vnet_hdr)"
+                        .to_owned()
                 }
                 Some(libc::EBUSY) => {
                     "the interface is in use by another process (or is multi-queue)".to_owned()

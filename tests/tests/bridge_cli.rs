@@ -195,6 +195,32 @@ fn runtime_errors() {
         &["'lo'", "not a TAP"],
     );
 
+    // A TAP created with flags the bridge does not use (multi-queue).
+    ns.run(&[
+        "ip",
+        "tuntap",
+        "add",
+        "dev",
+        "mq0",
+        "mode",
+        "tap",
+        "multi_queue",
+    ]);
+    expect_failure(
+        &[
+            "--server",
+            sock,
+            "--netns",
+            ns.name(),
+            "--tap",
+            "mq0",
+            "--mtu",
+            "1500",
+        ],
+        1,
+        &["'mq0'", "multi_queue"],
+    );
+
     // A pre-existing persistent TAP is attached to and left in place.
     ns.run(&["ip", "tuntap", "add", "dev", "keep0", "mode", "tap"]);
     let spec = BridgeSpec {
