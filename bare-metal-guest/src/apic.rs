@@ -11,7 +11,7 @@
 //! crate (which insists on starting a periodic timer), hence by hand.
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use volatile::VolatilePtr;
 use x86_64::registers::model_specific::Msr;
@@ -47,6 +47,8 @@ const MODE_X2APIC: u8 = 2;
 
 static MODE: AtomicU8 = AtomicU8::new(MODE_NONE);
 static XAPIC_BASE: AtomicU64 = AtomicU64::new(0);
+/// Last value written to the timer LVT.
+static LVT_TIMER: AtomicU32 = AtomicU32::new(0);
 
 /// Which interface the APIC runs in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,6 +129,7 @@ pub fn init(x2apic: bool) -> Result<ApicMode, MapError> {
     write(REG_LVT_LINT0, LVT_MASKED);
     write(REG_LVT_ERROR, u32::from(VECTOR_APIC_ERROR));
     write(REG_LVT_TIMER, LVT_MASKED | u32::from(VECTOR_TIMER));
+    LVT_TIMER.store(LVT_MASKED | u32::from(VECTOR_TIMER), Ordering::Relaxed);
     write(REG_TIMER_DIVIDE, TIMER_DIVIDE_BY_16);
     // The error status register must be written before it is read.
     write(REG_ESR, 0);
@@ -150,7 +153,11 @@ pub fn id() -> u32 {
 /// `interrupt`, it raises [`VECTOR_TIMER`] once when it reaches zero.
 pub fn timer_start(ticks: u32, interrupt: bool) {
     let mask = if interrupt { 0 } else { LVT_MASKED };
-    write(REG_LVT_TIMER, mask | u32::from(VECTOR_TIMER));
+    let lvt = mask | u32::from(VECTOR_TIMER);
+    // Each register write may be a VM exit: skip the LVT when unchanged.
+    if LVT_TIMER.swap(lvt, Ordering::Relaxed) != lvt {
+        write(REG_LVT_TIMER, lvt);
+    }
     write(REG_TIMER_INITIAL, ticks);
 }
 

@@ -108,12 +108,16 @@ extern "C" fn rust_entry(start_info_paddr: u32) -> ! {
 
     let features = cpu::detect();
     println!(
-        "cpu: hypervisor {}, x2apic {}, nx {}, {} physical address bits",
+        "cpu: hypervisor {}, x2apic {}, nx {}, mtrr {}, {} physical address bits",
         features.hypervisor.name(),
         features.x2apic,
         features.nx,
+        features.mtrr,
         features.phys_addr_bits
     );
+    if features.mtrr {
+        cpu::mtrr_write_back();
+    }
     gdt::init();
     idt::init();
     if features.nx {

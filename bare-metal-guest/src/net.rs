@@ -22,7 +22,7 @@
 //! never asks for doorbells.
 
 use core::fmt::{self, Write};
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use ivnet_guest::cmdline::{GuestConfig, Mode};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet, SocketStorage};
@@ -90,6 +90,17 @@ static STATS_TX_META: ConstStaticCell<[udp::PacketMetadata; STATS_PACKETS]> =
 pub fn frame_buffers() -> (&'static mut [u8; MAX_FRAME], &'static mut [u8; MAX_FRAME]) {
     (RX_BUF.take(), TX_SCRATCH.take())
 }
+
+/// Main-loop counters (rounds of polling, sleeps with `hlt`).
+struct LoopCounters {
+    rounds: AtomicU64,
+    sleeps: AtomicU64,
+}
+
+static LOOP_COUNTERS: LoopCounters = LoopCounters {
+    rounds: AtomicU64::new(0),
+    sleeps: AtomicU64::new(0),
+};
 
 /// Service counters.
 #[derive(Clone, Copy, Debug, Default)]
@@ -321,7 +332,8 @@ impl fmt::Display for StatsLine<'_> {
              tx_batches={} doorbells_rung={} doorbells_suppressed={} irq_state={} irq_data={} irq_timer={} \
              tx_ring_full={} tx_completion_requests={} link_resets={} ring_errors={} rx_oversize={} \
              tcp_echo_conns={} tcp_echo_bytes={} tcp_discard_conns={} tcp_discard_bytes={} \
-             udp_echo_dgrams={} udp_echo_bytes={} udp_echo_dropped={} tx_no_slot={} stack_used={}",
+             udp_echo_dgrams={} udp_echo_bytes={} udp_echo_dropped={} tx_no_slot={} loop_rounds={} loop_sleeps={} \
+             stack_used={}",
             self.now_us / 1_000_000,
             self.now_us / 1000 % 1000,
             ep.local_state(),
@@ -350,6 +362,8 @@ impl fmt::Display for StatsLine<'_> {
             c.udp_echo_bytes,
             c.udp_echo_dropped,
             d.tx_token_no_slot,
+            LOOP_COUNTERS.rounds.load(Ordering::Relaxed),
+            LOOP_COUNTERS.sleeps.load(Ordering::Relaxed),
             crate::footprint::stack_used(),
         )
     }
@@ -357,9 +371,9 @@ impl fmt::Display for StatsLine<'_> {
 
 /// Lets every socket transmit until none has anything more to send or the
 /// ring is full (one `poll_egress` sends at most one packet per socket).
-fn egress(iface: &mut Interface, nic: &mut Nic, sockets: &mut SocketSet<'static>) {
+fn egress(iface: &mut Interface, nic: &mut Nic, sockets: &mut SocketSet<'static>, now: Instant) {
     for _ in 0..EGRESS_ROUNDS {
-        let r = iface.poll_egress(smol_now(time::now_us()), nic, sockets);
+        let r = iface.poll_egress(now, nic, sockets);
         if r == smoltcp::iface::PollResult::None {
             break;
         }
@@ -408,7 +422,11 @@ pub fn run(nic: &'static mut Nic, config: &GuestConfig) -> ! {
     nic.step_link(true);
     loop {
         events |= idt::take_events();
+        // One clock read per round: under nested KVM every RDTSC is a VM
+        // exit, so smoltcp gets this value for the whole round.
         let now = time::now_us();
+        let smol = smol_now(now);
+        LOOP_COUNTERS.rounds.fetch_add(1, Ordering::Relaxed);
 
         // Link state: on a vector-0 interrupt, on every tick, and whenever
         // the peer's entry changed (one load).
@@ -423,15 +441,14 @@ pub fn run(nic: &'static mut Nic, config: &GuestConfig) -> ! {
         nic.reclaim();
         let mut budget = RX_BUDGET;
         while budget > 0
-            && iface.poll_ingress_single(smol_now(time::now_us()), nic, &mut sockets)
+            && iface.poll_ingress_single(smol, nic, &mut sockets)
                 != smoltcp::iface::PollIngressSingleResult::None
         {
             budget -= 1;
         }
-        egress(&mut iface, nic, &mut sockets);
-        let now = time::now_us();
+        egress(&mut iface, nic, &mut sockets, smol);
         if services.process(&mut sockets, nic, now) {
-            egress(&mut iface, nic, &mut sockets);
+            egress(&mut iface, nic, &mut sockets, smol);
         }
         nic.flush();
 
@@ -459,7 +476,7 @@ pub fn run(nic: &'static mut Nic, config: &GuestConfig) -> ! {
 
         // Sleep until a doorbell or the next deadline.
         let mut delay_us = iface
-            .poll_delay(smol_now(now), &sockets)
+            .poll_delay(smol, &sockets)
             .map_or(u64::MAX, |d| d.total_micros());
         if delay_us == 0 {
             // smoltcp has something to send but could not: the ring is full
@@ -478,7 +495,8 @@ pub fn run(nic: &'static mut Nic, config: &GuestConfig) -> ! {
         if delay_us == 0 {
             continue;
         }
-        time::arm_alarm_us(delay_us);
+        time::alarm_at(now, now.saturating_add(delay_us));
+        LOOP_COUNTERS.sleeps.fetch_add(1, Ordering::Relaxed);
         events = idt::wait_for_events();
     }
 }

@@ -36,9 +36,10 @@ pub fn run(test: SelfTest, nic: Option<&NicDevice>) -> ! {
                 );
             }
             println!(
-                "selftest boot: ok (timer interrupt after {} us, ivshmem {})",
+                "selftest boot: ok (timer interrupt after {} us, ivshmem {}, speed {} ns per 1000 loads)",
                 time::now_us(),
-                if nic.is_some() { "up" } else { "absent" }
+                if nic.is_some() { "up" } else { "absent" },
+                time::memory_speed_ns_per_1000()
             );
             exit::exit(ExitCode::Success)
         }

@@ -72,10 +72,52 @@ pub fn now_us() -> u64 {
     (u128::from(elapsed) * 1000 / u128::from(TSC_PER_MS.load(Ordering::Relaxed))) as u64
 }
 
+/// Deadline of the armed alarm (µs since calibration), `u64::MAX` if none.
+static ALARM_AT: AtomicU64 = AtomicU64::new(u64::MAX);
+
 /// Arms the LAPIC timer to interrupt after `us` microseconds (clamped to
 /// what the 32-bit counter can express).
 pub fn arm_alarm_us(us: u64) {
+    let now = now_us();
+    ALARM_AT.store(now.saturating_add(us), Ordering::Relaxed);
     let ticks = u128::from(us) * u128::from(APIC_TICKS_PER_MS.load(Ordering::Relaxed)) / 1000;
     let ticks = ticks.clamp(1, u128::from(u32::MAX)) as u32;
     apic::timer_start(ticks, true);
+}
+
+/// Makes sure an alarm fires no later than `deadline` (µs, from [`now_us`]
+/// read as `now`). Keeps an earlier alarm that is still pending instead of
+/// reprogramming the timer: each LAPIC write is a VM exit, and an early
+/// wake-up only costs one more round of the main loop.
+pub fn alarm_at(now: u64, deadline: u64) {
+    let armed = ALARM_AT.load(Ordering::Relaxed);
+    if armed > now && armed <= deadline {
+        return;
+    }
+    ALARM_AT.store(deadline, Ordering::Relaxed);
+    let us = deadline.saturating_sub(now);
+    let ticks = u128::from(us) * u128::from(APIC_TICKS_PER_MS.load(Ordering::Relaxed)) / 1000;
+    let ticks = ticks.clamp(1, u128::from(u32::MAX)) as u32;
+    apic::timer_start(ticks, true);
+}
+
+/// How long 1000 loads from guest memory take, in nanoseconds: a crude
+/// speed figure for the boot log. Under some nested-KVM setups guest code
+/// runs orders of magnitude slower than under TCG; the test harness uses
+/// this number to pick the faster accelerator.
+pub fn memory_speed_ns_per_1000() -> u64 {
+    static WORDS: [u64; 512] = [0; 512];
+    const LOADS: usize = 10_000;
+    let start = cpu::rdtsc();
+    let mut acc = 0u64;
+    for i in 0..LOADS {
+        // SAFETY: `i % 512` indexes the static array; a volatile load keeps
+        // the compiler from folding the loop away.
+        acc = acc.wrapping_add(unsafe { (&raw const WORDS[i % 512]).read_volatile() });
+    }
+    core::hint::black_box(acc);
+    let cycles = cpu::rdtsc().wrapping_sub(start);
+    let tsc_per_ms = TSC_PER_MS.load(Ordering::Relaxed);
+    // cycles / (tsc_per_ms / 1e6 ns) / (LOADS / 1000)
+    (u128::from(cycles) * 1_000_000 / u128::from(tsc_per_ms) / (LOADS as u128 / 1000)) as u64
 }

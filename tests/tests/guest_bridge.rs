@@ -1,0 +1,340 @@
+//! The whole chain: the bare-metal guest in QEMU (KVM when usable, TCG
+//! otherwise) ↔ `ivshmem-doorbell` ↔ ivnet's `ivshmem-server` ↔
+//! `ivnet-bridge --server` ↔ a TAP in a network namespace, where the test
+//! talks to the guest with the kernel's own stack: ping, UDP echo, TCP echo,
+//! TCP discard; and restarts of either end of the link.
+//!
+//! Addresses: the namespace's TAP is 10.77.0.1/24, the guest 10.77.0.2/24.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use ivnet_e2e::netns::{self, BridgeSpec, Netns, Proc, Server, tail};
+use ivnet_e2e::qemu::{Guest, GuestConfig, in_netns};
+
+const HOST: &str = "10.77.0.1";
+const GUEST: &str = "10.77.0.2";
+const TAP: &str = "ivg0";
+const LINK_TIMEOUT: Duration = Duration::from_secs(60);
+const IO_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Server, guest, bridge and namespace, started in that order.
+struct Rig {
+    bridge: Proc,
+    guest: Guest,
+    bridge_spec: BridgeSpec,
+    guest_config: GuestConfig,
+    server: Server,
+    ns: Netns,
+    dir: tempfile::TempDir,
+}
+
+impl Rig {
+    fn start(tag: &str) -> Rig {
+        netns::require_root();
+        netns::ensure_base_tools();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("ivnet-guest-{tag}"))
+            .tempdir()
+            .unwrap();
+        let ns = Netns::new(tag);
+        let server = Server::start(dir.path(), &[]);
+        let guest_config = GuestConfig {
+            cmdline: format!("ip={GUEST}/24 gw={HOST} stats=5"),
+            ivshmem_socket: Some(server.socket.clone()),
+            name: tag.into(),
+            ..GuestConfig::default()
+        };
+        let guest = Guest::start(&guest_config).unwrap();
+        let bridge_spec = BridgeSpec {
+            name: "bridge".into(),
+            socket: server.socket.clone(),
+            netns: ns.name().into(),
+            tap: TAP.into(),
+            mtu: 16384,
+            extra: vec!["--stats-interval".into(), "5".into()],
+        };
+        let bridge = bridge_spec.spawn_fresh(dir.path());
+        let mut rig = Rig {
+            bridge,
+            guest,
+            bridge_spec,
+            guest_config,
+            server,
+            ns,
+            dir,
+        };
+        rig.configure_tap();
+        rig.wait_carrier(true);
+        rig
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "--- bridge ---\n{}\n--- server ---\n{}\n{}",
+            tail(&self.bridge.stderr()),
+            tail(&self.server.proc.stderr()),
+            self.guest.diagnostics()
+        )
+    }
+
+    /// Waits for the bridge's TAP and gives it the host address.
+    fn configure_tap(&mut self) {
+        let started = self
+            .bridge
+            .wait_stderr("TAP, MTU", 1, Duration::from_secs(30));
+        assert!(started.is_ok(), "{started:?}\n{}", self.logs());
+        let ok = netns::wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+            self.ns.has_link(TAP)
+        });
+        assert!(ok.is_ok(), "no {TAP}\n{}", self.logs());
+        self.ns.add_addr(TAP, &format!("{HOST}/24"));
+    }
+
+    fn wait_carrier(&self, on: bool) -> Duration {
+        self.ns
+            .wait_carrier(TAP, on, LINK_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+    }
+
+    fn ping(&self, count: u32, interval: &str, size: u32) -> String {
+        let (count, size) = (count.to_string(), size.to_string());
+        let out = self.ns.try_run(&[
+            "ping", "-n", "-q", "-c", &count, "-i", interval, "-s", &size, "-W", "5", GUEST,
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "ping failed:\n{text}\n{}",
+            self.logs()
+        );
+        text
+    }
+
+    /// The guest's counters line, fetched over UDP.
+    fn guest_stats(&self) -> String {
+        let sock = in_netns(self.ns.name(), || UdpSocket::bind("0.0.0.0:0").unwrap());
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 4096];
+        for _ in 0..5 {
+            sock.send_to(b"stats", (GUEST, 7777)).unwrap();
+            if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                return String::from_utf8_lossy(&buf[..n]).into_owned();
+            }
+        }
+        panic!("no stats answer\n{}", self.logs());
+    }
+
+    fn tcp_connect(&self, port: u16) -> TcpStream {
+        let s = in_netns(self.ns.name(), || {
+            let addr =
+                std::net::SocketAddr::from((GUEST.parse::<std::net::Ipv4Addr>().unwrap(), port));
+            TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+        })
+        .unwrap_or_else(|e| panic!("connect to port {port}: {e}\n{}", self.logs()));
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        s
+    }
+}
+
+/// A counter value from the guest's `key=value` stats line.
+fn stat(line: &str, key: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so mismatches are
+/// reproducible.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn packets_received(ping_output: &str) -> u32 {
+    ping_output
+        .split(',')
+        .find_map(|p| p.trim().strip_suffix(" received"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn ping_including_1000_pings_of_16000_bytes() {
+    let _serial = netns::serial();
+    let rig = Rig::start("gping");
+    let out = rig.ping(3, "0.2", 56);
+    assert_eq!(packets_received(&out), 3, "{out}");
+    let out = rig.ping(1000, "0.002", 16000);
+    assert_eq!(packets_received(&out), 1000, "{out}\n{}", rig.logs());
+    assert!(out.contains(" 0% packet loss"), "{out}");
+    let stats = rig.guest_stats();
+    assert_eq!(stat(&stats, "ring_errors"), 0, "{stats}");
+    assert!(stat(&stats, "rx_frames") >= 1003, "{stats}");
+}
+
+#[test]
+fn udp_echo_is_byte_exact() {
+    let _serial = netns::serial();
+    let rig = Rig::start("gudp");
+    let sock = in_netns(rig.ns.name(), || UdpSocket::bind("0.0.0.0:0").unwrap());
+    sock.connect((GUEST, 7)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut sizes = vec![1usize, 2, 18, 100, 1472, 1473, 8000, 16000, 16356];
+    sizes.extend((0..200).map(|i| 1 + (i * 7919) % 16356));
+    let mut buf = vec![0u8; 65536];
+    for (i, size) in sizes.into_iter().enumerate() {
+        let data = pattern(size, i as u64 + 1);
+        // One datagram at a time: a lost one would be a real failure, not
+        // a queue overflow of the test's making.
+        let mut got = None;
+        for _attempt in 0..3 {
+            sock.send(&data).unwrap();
+            if let Ok(n) = sock.recv(&mut buf) {
+                got = Some(n);
+                break;
+            }
+        }
+        let n = got.unwrap_or_else(|| panic!("no echo of {size} bytes\n{}", rig.logs()));
+        assert_eq!(n, size, "echo length");
+        assert!(buf[..n] == data[..], "echo of {size} bytes differs");
+    }
+    let stats = rig.guest_stats();
+    assert!(stat(&stats, "udp_echo_dgrams") >= 209, "{stats}");
+    assert_eq!(stat(&stats, "udp_echo_dropped"), 0, "{stats}");
+}
+
+#[test]
+fn tcp_echo_of_16_mib_is_byte_exact() {
+    let _serial = netns::serial();
+    let rig = Rig::start("gtcpe");
+    const LEN: usize = 16 << 20;
+    let data = pattern(LEN, 42);
+    let mut stream = rig.tcp_connect(7);
+    let mut reader = stream.try_clone().unwrap();
+    let started = Instant::now();
+    let echoed = std::thread::scope(|s| {
+        let r = s.spawn(move || {
+            let mut got = Vec::with_capacity(LEN);
+            reader.read_to_end(&mut got).map(|_| got)
+        });
+        stream.write_all(&data).unwrap();
+        stream.shutdown(Shutdown::Write).unwrap();
+        r.join().unwrap()
+    })
+    .unwrap_or_else(|e| panic!("reading the echo: {e}\n{}", rig.logs()));
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(echoed.len(), LEN, "echo length\n{}", rig.logs());
+    let first_diff = echoed.iter().zip(&data).position(|(a, b)| a != b);
+    assert_eq!(first_diff, None, "echo differs");
+    eprintln!(
+        "tcp echo: 16 MiB in {secs:.2} s ({:.1} MB/s)",
+        LEN as f64 / secs / 1e6
+    );
+    let stats = rig.guest_stats();
+    assert_eq!(stat(&stats, "tcp_echo_bytes"), LEN as u64, "{stats}");
+    assert_eq!(stat(&stats, "ring_errors"), 0, "{stats}");
+}
+
+#[test]
+fn tcp_discard_of_256_mib() {
+    let _serial = netns::serial();
+    let rig = Rig::start("gtcpd");
+    const LEN: usize = 256 << 20;
+    let chunk = pattern(1 << 20, 7);
+    let mut stream = rig.tcp_connect(9);
+    let started = Instant::now();
+    for _ in 0..LEN >> 20 {
+        stream
+            .write_all(&chunk)
+            .unwrap_or_else(|e| panic!("discard write: {e}\n{}", rig.logs()));
+    }
+    stream.shutdown(Shutdown::Write).unwrap();
+    // The guest closes after the client's FIN, once it has read everything.
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "discard sent data back");
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "tcp discard: 256 MiB in {secs:.2} s ({:.1} MB/s)",
+        LEN as f64 / secs / 1e6
+    );
+    let stats = rig.guest_stats();
+    assert_eq!(stat(&stats, "tcp_discard_bytes"), LEN as u64, "{stats}");
+    assert_eq!(stat(&stats, "ring_errors"), 0, "{stats}");
+}
+
+/// Killing QEMU drops the bridge's carrier (the server resets the guest's
+/// state entry and rings the bridge); a new guest on the same server brings
+/// it back, and the next ping is answered.
+#[test]
+fn guest_restart_drops_and_restores_the_carrier() {
+    let _serial = netns::serial();
+    let mut rig = Rig::start("grestart");
+    assert_eq!(packets_received(&rig.ping(2, "0.2", 56)), 2);
+    for round in 0..2 {
+        rig.guest.kill();
+        let down = rig.wait_carrier(false);
+        eprintln!("round {round}: carrier off {down:?} after QEMU was killed");
+        rig.guest = Guest::start(&rig.guest_config).unwrap();
+        let up = rig.wait_carrier(true);
+        eprintln!("round {round}: carrier on {up:?} after the new QEMU started");
+        let out = rig.ping(3, "0.2", 56);
+        assert_eq!(packets_received(&out), 3, "{out}\n{}", rig.logs());
+    }
+}
+
+/// Killing the bridge takes the guest's link down (the server resets the
+/// bridge's state entry and rings the guest); a new bridge relinks with the
+/// same guest — no reboot: one boot banner, carrier off and on again on its
+/// console — and the next ping is answered.
+///
+/// Ignored until ivshmem-server works around a QEMU 7.2 bug: when a peer ID
+/// disconnects, `close_peer_eventfds()` in hw/misc/ivshmem.c frees the
+/// peer's eventfd array without clearing the pointer, and the next connect
+/// of the same ID writes into the freed array (`process_msg_connect`); the
+/// second disconnect then frees it again and QEMU aborts with "double free
+/// or corruption". An ivshmem-net link has only IDs 0 and 1, so a restarted
+/// bridge always reuses its ID. Run with `--ignored` to see it.
+#[test]
+#[ignore = "QEMU 7.2 ivshmem frees a departed peer's eventfds and reuses them on reconnect (double free); needs an ivshmem-server workaround"]
+fn bridge_restart_relinks_without_a_guest_reboot() {
+    let _serial = netns::serial();
+    let mut rig = Rig::start("gbridge");
+    assert_eq!(packets_received(&rig.ping(2, "0.2", 56)), 2);
+    for round in 1..=2 {
+        rig.bridge.kill9();
+        let log = rig
+            .guest
+            .wait_for_serial_count("link: carrier off", round, LINK_TIMEOUT)
+            .unwrap();
+        assert_eq!(log.matches("booting (PVH").count(), 1, "{log}");
+        rig.bridge = rig.bridge_spec.spawn(rig.dir.path());
+        rig.configure_tap();
+        rig.wait_carrier(true);
+        rig.guest
+            .wait_for_serial_count("link: carrier on", round + 1, LINK_TIMEOUT)
+            .unwrap();
+        let out = rig.ping(3, "0.2", 56);
+        assert_eq!(packets_received(&out), 3, "{out}\n{}", rig.logs());
+    }
+    let log = rig.guest.serial();
+    assert_eq!(
+        log.matches("booting (PVH").count(),
+        1,
+        "the guest rebooted\n{log}"
+    );
+    assert!(rig.guest.is_running(), "{}", rig.logs());
+    let stats = rig.guest_stats();
+    assert!(stat(&stats, "link_resets") >= 2, "{stats}");
+}
