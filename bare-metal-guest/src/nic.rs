@@ -22,7 +22,9 @@
 use core::fmt;
 
 use ivnet_guest::cmdline::Mode;
-use ivnet_ring::{Config, Endpoint, LinkState, Notify, OwnSection, PeerSection, Stats, StepOutput};
+use ivnet_ring::{
+    Config, Endpoint, LinkState, Notify, OwnSection, PeerSection, RingError, Stats, StepOutput,
+};
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
@@ -191,16 +193,20 @@ impl Nic {
         self.endpoint.local_state() == LinkState::Run && !self.endpoint.running()
     }
 
-    /// Counts a data-path error and lets the state machine reset the link.
-    fn data_error(&mut self) {
+    /// Reports and counts a data-path error (the peer broke the protocol)
+    /// and lets the state machine reset the link.
+    fn data_error(&mut self, e: RingError) {
         self.counters.ring_errors += 1;
+        println!("link: peer protocol error: {e}; resetting the link");
         self.step_link(true);
     }
 
     /// Processes TX completions.
     pub fn reclaim(&mut self) {
-        if self.endpoint.running() && self.endpoint.reclaim().is_err() {
-            self.data_error();
+        if self.endpoint.running()
+            && let Err(e) = self.endpoint.reclaim()
+        {
+            self.data_error(e);
         }
     }
 
@@ -224,8 +230,8 @@ impl Nic {
     pub fn rx_pending(&mut self) -> bool {
         match self.endpoint.rx_pending() {
             Ok(p) => p,
-            Err(_) => {
-                self.data_error();
+            Err(e) => {
+                self.data_error(e);
                 false
             }
         }
@@ -240,8 +246,8 @@ impl Nic {
         }
         match self.endpoint.enable_rx_notify() {
             Ok(more) => more,
-            Err(_) => {
-                self.data_error();
+            Err(e) => {
+                self.data_error(e);
                 false
             }
         }
@@ -313,8 +319,8 @@ impl phy::Device for Nic {
         let len = match self.endpoint.recv(&mut self.rx_buf[..]) {
             Ok(Some(len)) => len,
             Ok(None) => return None,
-            Err(_) => {
-                self.data_error();
+            Err(e) => {
+                self.data_error(e);
                 return None;
             }
         };

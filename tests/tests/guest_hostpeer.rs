@@ -319,3 +319,130 @@ fn link_reaches_run_and_icmp_and_udp_echo_round_trip_byte_exact() {
         guest.kill();
     }
 }
+
+/// Sends an ICMP echo request and checks the reply byte for byte.
+fn ping_guest(host: &mut HostLink, guest: &mut Guest, seq: u16, size: usize) {
+    let data: Vec<u8> = (0..size)
+        .map(|i| (i * 3 + usize::from(seq)) as u8)
+        .collect();
+    host.send(&icmp_echo(0x4321, seq, &data));
+    let frame = host.recv_until(guest, BOOT_TIMEOUT, |f| {
+        ipv4_payload(f, 1).is_some_and(|m| m[0] == 0 && m[6..8] == seq.to_be_bytes())
+    });
+    let m = ipv4_payload(&frame, 1).unwrap();
+    assert_eq!(checksum(m), 0, "ICMP checksum");
+    assert_eq!(&m[8..], &data[..], "echo payload of {size} bytes");
+}
+
+/// Asks the guest for its counters line over UDP 7777.
+fn guest_stats(host: &mut HostLink, guest: &mut Guest, port: u16) -> String {
+    host.send(&udp(port, 7777, b"stats"));
+    let frame = host.recv_until(guest, BOOT_TIMEOUT, |f| {
+        ipv4_payload(f, 17).is_some_and(|u| u[2..4] == port.to_be_bytes())
+    });
+    String::from_utf8_lossy(&ipv4_payload(&frame, 17).unwrap()[8..]).into_owned()
+}
+
+fn stat(line: &str, key: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+}
+
+fn start_link(cmdline: &str, name: &str) -> (IvshmemServer, HostLink, Guest) {
+    let server = IvshmemServer::start(name).unwrap();
+    let mut host = HostLink::connect(&server);
+    host.step_link();
+    let mut guest = Guest::start(&GuestConfig {
+        cmdline: cmdline.into(),
+        ivshmem_socket: Some(server.socket()),
+        name: name.into(),
+        ..GuestConfig::default()
+    })
+    .unwrap();
+    host.wait_carrier(&mut guest);
+    host.send(&arp_request());
+    host.recv_until(&mut guest, BOOT_TIMEOUT, |f| {
+        f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2]
+    });
+    (server, host, guest)
+}
+
+/// A peer that publishes an impossible avail index is a protocol violation:
+/// the guest counts it, resets the link (it does not crash, hang or read
+/// out of bounds), and once the host peer renegotiates, traffic flows again.
+#[test]
+fn hostile_avail_index_resets_the_link_and_it_recovers() {
+    let (_server, mut host, mut guest) =
+        start_link("ip=10.77.0.2/24 mac=02:00:00:00:00:02 stats=0", "hostile");
+    ping_guest(&mut host, &mut guest, 1, 100);
+
+    // Publish avail.idx far beyond anything sent, directly in our section.
+    let (own, _) = host.peer.own_section();
+    let offset = host.ep.geometry().avail_idx_offset();
+    // SAFETY: `own` is the host peer's own output section, mapped
+    // read-write; the avail index is a 2-byte aligned u16 inside its ring
+    // header. The store is exactly the hostile act under test.
+    unsafe { own.add(offset).cast::<u16>().write_volatile(0x7fff) };
+    host.peer.doorbell(1, DATA_VECTOR).unwrap();
+
+    let log = guest
+        .wait_for_serial("link: peer protocol error:", BOOT_TIMEOUT)
+        .unwrap();
+    assert!(log.contains("resetting the link"), "{log}");
+    guest
+        .wait_for_serial("link: carrier off", BOOT_TIMEOUT)
+        .unwrap();
+
+    // The host follows the guest through RESET and back to RUN (its own
+    // section is zeroed on the way, which removes the bad index).
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    while host.ep.carrier() && Instant::now() < deadline {
+        host.wait(Duration::from_millis(20));
+    }
+    host.wait_carrier(&mut guest);
+    guest
+        .wait_for_serial_count("link: carrier on", 2, BOOT_TIMEOUT)
+        .unwrap();
+    host.send(&arp_request());
+    host.recv_until(&mut guest, BOOT_TIMEOUT, |f| {
+        f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2]
+    });
+    ping_guest(&mut host, &mut guest, 2, 16000);
+    let stats = guest_stats(&mut host, &mut guest, 41000);
+    assert_eq!(stat(&stats, "ring_errors"), 1, "{stats}");
+    assert_eq!(stat(&stats, "link_resets"), 1, "{stats}");
+    assert!(guest.is_running(), "{}", guest.diagnostics());
+}
+
+/// In `mode=poll` the guest never sleeps and never asks the host for a
+/// doorbell; in `mode=event` it sleeps between frames. Both carry traffic.
+#[test]
+fn poll_and_event_modes_both_carry_traffic() {
+    for mode in ["event", "poll"] {
+        let (_server, mut host, mut guest) = start_link(
+            &format!("ip=10.77.0.2/24 mac=02:00:00:00:00:02 stats=0 mode={mode}"),
+            mode,
+        );
+        let rung_before = host.doorbells_sent;
+        for seq in 1..=20 {
+            ping_guest(&mut host, &mut guest, seq, 1000);
+        }
+        let rung = host.doorbells_sent - rung_before;
+        let stats = guest_stats(&mut host, &mut guest, 42000);
+        let sleeps = stat(&stats, "loop_sleeps");
+        match mode {
+            "poll" => {
+                assert_eq!(sleeps, 0, "{stats}");
+                assert_eq!(rung, 0, "the polling guest asked for doorbells");
+            }
+            _ => {
+                assert!(sleeps > 0, "{stats}");
+                assert!(rung > 0, "the sleeping guest never asked for a doorbell");
+            }
+        }
+        assert_eq!(stat(&stats, "ring_errors"), 0, "{stats}");
+        guest.kill();
+    }
+}
