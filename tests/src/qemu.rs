@@ -45,8 +45,18 @@ pub struct IvshmemServer {
 impl IvshmemServer {
     /// Starts a server; it listens when this returns.
     pub fn start(name: &str) -> Result<IvshmemServer, String> {
+        Self::start_with(name, |_| {})
+    }
+
+    /// Starts a server whose configuration `adjust` may change first (e.g.
+    /// a protocol or peer count the guest must refuse).
+    pub fn start_with(
+        name: &str,
+        adjust: impl FnOnce(&mut ivshmem_server::ServerConfig),
+    ) -> Result<IvshmemServer, String> {
         let dir = unique_dir(name).map_err(|e| format!("temp dir: {e}"))?;
-        let config = ivshmem_server::ServerConfig::new(dir.join("ivshmem.sock"));
+        let mut config = ivshmem_server::ServerConfig::new(dir.join("ivshmem.sock"));
+        adjust(&mut config);
         let handle = ivshmem_server::ServerHandle::spawn(&config)
             .map_err(|e| format!("ivshmem server: {e}"))?;
         Ok(IvshmemServer {

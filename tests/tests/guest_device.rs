@@ -157,3 +157,30 @@ fn without_a_device_the_guest_exits_with_no_device() {
         "{log}"
     );
 }
+
+/// A link that is not ivshmem-net (another protocol, or more than two
+/// peers) is refused with a typed error and the `DeviceError` exit code.
+#[test]
+fn a_link_that_is_not_ivshmem_net_is_refused() {
+    let cases: [(&str, fn(&mut ivshmem_server::ServerConfig)); 2] = [
+        ("device speaks protocol 0x0000, expected 0x0001", |c| {
+            c.protocol = ivshmem::layout::PROTOCOL_UNDEFINED;
+        }),
+        ("the link has 3 peers; ivshmem-net needs exactly 2", |c| {
+            c.protocol = ivshmem::layout::PROTOCOL_UNDEFINED;
+            c.max_peers = 3;
+        }),
+    ];
+    for (message, adjust) in cases {
+        let server = IvshmemServer::start_with("refuse", adjust).unwrap();
+        let mut g = Guest::start(&guest_on(&server, "ip=10.77.0.2/24", "refuse")).unwrap();
+        let exit = g.wait_exit(BOOT_TIMEOUT).unwrap();
+        let log = g.diagnostics();
+        assert_eq!(
+            exit,
+            GuestExit::Code(ExitCode::DeviceError),
+            "{message}\n{log}"
+        );
+        assert!(log.contains(&format!("FATAL: ivshmem: {message}")), "{log}");
+    }
+}
