@@ -62,6 +62,10 @@ pub enum SelfTest {
     /// Ring the peer on vector 1 and wait until the peer rings back on
     /// vector 1, through MSI-X and the local APIC; exit `Success`.
     Doorbell,
+    /// Recurse until the main stack overflows into its unmapped guard page:
+    /// the page fault must be reported from the exception stack (exit
+    /// `PageFault`), not turn into a triple fault.
+    StackOverflow,
 }
 
 impl SelfTest {
@@ -73,21 +77,26 @@ impl SelfTest {
             SelfTest::WritePeerSection => "write-peer-section",
             SelfTest::WriteStateTable => "write-state-table",
             SelfTest::Doorbell => "doorbell",
+            SelfTest::StackOverflow => "stack-overflow",
         }
     }
 
     /// Whether the test cannot run without the ivshmem device (`boot` uses
     /// it when present).
     pub const fn needs_device(self) -> bool {
-        !matches!(self, SelfTest::Boot | SelfTest::Panic)
+        !matches!(
+            self,
+            SelfTest::Boot | SelfTest::Panic | SelfTest::StackOverflow
+        )
     }
 
-    const ALL: [SelfTest; 5] = [
+    const ALL: [SelfTest; 6] = [
         SelfTest::Boot,
         SelfTest::Panic,
         SelfTest::WritePeerSection,
         SelfTest::WriteStateTable,
         SelfTest::Doorbell,
+        SelfTest::StackOverflow,
     ];
 }
 

@@ -70,7 +70,28 @@ pub fn run(test: SelfTest, nic: Option<&NicDevice>) -> ! {
             )
         }
         SelfTest::Doorbell => doorbell(need(nic, test)),
+        SelfTest::StackOverflow => {
+            println!("selftest: recursing until the stack overflows; expecting a page fault");
+            let depth = recurse(0);
+            fail(
+                ExitCode::SelfTestFailed,
+                format_args!("recursed {depth} levels without a fault"),
+            )
+        }
     }
+}
+
+/// Uses 4 KiB of stack per level until the guard page ends it (the bound
+/// is far beyond the stack size; reaching it means there is no guard).
+#[inline(never)]
+fn recurse(depth: u64) -> u64 {
+    let mut frame = [0u8; 4096];
+    frame[(depth % 4096) as usize] = depth as u8;
+    core::hint::black_box(&mut frame);
+    if depth > 1 << 20 {
+        return depth;
+    }
+    recurse(depth + 1) + u64::from(frame[0])
 }
 
 /// Rings the peer on vector 1, then waits for the peer to ring back on

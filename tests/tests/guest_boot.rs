@@ -96,3 +96,20 @@ fn malformed_command_lines_are_rejected_with_a_typed_error() {
         );
     }
 }
+
+/// A stack overflow runs into the unmapped guard page below the main stack;
+/// the page fault is handled on its own exception stack, reported with the
+/// region it hit, and ends the guest with `PageFault` (no triple fault).
+#[test]
+fn stack_overflow_hits_the_guard_page_and_is_reported() {
+    let (exit, log) = run_to_exit(GuestConfig {
+        cmdline: "ip=10.77.0.2/24 selftest=stack-overflow".into(),
+        name: "stack".into(),
+        ..GuestConfig::default()
+    });
+    assert_eq!(exit, GuestExit::Code(ExitCode::PageFault), "{log}");
+    assert!(
+        log.contains("(not present on write data access) in main stack guard (stack overflow)"),
+        "{log}"
+    );
+}
