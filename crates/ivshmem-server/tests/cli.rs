@@ -168,6 +168,14 @@ fn notify_fd_says_ready_after_listening() {
     let mut cmd = Command::new(server_bin());
     cmd.arg("--socket").arg(&socket).args(["--notify-fd", "7"]);
     let dup_to_7 = move || -> std::io::Result<()> {
+        if tx_raw == 7 {
+            // dup2 onto itself is a no-op that keeps CLOEXEC: clear it.
+            // SAFETY: fcntl on an fd we own touches no memory.
+            if unsafe { nix::libc::fcntl(7, nix::libc::F_SETFD, 0) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            return Ok(());
+        }
         // SAFETY: dup2 touches no memory; it makes the pipe's write end fd 7
         // (without CLOEXEC, so the server inherits it).
         if unsafe { nix::libc::dup2(tx_raw, 7) } < 0 {
