@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh --miri
 
 echo "== cargo test --workspace --release =="
-cargo test --workspace --release -- "$@"
+cargo test --workspace --release --no-fail-fast -- "$@"
 
 echo "== ivnet-ring concurrency check under Miri (seeds 0..${MIRI_SEEDS:-4}) =="
 MIRIFLAGS="-Zmiri-many-seeds=0..${MIRI_SEEDS:-4}" \
