@@ -14,6 +14,9 @@ scripts/install-deps.sh --miri
 echo "== cargo test --workspace --release =="
 cargo test --workspace --release --no-fail-fast -- "$@"
 
+echo "== bare-metal guest: host unit tests of its pure parts =="
+(cd bare-metal-guest && cargo test --release --lib --target x86_64-unknown-linux-gnu)
+
 echo "== ivnet-ring concurrency check under Miri (seeds 0..${MIRI_SEEDS:-4}) =="
 MIRIFLAGS="-Zmiri-many-seeds=0..${MIRI_SEEDS:-4}" \
   cargo +nightly miri test -p ivnet-ring --test concurrent
