@@ -162,7 +162,9 @@ fn without_a_device_the_guest_exits_with_no_device() {
 /// peers) is refused with a typed error and the `DeviceError` exit code.
 #[test]
 fn a_link_that_is_not_ivshmem_net_is_refused() {
-    let cases: [(&str, fn(&mut ivshmem_server::ServerConfig)); 2] = [
+    /// Expected guest message, and how the server's layout differs.
+    type Case = (&'static str, fn(&mut ivshmem_server::ServerConfig));
+    let cases: [Case; 2] = [
         ("device speaks protocol 0x0000, expected 0x0001", |c| {
             c.protocol = ivshmem::layout::PROTOCOL_UNDEFINED;
         }),

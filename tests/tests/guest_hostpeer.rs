@@ -384,7 +384,9 @@ fn hostile_avail_index_resets_the_link_and_it_recovers() {
     // SAFETY: `own` is the host peer's own output section, mapped
     // read-write; the avail index is a 2-byte aligned u16 inside its ring
     // header. The store is exactly the hostile act under test.
-    unsafe { own.add(offset).cast::<u16>().write_volatile(0x7fff) };
+    let avail_idx = own.wrapping_add(offset).cast::<u16>();
+    // SAFETY: as above.
+    unsafe { avail_idx.write_volatile(0x7fff) };
     host.peer.doorbell(1, DATA_VECTOR).unwrap();
 
     let log = guest
