@@ -42,6 +42,11 @@ to the next power of two. When a peer leaves, the server writes 0 (RESET) into \
 its state-table entry and rings vector 0 of every remaining peer, as the \
 Jailhouse hypervisor would.
 
+By default that is the only departure signal: each peer ID keeps its eventfds \
+for the server's lifetime, a returning ID gets the same eventfds back, and no \
+disconnect message is sent, because QEMU 7.2 crashes when an ID it was told \
+about disconnects twice (see --disconnect-messages).
+
 QEMU reads its setup while the device realizes, so start the server first and \
 wait for it: use --ready-file or --notify-fd, or --daemon (the parent exits \
 once the server listens).
@@ -114,6 +119,22 @@ struct Cli {
     /// Default: stay in the foreground.
     #[arg(short = 'd', long)]
     daemon: bool,
+
+    /// Behave exactly like QEMU's contrib ivshmem-server on departures: fresh
+    /// eventfds for every connection, and a disconnect message (the ID
+    /// without an fd) to the remaining peers when a peer leaves.
+    ///
+    /// Off by default because of a bug in QEMU 7.2 (Debian 12): on a
+    /// disconnect message hw/misc/ivshmem.c frees the departed peer's
+    /// eventfd array without clearing the pointer; the next connect of the
+    /// same ID writes into freed memory, and its second disconnect aborts
+    /// QEMU ("double free or corruption"). With only IDs 0 and 1 on an
+    /// ivshmem-net link, the second restart of a host peer (ivnet-bridge)
+    /// next to a VM kills the VM. Safe only if every client is a host peer,
+    /// or every QEMU has that bug fixed. Without this flag, departures are
+    /// signalled through the state table and vector 0 only.
+    #[arg(long)]
+    disconnect_messages: bool,
 
     /// Log filter: error, warn, info, debug, trace, or a tracing directive
     /// (default: $RUST_LOG, else info).
@@ -204,6 +225,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         max_peers: cli.max_peers,
         output_section_size: cli.output_section_size,
         rw_section_size: cli.rw_section_size,
+        disconnect_messages: cli.disconnect_messages,
         ..ServerConfig::new("")
     };
     config

@@ -21,7 +21,30 @@
 //! eventfd for a vector; [`HostPeer::wait`] polls the own eventfds and the
 //! server socket. For an event loop of one's own, use
 //! [`HostPeer::vector_fds`], [`HostPeer::server_fd`],
-//! [`HostPeer::drain_vector`] and [`HostPeer::handle_server_messages`].
+//! [`HostPeer::drain_vector`], [`HostPeer::handle_server_messages`] and
+//! [`HostPeer::check_peer_states_into`].
+//!
+//! # Joins and departures
+//!
+//! The server announces a peer ID to a client once, with its eventfds; that
+//! is [`Event::PeerJoined`]. In the server's default mode nothing more is
+//! said on the socket: a departure shows only as the departed peer's
+//! state-table entry reset to 0 (RESET) and a ring on the own vector 0, and
+//! a client taking that ID again reuses the same eventfds, which this peer
+//! still holds. So the host peer derives membership from the state table
+//! whenever its vector 0 is rung (and when asked to):
+//!
+//! - a present peer whose entry was seen non-zero and is now 0 is reported
+//!   as [`Event::PeerLeft`] — whether it left (the server reset its entry)
+//!   or reset its link itself; for ivshmem-net both mean the link is down;
+//! - an absent peer whose entry becomes non-zero (it returned and
+//!   published INIT or later) is reported as [`Event::PeerJoined`].
+//!
+//! A peer that comes and goes without ever leaving state 0, or that leaves
+//! and returns between two looks, is not reported. With a server in
+//! `--disconnect-messages` mode (QEMU's upstream behaviour) the server's
+//! disconnect messages are reported as [`Event::PeerLeft`] as well, and the
+//! same state rules apply in between.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -48,10 +71,15 @@ pub enum Event {
     /// One of the own vectors was rung (possibly several times; the eventfd
     /// counter was read and cleared).
     Vector(u32),
-    /// A peer received all its vectors and can be rung.
+    /// A peer is present: the server announced it with all its vectors, or
+    /// (for an ID whose eventfds this peer already holds) its state entry
+    /// left 0 after a [`PeerLeft`](Event::PeerLeft). See the module docs.
     PeerJoined(u16),
-    /// A peer left (the server saw its socket close). By the time this
-    /// arrives the server has written 0 (RESET) into its state entry.
+    /// A peer is gone: the server sent a disconnect message
+    /// (`--disconnect-messages` mode), or a vector-0 ring found the state
+    /// entry of a present peer back at 0 (RESET) after it had been seen
+    /// non-zero — the server writes 0 when a peer's socket closes, and a
+    /// peer resetting its own link looks the same. See the module docs.
     PeerLeft(u16),
     /// The server closed the connection. Existing peers can still ring each
     /// other, but joins and departures are no longer reported.
@@ -217,9 +245,21 @@ pub struct HostPeer {
     /// Output sections of peers id+1..max_peers, read-only.
     sections_above: Option<MmapRaw>,
     own_vectors: Vec<OwnedFd>,
-    /// Other peers' eventfds, per vector. Peers still receiving their
-    /// vectors are in here too; `peers()` lists only complete ones.
-    peers: BTreeMap<u16, Vec<OwnedFd>>,
+    /// Other peers' eventfds and membership. Peers still receiving their
+    /// vectors are in here too; `peers()` lists only present ones.
+    peers: BTreeMap<u16, KnownPeer>,
+}
+
+/// A peer ID whose eventfds this peer holds.
+#[derive(Debug, Default)]
+struct KnownPeer {
+    /// Its eventfds, per vector (complete once there are `vectors`).
+    vectors: Vec<OwnedFd>,
+    /// Reported as joined and not (yet) as left.
+    present: bool,
+    /// Its state entry was seen non-zero while present: a 0 seen later
+    /// means it left or reset.
+    seen_up: bool,
 }
 
 // The bridge moves a HostPeer between threads and shares it for doorbells.
@@ -515,26 +555,50 @@ impl HostPeer {
         entry.store(state, Ordering::Release);
     }
 
-    /// IDs of the other peers that are connected with all their vectors,
+    /// Publishes the own state ([`set_own_state`](Self::set_own_state)),
+    /// then rings vector 0 of every other peer whose eventfds this peer
+    /// holds, present or not, so that they look. Returns the first doorbell
+    /// error after trying all of them.
+    pub fn publish_state(&self, state: u32) -> Result<(), DoorbellError> {
+        self.set_own_state(state);
+        let mut result = Ok(());
+        for &peer in self.peers.keys() {
+            if let Err(e) = self.doorbell(peer, 0) {
+                result = result.and(Err(e));
+            }
+        }
+        result
+    }
+
+    /// IDs of the other peers that are present (announced with all their
+    /// vectors and not reported as left since, see the module docs),
     /// ascending.
     pub fn peers(&self) -> Vec<u16> {
-        let vectors = self.layout.vectors as usize;
         self.peers
             .iter()
-            .filter(|(_, v)| v.len() == vectors)
+            .filter(|(_, p)| p.present)
             .map(|(id, _)| *id)
             .collect()
     }
 
     /// Rings `vector` of `peer` (writes 1 to its eventfd). Ringing the own ID
     /// is allowed and rings the own vector.
+    ///
+    /// Any ID whose eventfds this peer holds can be rung, present or not:
+    /// in the server's default mode a departed ID keeps its eventfds, and a
+    /// peer that reset its own link is still there. A ring nobody reads is
+    /// harmless: the server drains an ID's eventfds before it hands them to
+    /// the ID's next holder. [`DoorbellError::UnknownPeer`] means the server
+    /// never announced `peer` (or sent a disconnect for it).
     pub fn doorbell(&self, peer: u16, vector: u32) -> Result<(), DoorbellError> {
         let fds = if peer == self.id {
             &self.own_vectors
         } else {
-            self.peers
+            &self
+                .peers
                 .get(&peer)
                 .ok_or(DoorbellError::UnknownPeer(peer))?
+                .vectors
         };
         let fd = fds
             .get(vector as usize)
@@ -614,9 +678,51 @@ impl HostPeer {
         Ok(events)
     }
 
+    /// Looks at the state entries of the peers whose eventfds this peer
+    /// holds and appends the joins and departures they show (see the module
+    /// docs). [`wait`](Self::wait) does this whenever vector 0 was rung; an
+    /// event loop of its own should call it after draining vector 0.
+    pub fn check_peer_states_into(&mut self, events: &mut Vec<Event>) {
+        let vectors = self.layout.vectors as usize;
+        let states: Vec<(u16, u32)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.vectors.len() == vectors)
+            .filter_map(|(&id, _)| Some((id, self.peer_state(id)?)))
+            .collect();
+        for (id, state) in states {
+            let Some(p) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            if p.present {
+                if state != 0 {
+                    p.seen_up = true;
+                } else if p.seen_up {
+                    p.present = false;
+                    p.seen_up = false;
+                    events.push(Event::PeerLeft(id));
+                }
+            } else if state != 0 {
+                p.present = true;
+                p.seen_up = true;
+                events.push(Event::PeerJoined(id));
+            }
+        }
+    }
+
+    /// Like [`check_peer_states_into`](Self::check_peer_states_into),
+    /// returning the events.
+    pub fn check_peer_states(&mut self) -> Vec<Event> {
+        let mut events = Vec::new();
+        self.check_peer_states_into(&mut events);
+        events
+    }
+
     /// Waits up to `timeout` (`None`: forever) for own vectors or server
     /// messages, and returns what happened (empty on timeout). Vectors are
-    /// drained.
+    /// drained. Server messages are processed first; when vector 0 was rung,
+    /// the peers' state entries are checked afterwards
+    /// ([`check_peer_states_into`](Self::check_peer_states_into)).
     pub fn wait(&mut self, timeout: Option<Duration>) -> Result<Vec<Event>, ClientError> {
         let mut events = Vec::new();
         let (ready_vectors, server_ready) = {
@@ -636,15 +742,25 @@ impl HostPeer {
                 .collect();
             (ready, fds.get(n).is_some_and(|f| !f.revents().is_empty()))
         };
+        // Messages first: with --disconnect-messages the server sends the
+        // disconnect before it rings vector 0, so the departure is reported
+        // once, from the message.
+        let messages = if server_ready {
+            self.handle_server_messages_into(&mut events)
+        } else {
+            Ok(())
+        };
+        let mut state_vector = false;
         for vector in ready_vectors {
             if self.drain_vector(vector).map_err(ClientError::Io)? > 0 {
                 events.push(Event::Vector(vector));
+                state_vector |= vector == 0;
             }
         }
-        if server_ready {
-            self.handle_server_messages_into(&mut events)?;
+        if state_vector {
+            self.check_peer_states_into(&mut events);
         }
-        Ok(events)
+        messages.map(|()| events)
     }
 
     /// Applies one post-shm message: an eventfd for a peer (or for us), or a
@@ -660,26 +776,39 @@ impl HostPeer {
         let vectors = self.layout.vectors;
         let max_peers = self.layout.layout.max_peers;
         let Some(fd) = msg.fd else {
-            if peer == self.id || self.peers.remove(&peer).is_none() {
+            if peer == self.id {
                 return Err(ClientError::InvalidDisconnect(peer));
             }
-            events.push(Event::PeerLeft(peer));
+            let gone = self
+                .peers
+                .remove(&peer)
+                .ok_or(ClientError::InvalidDisconnect(peer))?;
+            // Not again if the state table already showed the departure.
+            if gone.present || gone.vectors.len() < vectors as usize {
+                events.push(Event::PeerLeft(peer));
+            }
             return Ok(());
         };
         if peer >= max_peers {
             return Err(ClientError::PeerOutOfRange { peer, max_peers });
         }
         check_eventfd(peer, &fd)?;
-        let list = if peer == self.id {
-            &mut self.own_vectors
-        } else {
-            self.peers.entry(peer).or_default()
-        };
-        if list.len() >= vectors as usize {
+        if peer == self.id {
+            if self.own_vectors.len() >= vectors as usize {
+                return Err(ClientError::TooManyEventfds { peer, vectors });
+            }
+            self.own_vectors.push(fd);
+            return Ok(());
+        }
+        let up = self.peer_state(peer).is_some_and(|s| s != 0);
+        let known = self.peers.entry(peer).or_default();
+        if known.vectors.len() >= vectors as usize {
             return Err(ClientError::TooManyEventfds { peer, vectors });
         }
-        list.push(fd);
-        if peer != self.id && list.len() == vectors as usize {
+        known.vectors.push(fd);
+        if known.vectors.len() == vectors as usize {
+            known.present = true;
+            known.seen_up = up;
             events.push(Event::PeerJoined(peer));
         }
         Ok(())

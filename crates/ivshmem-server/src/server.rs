@@ -1,8 +1,15 @@
 //! The server: configuration, the listening socket, and the poll loop that
 //! hands out IDs, eventfds and the shared memory, and plays the hypervisor's
 //! part when a peer leaves.
+//!
+//! Two departure modes (see the crate docs for why): by default an ID's
+//! eventfds live as long as the server and a departure is signalled only
+//! through the state table and vector 0 ([`ServerConfig::disconnect_messages`]
+//! `false`); with `disconnect_messages` the server behaves exactly like
+//! QEMU's contrib server (fresh eventfds per connection, disconnect
+//! messages).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::ops::ControlFlow;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -55,6 +62,19 @@ pub struct ServerConfig {
     pub rw_section_size: u64,
     /// How long a full socket buffer is tolerated before a peer is dropped.
     pub send_timeout: Duration,
+    /// QEMU's upstream departure behaviour: every connection gets fresh
+    /// eventfds, and when a peer leaves the others receive a disconnect
+    /// message (its ID without an fd).
+    ///
+    /// Off by default, because QEMU 7.2 (Debian 12) frees a departed peer's
+    /// eventfd array on the disconnect message without clearing the
+    /// pointer, and aborts ("double free or corruption") on the second
+    /// disconnect of a reused ID. Safe only when every client is a host peer,
+    /// or every QEMU has that bug fixed. In the default mode an ID keeps its
+    /// eventfds for the server's lifetime, a client is told about an ID only
+    /// once, and departures are signalled only through the state table and
+    /// vector 0 (which happens in both modes).
+    pub disconnect_messages: bool,
 }
 
 impl ServerConfig {
@@ -70,6 +90,7 @@ impl ServerConfig {
             output_section_size: DEFAULT_OUTPUT_SECTION_SIZE,
             rw_section_size: 0,
             send_timeout: DEFAULT_SEND_TIMEOUT,
+            disconnect_messages: false,
         }
     }
 
@@ -220,9 +241,10 @@ pub struct ServerStats {
 #[derive(Debug)]
 struct Peer {
     socket: OwnedFd,
-    /// The peer's own eventfds, one per vector: it waits on them, every
-    /// other peer rings them.
-    vectors: Vec<OwnedFd>,
+    /// The other IDs whose eventfds this client has received (and, in the
+    /// default mode, still holds: nothing ever tells it to close them). An
+    /// ID is announced to a client only if it is not in here.
+    holds: BTreeSet<u16>,
 }
 
 /// The socket file and its lock file; both are removed on drop.
@@ -331,6 +353,13 @@ pub struct Server {
     // socket file.
     listener: OwnedFd,
     peers: BTreeMap<u16, Peer>,
+    /// The eventfds of each ID, one per vector: its holder waits on them,
+    /// every other peer rings them. Default mode: created on the ID's first
+    /// connection and kept for the server's lifetime, so that a client
+    /// returning to an ID gets the very objects the others already hold.
+    /// `disconnect_messages` mode: removed when the ID's peer leaves.
+    eventfds: BTreeMap<u16, Vec<OwnedFd>>,
+    disconnect_messages: bool,
     shm: SharedMemory,
     socket: SocketFile,
     vectors: u32,
@@ -379,9 +408,22 @@ impl Server {
             output_section_size = format_args!("{:#x}", layout.layout.output_section_size),
             "listening"
         );
+        if config.disconnect_messages {
+            info!(
+                "departure mode: disconnect messages (QEMU's upstream protocol: fresh eventfds \
+                 per connection; QEMU 7.2 aborts when a peer ID is reused twice)"
+            );
+        } else {
+            info!(
+                "departure mode: state table + vector 0 only (eventfds kept per ID, no \
+                 disconnect messages; works around QEMU 7.2's ivshmem double free)"
+            );
+        }
         Ok(Server {
             listener,
             peers: BTreeMap::new(),
+            eventfds: BTreeMap::new(),
+            disconnect_messages: config.disconnect_messages,
             shm,
             socket,
             vectors: config.vectors,
@@ -501,6 +543,27 @@ impl Server {
         (0..self.max_peers).find(|id| !self.peers.contains_key(id))
     }
 
+    /// The eventfds for `id`: the ones it had before (pending counts
+    /// drained, so that its new holder does not see a stale doorbell), or
+    /// new ones.
+    fn eventfds_for(&mut self, id: u16) -> Result<(), Errno> {
+        if let Some(fds) = self.eventfds.get(&id) {
+            for (vector, fd) in fds.iter().enumerate() {
+                match protocol::drain_eventfd(fd.as_fd()) {
+                    Ok(0) => {}
+                    Ok(n) => debug!("ID {id} vector {vector}: discarded {n} stale doorbells"),
+                    Err(e) => warn!("ID {id} vector {vector}: draining failed: {e}"),
+                }
+            }
+            return Ok(());
+        }
+        let fds = (0..self.vectors)
+            .map(|_| rustix::event::eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC))
+            .collect::<Result<Vec<OwnedFd>, Errno>>()?;
+        self.eventfds.insert(id, fds);
+        Ok(())
+    }
+
     fn add_peer(&mut self, socket: OwnedFd) {
         let Some(id) = self.lowest_free_id() else {
             self.stats.refused_full += 1;
@@ -510,17 +573,11 @@ impl Server {
             );
             return;
         };
-        let vectors: Result<Vec<OwnedFd>, Errno> = (0..self.vectors)
-            .map(|_| rustix::event::eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC))
-            .collect();
-        let vectors = match vectors {
-            Ok(v) => v,
-            Err(e) => {
-                self.stats.setup_failures += 1;
-                error!("refusing connection: cannot create eventfds for peer {id}: {e}");
-                return;
-            }
-        };
+        if let Err(e) = self.eventfds_for(id) {
+            self.stats.setup_failures += 1;
+            error!("refusing connection: cannot create eventfds for peer {id}: {e}");
+            return;
+        }
         let timeout = self.send_timeout;
         // 1–3: version, ID, shared memory. Nothing is announced yet, so a
         // failure here only drops the new connection.
@@ -535,28 +592,43 @@ impl Server {
             return;
         }
 
+        let own = &self.eventfds[&id];
         let mut doomed = VecDeque::new();
-        // 4: announce the newcomer to every existing peer, one message per
-        // vector, each with the newcomer's eventfd for that vector.
-        for (&other_id, other) in &self.peers {
-            for fd in &vectors {
-                if let Err(e) = protocol::send_message(
+        // 4: announce the newcomer to every existing peer that does not hold
+        // its ID's eventfds yet, one message per vector, each with the
+        // eventfd for that vector. In the default mode a peer that was told
+        // about this ID before already holds these very eventfds; announcing
+        // them again would make QEMU refuse them ("Too many eventfd").
+        let mut announced = 0usize;
+        for (&other_id, other) in self.peers.iter_mut() {
+            if other.holds.contains(&id) {
+                continue;
+            }
+            let sent = own.iter().try_for_each(|fd| {
+                protocol::send_message(
                     other.socket.as_fd(),
                     i64::from(id),
                     Some(fd.as_fd()),
                     timeout,
-                ) {
+                )
+            });
+            match sent {
+                Ok(()) => {
+                    other.holds.insert(id);
+                    announced += 1;
+                }
+                Err(e) => {
                     self.stats.send_failures += 1;
                     warn!("peer {other_id}: send failed: {e}; dropping it");
                     doomed.push_back(other_id);
-                    break;
                 }
             }
         }
-        // 5–6: the existing peers' eventfds, then the newcomer's own.
+        // 5–6: the present peers' eventfds, then the newcomer's own.
+        let mut holds = BTreeSet::new();
         let mut setup = Ok(());
-        'peers: for (&other_id, other) in &self.peers {
-            for fd in &other.vectors {
+        'peers: for &other_id in self.peers.keys() {
+            for fd in &self.eventfds[&other_id] {
                 setup = protocol::send_message(
                     socket.as_fd(),
                     i64::from(other_id),
@@ -567,26 +639,20 @@ impl Server {
                     break 'peers;
                 }
             }
+            holds.insert(other_id);
         }
         if setup.is_ok() {
-            for fd in &vectors {
-                setup = protocol::send_message(
-                    socket.as_fd(),
-                    i64::from(id),
-                    Some(fd.as_fd()),
-                    timeout,
-                );
-                if setup.is_err() {
-                    break;
-                }
-            }
+            setup = own.iter().try_for_each(|fd| {
+                protocol::send_message(socket.as_fd(), i64::from(id), Some(fd.as_fd()), timeout)
+            });
         }
-        self.peers.insert(id, Peer { socket, vectors });
+        self.peers.insert(id, Peer { socket, holds });
         match setup {
             Ok(()) => {
                 self.stats.peers_joined += 1;
                 info!(
-                    "peer {id} joined ({} vectors); {} connected",
+                    "peer {id} joined ({} vectors; announced to {announced} peers, the others \
+                     still hold its eventfds); {} connected",
                     self.vectors,
                     self.peers.len()
                 );
@@ -609,10 +675,12 @@ impl Server {
 
     /// The hypervisor's part of a departure, for each peer in `queue`:
     /// 1. write 0 (RESET) into its state-table entry,
-    /// 2. tell everyone left (an ID without fd),
+    /// 2. only with `disconnect_messages`: tell everyone left that holds its
+    ///    eventfds (an ID without fd), and forget its eventfds,
     /// 3. ring vector 0 of everyone left, so that they look at the state
     ///    table,
-    /// 4. close its socket and eventfds.
+    /// 4. close its socket (and, with `disconnect_messages`, its eventfds;
+    ///    by default the server keeps them for the ID's next holder).
     ///
     /// A peer that cannot be told is dropped in turn.
     fn remove_peers(&mut self, mut queue: VecDeque<u16>, reason: &str) {
@@ -623,20 +691,28 @@ impl Server {
             };
             self.shm.set_state(id, 0);
             let mut failed = Vec::new();
-            for (&other_id, other) in &self.peers {
-                if let Err(e) = protocol::send_message(
-                    other.socket.as_fd(),
-                    i64::from(id),
-                    None,
-                    self.send_timeout,
-                ) {
-                    failed.push((other_id, e));
+            if self.disconnect_messages {
+                for (&other_id, other) in self.peers.iter_mut() {
+                    if !other.holds.remove(&id) {
+                        continue;
+                    }
+                    if let Err(e) = protocol::send_message(
+                        other.socket.as_fd(),
+                        i64::from(id),
+                        None,
+                        self.send_timeout,
+                    ) {
+                        failed.push((other_id, e));
+                    }
                 }
             }
-            for other in self.peers.values() {
-                if let Err(e) = protocol::ring_eventfd(other.vectors[0].as_fd()) {
-                    error!("ringing vector 0 after peer {id} left: {e}");
+            for &other_id in self.peers.keys() {
+                if let Err(e) = protocol::ring_eventfd(self.eventfds[&other_id][0].as_fd()) {
+                    error!("ringing vector 0 of peer {other_id} after peer {id} left: {e}");
                 }
+            }
+            if self.disconnect_messages {
+                self.eventfds.remove(&id);
             }
             drop(peer);
             self.stats.peers_left += 1;

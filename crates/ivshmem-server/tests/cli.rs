@@ -102,6 +102,8 @@ fn help_explains_itself() {
         "--notify-fd",
         "--daemon",
         "--log-level",
+        "--disconnect-messages",
+        "double free",
         "RESET",
         "Exit codes",
         "SIGTERM",

@@ -1,8 +1,11 @@
 //! Host peers against an in-process server: setup, doorbells on every vector
 //! in both directions, sections and permissions, state table, departure,
-//! ID reuse and the max-peers refusal.
+//! ID reuse and the max-peers refusal — in the default departure mode
+//! (state table + vector 0, eventfds kept per ID) and in the
+//! `disconnect_messages` mode (QEMU's upstream protocol).
 
 use std::collections::HashSet;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -141,12 +144,19 @@ fn two_peers_join_ring_both_vectors_both_ways_and_leave() {
     assert_eq!(a.peer_state(0), Some(0));
     assert_eq!(a.peer_state(1), Some(0));
     assert_eq!(a.peer_state(2), None);
-    a.set_own_state(1);
-    b.set_own_state(3);
+    a.publish_state(1).unwrap();
+    assert_eq!(wait_for(&mut b, &[Event::Vector(0)], SETUP).len(), 1);
+    b.publish_state(3).unwrap();
+    assert_eq!(
+        wait_for(&mut a, &[Event::Vector(0)], SETUP).len(),
+        1,
+        "a state change of a present peer is no membership event"
+    );
     assert_eq!(b.peer_state(0), Some(1));
     assert_eq!(a.peer_state(1), Some(3));
 
-    // B leaves: A sees the departure, its state reset to 0, and vector 0.
+    // B leaves: A sees its state reset to 0 and vector 0, and reports the
+    // departure; no message comes from the server (default mode).
     drop(b);
     let seen = wait_for(&mut a, &[Event::PeerLeft(1), Event::Vector(0)], SETUP);
     assert_eq!(seen.len(), 2, "{seen:?}");
@@ -157,10 +167,9 @@ fn two_peers_join_ring_both_vectors_both_ways_and_leave() {
     );
     assert_eq!(a.peer_state(0), Some(1), "own state untouched");
     assert!(a.peers().is_empty());
-    assert!(matches!(
-        a.doorbell(1, 0),
-        Err(DoorbellError::UnknownPeer(1))
-    ));
+    assert_quiet(&mut a);
+    // A still holds ID 1's eventfds; a ring nobody reads is harmless.
+    a.doorbell(1, 0).unwrap();
 
     let stats = server.stop().unwrap();
     assert_eq!(stats.peers_joined, 2);
@@ -219,7 +228,7 @@ fn new_peer_reuses_lowest_free_id_and_max_peers_refuses() {
         c.max_peers = 3;
     });
     let mut p0 = HostPeer::connect(server.socket_path(), SETUP).unwrap();
-    let p1 = HostPeer::connect(server.socket_path(), SETUP).unwrap();
+    let mut p1 = HostPeer::connect(server.socket_path(), SETUP).unwrap();
     let mut p2 = HostPeer::connect(server.socket_path(), SETUP).unwrap();
     assert_eq!((p0.id(), p1.id(), p2.id()), (0, 1, 2));
     assert_eq!(p2.peers(), vec![0, 1]);
@@ -234,16 +243,28 @@ fn new_peer_reuses_lowest_free_id_and_max_peers_refuses() {
     );
     assert!(start.elapsed() < SETUP / 2);
 
-    // The middle one leaves; the next newcomer gets its ID.
+    // The middle one (up: state 1) leaves; the next newcomer gets its ID
+    // and the same eventfds, so it is not announced again: the others see
+    // it join when its state leaves 0.
+    wait_for(&mut p1, &[Event::PeerJoined(2)], SETUP);
+    p1.publish_state(1).unwrap();
+    wait_for(&mut p0, &[Event::Vector(0)], SETUP);
+    wait_for(&mut p2, &[Event::Vector(0)], SETUP);
     drop(p1);
     wait_for(&mut p0, &[Event::PeerLeft(1), Event::Vector(0)], SETUP);
     wait_for(&mut p2, &[Event::PeerLeft(1), Event::Vector(0)], SETUP);
-    let p1b = HostPeer::connect(server.socket_path(), SETUP).unwrap();
+    let mut p1b = HostPeer::connect(server.socket_path(), SETUP).unwrap();
     assert_eq!(p1b.id(), 1);
-    wait_for(&mut p0, &[Event::PeerJoined(1)], SETUP);
-    wait_for(&mut p2, &[Event::PeerJoined(1)], SETUP);
+    assert_eq!(p1b.peers(), vec![0, 2]);
+    assert_quiet(&mut p0);
+    p1b.publish_state(1).unwrap();
+    wait_for(&mut p0, &[Event::PeerJoined(1), Event::Vector(0)], SETUP);
+    wait_for(&mut p2, &[Event::PeerJoined(1), Event::Vector(0)], SETUP);
+    assert_eq!(p0.peers(), vec![1, 2]);
     p1b.doorbell(2, 1).unwrap();
     wait_for(&mut p2, &[Event::Vector(1)], SETUP);
+    p2.doorbell(1, 1).unwrap();
+    wait_for(&mut p1b, &[Event::Vector(1)], SETUP);
 
     let stats = server.stop().unwrap();
     assert_eq!(stats.refused_full, 1);
@@ -363,12 +384,13 @@ fn read_raw(stream: &std::os::unix::net::UnixStream) -> Vec<(i64, bool)> {
 }
 
 #[test]
-fn wire_sequence_is_exactly_qemus() {
+fn wire_sequence_with_disconnect_messages_is_exactly_qemus() {
     let dir = tempfile::tempdir().unwrap();
     let server = server(dir.path(), |c| {
         c.protocol = PROTOCOL_UNDEFINED;
         c.max_peers = 3;
         c.vectors = 3;
+        c.disconnect_messages = true;
     });
     let first = std::os::unix::net::UnixStream::connect(server.socket_path()).unwrap();
     first.set_nonblocking(true).unwrap();
@@ -407,6 +429,149 @@ fn wire_sequence_is_exactly_qemus() {
         vec![no(1)],
         "disconnect: the ID without an fd"
     );
+    // The ID is announced again (with fresh eventfds) when it is reused.
+    let third = std::os::unix::net::UnixStream::connect(server.socket_path()).unwrap();
+    third.set_nonblocking(true).unwrap();
+    assert_eq!(read_raw(&third)[..3], [no(0), no(1), fd(-1)]);
+    assert_eq!(read_raw(&first), vec![fd(1), fd(1), fd(1)]);
+}
+
+/// Reads every message that arrives within a short while, keeping the fds.
+fn read_raw_fds(stream: &std::os::unix::net::UnixStream) -> Vec<(i64, Option<OwnedFd>)> {
+    use std::os::fd::AsFd;
+    let mut reader = ivshmem_server::protocol::MessageReader::new();
+    let mut out = Vec::new();
+    loop {
+        match reader.read(stream.as_fd()) {
+            Ok(Some(msg)) => out.push((msg.value, msg.fd)),
+            Ok(None) => {
+                let more = ivshmem_server::protocol::wait_fd(
+                    stream.as_fd(),
+                    rustix::event::PollFlags::IN,
+                    Some(Duration::from_millis(200)),
+                )
+                .unwrap();
+                if !more {
+                    return out;
+                }
+            }
+            Err(e) => panic!("raw read: {e}"),
+        }
+    }
+}
+
+fn shape(messages: &[(i64, Option<OwnedFd>)]) -> Vec<(i64, bool)> {
+    messages.iter().map(|(v, fd)| (*v, fd.is_some())).collect()
+}
+
+/// Default mode: no disconnect message; a returning ID is not announced to
+/// a client that holds its eventfds, and its new holder gets the very same
+/// eventfd objects, drained of doorbells rung while nobody held the ID. A
+/// new ID is still announced to everyone.
+#[test]
+fn wire_sequence_default_mode_keeps_eventfds_per_id() {
+    use ivshmem_server::protocol::{drain_eventfd, ring_eventfd};
+    use std::os::fd::AsFd;
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path(), |c| {
+        c.protocol = PROTOCOL_UNDEFINED;
+        c.max_peers = 3;
+        c.vectors = 2;
+    });
+    let connect = || {
+        let s = std::os::unix::net::UnixStream::connect(server.socket_path()).unwrap();
+        s.set_nonblocking(true).unwrap();
+        s
+    };
+    let fd = |v| (v, true);
+    let no = |v| (v, false);
+    let first = connect();
+    assert_eq!(
+        shape(&read_raw_fds(&first)),
+        vec![no(0), no(0), fd(-1), fd(0), fd(0)]
+    );
+    let second = connect();
+    assert_eq!(
+        shape(&read_raw_fds(&second)),
+        vec![no(0), no(1), fd(-1), fd(0), fd(0), fd(1), fd(1)]
+    );
+    let announced = read_raw_fds(&first);
+    assert_eq!(shape(&announced), vec![fd(1), fd(1)]);
+    let id1_in_first: Vec<OwnedFd> = announced.into_iter().map(|(_, f)| f.unwrap()).collect();
+
+    drop(second);
+    assert!(read_raw_fds(&first).is_empty(), "no disconnect message");
+    // Rung while ID 1 is free: must not reach its next holder.
+    ring_eventfd(id1_in_first[1].as_fd()).unwrap();
+
+    let third = connect();
+    let setup = read_raw_fds(&third);
+    assert_eq!(
+        shape(&setup),
+        vec![no(0), no(1), fd(-1), fd(0), fd(0), fd(1), fd(1)]
+    );
+    assert!(read_raw_fds(&first).is_empty(), "ID 1 is not re-announced");
+    let own: Vec<&OwnedFd> = setup[5..]
+        .iter()
+        .map(|(_, f)| f.as_ref().unwrap())
+        .collect();
+    for fd in &own {
+        rustix::io::ioctl_fionbio(fd, true).unwrap();
+    }
+    assert_eq!(
+        drain_eventfd(own[1].as_fd()).unwrap(),
+        0,
+        "stale ring drained"
+    );
+    // The same objects: what the first client rings, the third receives.
+    for vector in 0..2 {
+        ring_eventfd(id1_in_first[vector].as_fd()).unwrap();
+        assert_eq!(drain_eventfd(own[vector].as_fd()).unwrap(), 1);
+        assert_eq!(drain_eventfd(own[1 - vector].as_fd()).unwrap(), 0);
+    }
+
+    // A new ID is announced to both.
+    let fourth = connect();
+    assert_eq!(shape(&read_raw_fds(&fourth))[..3], [no(0), no(2), fd(-1)]);
+    assert_eq!(shape(&read_raw_fds(&first)), vec![fd(2), fd(2)]);
+    assert_eq!(shape(&read_raw_fds(&third)), vec![fd(2), fd(2)]);
+    drop(fourth);
+    assert!(read_raw_fds(&first).is_empty());
+    assert!(read_raw_fds(&third).is_empty());
+}
+
+/// `disconnect_messages` mode through the host peer: the departure comes as
+/// a message (no state change needed), the departed ID can no longer be
+/// rung, and a newcomer on that ID is announced again.
+#[test]
+fn host_peers_with_disconnect_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path(), |c| c.disconnect_messages = true);
+    let mut a = HostPeer::connect(server.socket_path(), SETUP).unwrap();
+    let b = HostPeer::connect(server.socket_path(), SETUP).unwrap();
+    wait_for(&mut a, &[Event::PeerJoined(1)], SETUP);
+    drop(b);
+    let seen = wait_for(&mut a, &[Event::PeerLeft(1), Event::Vector(0)], SETUP);
+    assert_eq!(seen.len(), 2, "departure reported once: {seen:?}");
+    assert!(a.peers().is_empty());
+    assert!(matches!(
+        a.doorbell(1, 0),
+        Err(DoorbellError::UnknownPeer(1))
+    ));
+    let mut c = HostPeer::connect(server.socket_path(), SETUP).unwrap();
+    assert_eq!(c.id(), 1);
+    wait_for(&mut a, &[Event::PeerJoined(1)], SETUP);
+    a.doorbell(1, 1).unwrap();
+    wait_for(&mut c, &[Event::Vector(1)], SETUP);
+    // A peer that was up and leaves is still reported once.
+    c.publish_state(3).unwrap();
+    wait_for(&mut a, &[Event::Vector(0)], SETUP);
+    drop(c);
+    let seen = wait_for(&mut a, &[Event::PeerLeft(1), Event::Vector(0)], SETUP);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_quiet(&mut a);
+    let stats = server.stop().unwrap();
+    assert_eq!((stats.peers_joined, stats.peers_left), (3, 2));
 }
 
 #[test]
@@ -417,7 +582,12 @@ fn a_client_that_sends_anything_is_dropped() {
     let mut a = HostPeer::connect(server.socket_path(), SETUP).unwrap();
     let mut rude = std::os::unix::net::UnixStream::connect(server.socket_path()).unwrap();
     wait_for(&mut a, &[Event::PeerJoined(1)], SETUP);
-    // Clients never send; the server treats it like a departure.
+    // Clients never send; the server treats it like a departure: vector 0
+    // rung, and ID 1 free again.
     rude.write_all(b"hello").unwrap();
-    wait_for(&mut a, &[Event::PeerLeft(1), Event::Vector(0)], SETUP);
+    wait_for(&mut a, &[Event::Vector(0)], SETUP);
+    let next = HostPeer::connect(server.socket_path(), SETUP).unwrap();
+    assert_eq!(next.id(), 1, "the rude client's ID was freed");
+    let stats = server.stop().unwrap();
+    assert_eq!(stats.peers_left, 1, "only the rude client left");
 }

@@ -82,9 +82,11 @@ fn kill_dash_nine_resets_state_and_rings_vector_zero_within_100ms() {
     remote.child.wait().unwrap();
 
     // A new process gets the freed ID and sees us.
-    let mut again = PeerProc::start(&server.socket, &[]);
+    // Same ID, same eventfds: no announcement; it shows as joined when it
+    // publishes a state (and rings vector 0).
+    let mut again = PeerProc::start(&server.socket, &["--state", "1"]);
     assert_eq!(again.id, 0, "lowest free ID is reused");
-    wait_for(&mut local, &[Event::PeerJoined(0)]);
+    wait_for(&mut local, &[Event::PeerJoined(0), Event::Vector(0)]);
     assert_eq!(again.command("peers", "peers"), "peers 1");
     assert_eq!(again.command("ring 1 1", "ok"), "ok");
     wait_for(&mut local, &[Event::Vector(1)]);

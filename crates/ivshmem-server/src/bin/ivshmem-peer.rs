@@ -7,7 +7,7 @@
 //! > ready id=<ID> peers=<P,…> window_size=<SIZE>   (after the setup)
 //! > vector <N> | joined <ID> | left <ID> | server-gone
 //! < ring <PEER> <VECTOR>     > ok | error <…>
-//! < state <VALUE>            > ok                  (own state-table entry)
+//! < state <VALUE>            > ok | error <…>      (own state-table entry, then vector 0 of every peer)
 //! < peer-state <PEER>        > state <PEER> <VALUE>
 //! < peers                    > peers <P,…>
 //! < quit
@@ -36,7 +36,8 @@ struct Cli {
     /// Seconds to wait for the complete setup.
     #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
     timeout: f64,
-    /// Write this value into the own state-table entry after connecting.
+    /// Write this value into the own state-table entry after connecting, then
+    /// ring vector 0 of every peer.
     #[arg(long, value_name = "VALUE")]
     state: Option<u32>,
 }
@@ -55,8 +56,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(state) = cli.state {
-        peer.set_own_state(state);
+    if let Some(state) = cli.state
+        && let Err(e) = peer.publish_state(state)
+    {
+        eprintln!("ivshmem-peer: publishing state {state}: {e}");
     }
     let mut out = std::io::stdout().lock();
     let say = |out: &mut std::io::StdoutLock<'_>, line: String| {
@@ -153,10 +156,10 @@ fn command(peer: &HostPeer, line: &str) -> Option<String> {
             _ => "error usage: ring PEER VECTOR".to_string(),
         },
         ["state", v] => match v.parse() {
-            Ok(v) => {
-                peer.set_own_state(v);
-                "ok".to_string()
-            }
+            Ok(v) => match peer.publish_state(v) {
+                Ok(()) => "ok".to_string(),
+                Err(e) => format!("error {e}"),
+            },
             Err(_) => "error usage: state VALUE".to_string(),
         },
         ["peer-state", p] => match p.parse().ok().and_then(|p| Some((p, peer.peer_state(p)?))) {
