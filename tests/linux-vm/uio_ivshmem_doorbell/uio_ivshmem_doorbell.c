@@ -19,7 +19,7 @@
  * exercised the same way:
  *
  *   map0 "BAR0"      registers (IntrMask, IntrStatus, IVPosition, Doorbell),
- *                    mapped uncached
+ *                    mapped uncached; one page (see the BAR0 check)
  *   map1 "BAR2"      the whole shared-memory window, mapped cached
  *                    (UIO_MEM_IOVA: it is RAM on the host side)
  *   read()/poll()    wait for an interrupt on any vector; read() returns the
@@ -98,6 +98,19 @@ static int ivshmem_uio_probe(struct pci_dev *pdev,
 		return err;
 	if (!pci_resource_len(pdev, 0) || !pci_resource_len(pdev, 2)) {
 		dev_err(&pdev->dev, "BAR0 or BAR2 is missing\n");
+		return -ENODEV;
+	}
+	/*
+	 * The UIO core refuses an mmap larger than the map, and a mapping is
+	 * at least a page, so QEMU's 256-byte BAR0 could never be mapped.
+	 * "pci=resource_alignment=12@pci:1af4:1110" makes the PCI core size
+	 * the resource up to a page of its own (no other BAR shares it).
+	 */
+	if (pci_resource_len(pdev, 0) < PAGE_SIZE ||
+	    !PAGE_ALIGNED(pci_resource_start(pdev, 0))) {
+		dev_err(&pdev->dev,
+			"BAR0 %pR is not a whole page: boot with pci=resource_alignment=12@pci:1af4:1110\n",
+			&pdev->resource[0]);
 		return -ENODEV;
 	}
 
