@@ -299,15 +299,14 @@ fn guest_restart_drops_and_restores_the_carrier() {
 /// same guest — no reboot: one boot banner, carrier off and on again on its
 /// console — and the next ping is answered.
 ///
-/// Ignored until ivshmem-server works around a QEMU 7.2 bug: when a peer ID
-/// disconnects, `close_peer_eventfds()` in hw/misc/ivshmem.c frees the
-/// peer's eventfd array without clearing the pointer, and the next connect
-/// of the same ID writes into the freed array (`process_msg_connect`); the
-/// second disconnect then frees it again and QEMU aborts with "double free
-/// or corruption". An ivshmem-net link has only IDs 0 and 1, so a restarted
-/// bridge always reuses its ID. Run with `--ignored` to see it.
+/// This works because ivshmem-server, by default, sends no disconnect
+/// messages and hands a returning ID the eventfds it had before: QEMU 7.2's
+/// `close_peer_eventfds()` (hw/misc/ivshmem.c) frees a departed peer's
+/// eventfd array without clearing the pointer, and the next connect of the
+/// same ID writes into the freed array, so with QEMU's upstream protocol
+/// (`ivshmem-server --disconnect-messages`) a restarted bridge, which always
+/// reuses its ID on an ivshmem-net link, crashes the guest's QEMU.
 #[test]
-#[ignore = "QEMU 7.2 ivshmem frees a departed peer's eventfds and reuses them on reconnect (double free); needs an ivshmem-server workaround"]
 fn bridge_restart_relinks_without_a_guest_reboot() {
     let _serial = netns::serial();
     let mut rig = Rig::start("gbridge");
