@@ -82,7 +82,8 @@ pub enum Event {
     /// peer resetting its own link looks the same. See the module docs.
     PeerLeft(u16),
     /// The server closed the connection. Existing peers can still ring each
-    /// other, but joins and departures are no longer reported.
+    /// other, but nobody resets a departed peer's state entry any more, so
+    /// departures go unnoticed, and no new peer can join.
     ServerGone,
 }
 
