@@ -47,6 +47,8 @@
 //!
 //! Environment knobs: `IVNET_LINUX_RELEASE` (use this kernel release, e.g.
 //! `6.1.0-56-amd64`, instead of the one `linux-image-amd64` depends on),
+//! `IVNET_LINUX_BRIDGE=PATH` (put this `ivnet-bridge` binary into the guest
+//! instead of the workspace's release build, e.g. to try a patched bridge),
 //! `IVNET_QEMU_ACCEL=tcg|kvm`, `IVNET_TEST_KEEP=1` (keep the per-VM
 //! directory with the serial log and the initramfs).
 
@@ -324,11 +326,13 @@ fn build_guest() -> Result<LinuxGuest, String> {
     if !echo_check.is_file() {
         return Err(format!("{} was not built", echo_check.display()));
     }
+    let bridge =
+        std::env::var_os("IVNET_LINUX_BRIDGE").map_or_else(|| bins.bridge.clone(), PathBuf::from);
     Ok(LinuxGuest {
         kernel: dir.join("vmlinuz"),
         busybox: dir.join("busybox"),
         modules,
-        bridge: bins.bridge.clone(),
+        bridge,
         echo_check,
         release,
     })

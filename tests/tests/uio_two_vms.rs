@@ -130,7 +130,8 @@ fn parse_maps(lines: &[&str], bar2_map_index: u64) -> Vec<Vma> {
 fn check_maps(vmas: &[Vma], regions: &Regions, bar2_len: u64) -> Vec<String> {
     let mut bad = Vec::new();
     let bar2: Vec<&Vma> = vmas.iter().filter(|v| v.bar2_offset.is_some()).collect();
-    // The main window: the run of adjacent VMAs that covers all of BAR2.
+    // Mappings: runs of VMAs adjacent in memory and in BAR2 offset (one
+    // mmap split by mprotect).
     let mut windows: Vec<Vec<&Vma>> = Vec::new();
     for v in &bar2 {
         match windows.last_mut() {
@@ -145,39 +146,45 @@ fn check_maps(vmas: &[Vma], regions: &Regions, bar2_len: u64) -> Vec<String> {
             _ => windows.push(vec![v]),
         }
     }
-    let covers = |run: &Vec<&Vma>| {
+    // The main window: a readable mapping of all of BAR2 (a second view
+    // for the own state entry is mostly PROT_NONE).
+    let is_window = |run: &Vec<&Vma>| {
         let first = run.first().unwrap();
         let last = run.last().unwrap();
         first.bar2_offset == Some(0)
             && last.bar2_offset.unwrap() + (last.end - last.start) >= bar2_len
+            && run.iter().all(|v| v.perms.starts_with('r'))
     };
-    let Some(main) = windows.iter().find(|r| covers(r)) else {
+    let mains: Vec<&Vec<&Vma>> = windows.iter().filter(|r| is_window(r)).collect();
+    if mains.is_empty() {
         return vec![format!(
-            "no mapping covers the whole BAR2 ({bar2_len:#x} bytes)"
+            "no readable mapping covers the whole BAR2 ({bar2_len:#x} bytes)"
         )];
-    };
-    for &(name, off, len, want) in &regions.list {
-        let overlapping: Vec<&&Vma> = main
-            .iter()
-            .filter(|v| {
-                let o = v.bar2_offset.unwrap();
-                o < off + len && off < o + (v.end - v.start)
-            })
-            .collect();
-        if overlapping.is_empty() {
-            bad.push(format!("{name} ({off:#x}+{len:#x}) is not mapped"));
-        }
-        for v in overlapping {
-            if v.perms != want {
-                bad.push(format!(
-                    "{name} ({off:#x}+{len:#x}) is mapped {} (want {want}) at {:#x}-{:#x}",
-                    v.perms, v.start, v.end
-                ));
+    }
+    for main in &mains {
+        for &(name, off, len, want) in &regions.list {
+            let overlapping: Vec<&&Vma> = main
+                .iter()
+                .filter(|v| {
+                    let o = v.bar2_offset.unwrap();
+                    o < off + len && off < o + (v.end - v.start)
+                })
+                .collect();
+            if overlapping.is_empty() {
+                bad.push(format!("{name} ({off:#x}+{len:#x}) is not mapped"));
+            }
+            for v in overlapping {
+                if v.perms != want {
+                    bad.push(format!(
+                        "{name} ({off:#x}+{len:#x}) is mapped {} (want {want}) at {:#x}-{:#x}",
+                        v.perms, v.start, v.end
+                    ));
+                }
             }
         }
     }
     // Other views of BAR2 may only write the page of the own state entry.
-    for run in windows.iter().filter(|r| !std::ptr::eq(*r, main)) {
+    for run in windows.iter().filter(|r| !is_window(r)) {
         for v in run.iter().filter(|v| v.perms.contains('w')) {
             let o = v.bar2_offset.unwrap();
             if !(o == regions.own_state_page && v.end - v.start == 0x1000) {
@@ -261,6 +268,36 @@ fn check_phase(log: &str, phase: &str, diag: &dyn Fn() -> String) -> String {
         diag()
     );
 
+    // Per MSI-X vector (/proc/interrupts: "IRQ: count… PCI-MSI hwirq-edge
+    // uio_ivshmem_doorbell", hwirq = requester ID << 11 | vector).
+    let mut per_vector = BTreeMap::new();
+    for l in tagged_lines(log, "IVNET-INFO") {
+        let Some(line) = l.strip_prefix("interrupts ") else {
+            continue;
+        };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(msi) = words.iter().position(|w| *w == "PCI-MSI") else {
+            continue;
+        };
+        let count: u64 = words[1..msi]
+            .iter()
+            .filter_map(|w| w.parse::<u64>().ok())
+            .sum();
+        let hwirq = words
+            .get(msi + 1)
+            .and_then(|w| w.strip_suffix("-edge"))
+            .and_then(|w| w.parse::<u64>().ok());
+        if let Some(h) = hwirq {
+            // Later reports (this phase's) replace earlier ones.
+            per_vector.insert(h & 0x7ff, count);
+        }
+    }
+    assert!(
+        per_vector.len() == 2 && per_vector.values().all(|c| *c > 0),
+        "{phase}: both MSI-X vectors must have delivered interrupts: {per_vector:?}\n{}",
+        diag()
+    );
+
     // The bridge's own counters (SIGUSR1 report).
     let stats = tagged_lines(log, "IVNET-STATS")
         .into_iter()
@@ -281,8 +318,8 @@ fn check_phase(log: &str, phase: &str, diag: &dyn Fn() -> String) -> String {
         diag()
     );
     format!(
-        "{phase}: TCP echo {} MiB in {}s ({} Mbit/s), UDP {} datagrams, UIO events {} -> {}, bridge doorbells \
-         received {} sent {} (suppressed {}), frames rx {} tx {}",
+        "{phase}: TCP echo {} MiB in {}s ({} Mbit/s), UDP {} datagrams, UIO events {} -> {}, interrupts per \
+         vector {per_vector:?}, bridge doorbells received {} sent {} (suppressed {}), frames rx {} tx {}",
         TCP_BYTES >> 20,
         tcp["secs"],
         tcp["mbit_s"],
@@ -468,4 +505,64 @@ fn server_window_len() -> u64 {
         .expect("last section")
         + layout.output_section_size;
     end.next_power_of_two()
+}
+
+/// The maps check on `/proc/PID/maps` lines as the bridge produced them
+/// (peer 1, BAR2 = map1): with the state table inside the read-write
+/// window it must object; with the state table read-only and a separate
+/// view that leaves only the own entry's page writable it must pass.
+#[test]
+fn maps_check_requires_a_read_only_state_table() {
+    let state_table_writable = [
+        "7f4a98374000-7f4a98375000 r--s 00001000 00:05 96 /dev/uio0",
+        "7f4a98375000-7f4a98376000 rw-s 00002000 00:05 96 /dev/uio0",
+        "7f4a98376000-7f4a983f5000 r--s 00003000 00:05 96 /dev/uio0",
+        "7f4a983f5000-7f4a98474000 rw-s 00082000 00:05 96 /dev/uio0",
+        "7f4a98474000-7f4a98475000 rw-s 00000000 00:05 96 /dev/uio0",
+    ];
+    let bad = check_maps(
+        &parse_maps(&state_table_writable, 1),
+        &regions(1),
+        server_window_len(),
+    );
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    assert!(bad[0].starts_with("state table"), "{bad:?}");
+
+    let state_view = [
+        "7f20c5d22000-7f20c5d23000 ---s 00001000 00:05 96 /dev/uio0",
+        "7f20c5d23000-7f20c5d24000 rw-s 00002000 00:05 96 /dev/uio0",
+        "7f20c5d24000-7f20c5e22000 ---s 00003000 00:05 96 /dev/uio0",
+        "7f20c5e22000-7f20c5e23000 r--s 00001000 00:05 96 /dev/uio0",
+        "7f20c5e23000-7f20c5e24000 r--s 00002000 00:05 96 /dev/uio0",
+        "7f20c5e24000-7f20c5ea3000 r--s 00003000 00:05 96 /dev/uio0",
+        "7f20c5ea3000-7f20c5f22000 rw-s 00082000 00:05 96 /dev/uio0",
+        "7f20c5f22000-7f20c5f23000 rw-s 00000000 00:05 96 /dev/uio0",
+    ];
+    let ok = check_maps(
+        &parse_maps(&state_view, 1),
+        &regions(1),
+        server_window_len(),
+    );
+    assert!(ok.is_empty(), "{ok:?}");
+
+    // A writable peer section, or a second writable view of more than the
+    // own entry's page, is refused.
+    let mut peer_writable = state_view;
+    peer_writable[5] = "7f20c5e24000-7f20c5ea3000 rw-s 00003000 00:05 96 /dev/uio0";
+    let bad = check_maps(
+        &parse_maps(&peer_writable, 1),
+        &regions(1),
+        server_window_len(),
+    );
+    assert!(
+        bad.iter().any(|b| b.starts_with("peer output section")),
+        "{bad:?}"
+    );
+    let mut wide_view = state_view;
+    wide_view[2] = "7f20c5d24000-7f20c5e22000 rw-s 00003000 00:05 96 /dev/uio0";
+    let bad = check_maps(&parse_maps(&wide_view, 1), &regions(1), server_window_len());
+    assert!(
+        bad.iter().any(|b| b.starts_with("extra writable view")),
+        "{bad:?}"
+    );
 }
