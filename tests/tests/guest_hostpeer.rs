@@ -432,7 +432,7 @@ fn poll_and_event_modes_both_carry_traffic() {
             // Leave the guest idle first: a guest that is still polling
             // from the previous frame rightly needs no doorbell, one that
             // has gone to sleep must ask for one.
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(100));
             ping_guest(&mut host, &mut guest, seq, 1000);
         }
         let rung = host.doorbells_sent - rung_before;

@@ -353,6 +353,11 @@ impl Drop for JailhouseUio {
 pub struct QemuUio {
     regs: UioMap,
     window: UioMap,
+    /// A second view of BAR2 in which only the page of the own state-table
+    /// entry is accessible (read-write): QEMU has no STATE register, so the
+    /// bridge stores its state itself, while `window` maps the whole state
+    /// table read-only.
+    state_view: UioMap,
     layout: LayoutPage,
     id: u16,
     peer: u16,
@@ -414,6 +419,7 @@ impl QemuUio {
         let regs = map_bar(0, ["BAR0", "bar0"])?;
         check_register_map(&regs, 0x10, &node)?;
         let window = map_bar(2, ["BAR2", "bar2"])?;
+        let state_view = map_bar(2, ["BAR2", "bar2"])?;
         let bar2 = NonNull::new(window.as_ptr() as *mut u8).expect("mapped");
         // SAFETY: BAR2 is mapped readable for `window.len()` bytes while
         // `window` lives; the page is copied out once and only the copy is
@@ -433,6 +439,7 @@ impl QemuUio {
         let me = QemuUio {
             regs,
             window,
+            state_view,
             layout,
             id,
             peer,
@@ -451,26 +458,58 @@ impl QemuUio {
         Ok(me)
     }
 
-    /// Write-protects what this peer must never write: the layout page and
-    /// the peer's output section (QEMU maps the whole window read-write).
+    /// Write-protects what this peer must never write: the layout page, the
+    /// state table and the peer's output section (QEMU maps the whole window
+    /// read-write); in the state view, everything but the page of the own
+    /// state entry becomes inaccessible.
     fn protect(&self) -> Result<(), BackendError> {
         let l = &self.layout.layout;
         let peer_off = l
             .output_section_offset(self.peer)
             .expect("peer < max_peers") as usize;
-        for (off, len) in [
-            (0, LAYOUT_PAGE_SIZE as usize),
-            (peer_off, l.output_section_size as usize),
+        let page = LAYOUT_PAGE_SIZE as usize;
+        let own_page =
+            l.state_entry_offset(self.id).expect("id < max_peers") as usize & !(page - 1);
+        let view_len = self.state_view.len();
+        let window = self.window.as_ptr();
+        let view = self.state_view.as_ptr();
+        for (base, off, len, prot) in [
+            (window, 0, page, libc::PROT_READ),
+            (
+                window,
+                l.state_table_offset as usize,
+                l.state_table_size as usize,
+                libc::PROT_READ,
+            ),
+            (
+                window,
+                peer_off,
+                l.output_section_size as usize,
+                libc::PROT_READ,
+            ),
+            (view, 0, own_page, libc::PROT_NONE),
+            (
+                view,
+                own_page + page,
+                view_len - own_page - page,
+                libc::PROT_NONE,
+            ),
         ] {
-            let ptr = self.window.as_ptr().wrapping_add(off);
-            // SAFETY: [off, off + len) lies inside the mapped window (the
-            // layout was validated against the window size) and is
-            // page-aligned (validated: sections are 4 KiB multiples); the
-            // bridge holds no reference into it.
-            let rc = unsafe { libc::mprotect(ptr as *mut libc::c_void, len, libc::PROT_READ) };
+            if len == 0 {
+                continue;
+            }
+            let ptr = base.wrapping_add(off);
+            // SAFETY: [off, off + len) lies inside the mapping (the layout
+            // was validated against the window size; both views map all of
+            // BAR2) and is page-aligned (validated: the state table and the
+            // sections are 4 KiB multiples); the bridge holds no reference
+            // into it.
+            let rc = unsafe {
+                libc::mprotect(ptr as *mut libc::c_void, len.next_multiple_of(page), prot)
+            };
             if rc != 0 {
                 return Err(BackendError::Io {
-                    what: "write-protecting the peer's section",
+                    what: "write-protecting the shared memory",
                     source: std::io::Error::last_os_error(),
                 });
             }
@@ -547,10 +586,21 @@ impl Backend for QemuUio {
         unsafe { read_state_entry(self.state_entry(self.peer)) }
     }
     fn publish_state(&mut self, state: u32) -> Result<(), BackendError> {
-        let entry = self.state_entry(self.id) as *mut u32;
-        // SAFETY: the own entry is 4-aligned, inside the writable mapping,
-        // written only by this peer, and read by others only through atomic
-        // or volatile loads; no reference to it exists elsewhere.
+        let off = self
+            .layout
+            .layout
+            .state_entry_offset(self.id)
+            .expect("id < max_peers") as usize;
+        let entry = self
+            .state_view
+            .as_mut_ptr()
+            .expect("the state view is mapped read-write")
+            .wrapping_add(off)
+            .cast::<u32>();
+        // SAFETY: the own entry is 4-aligned, inside the page of the state
+        // view that stays read-write, written only by this peer, and read by
+        // others only through atomic or volatile loads; no reference to it
+        // exists elsewhere.
         let atomic = unsafe { AtomicU32::from_ptr(entry) };
         atomic.store(state, Ordering::Release);
         self.doorbell(STATE_VECTOR)
@@ -846,12 +896,16 @@ mod tests {
             q.peer_section() as usize - q.window.as_ptr() as usize,
             0x2000
         );
-        // The layout page and the peer's section are read-only, the own
-        // section and the state table writable.
+        // The layout page, the state table and the peer's section are
+        // read-only, the own section writable; the state view leaves only
+        // the page of the own state entry accessible, read-write.
         assert_eq!(perms_at(q.window.as_ptr() as usize), "r--s");
+        assert_eq!(perms_at(q.window.as_ptr() as usize + 0x1000), "r--s");
         assert_eq!(perms_at(q.peer_section() as usize + 0x7e000), "r--s");
         assert_eq!(perms_at(q.own_section() as usize), "rw-s");
-        assert_eq!(perms_at(q.window.as_ptr() as usize + 0x1000), "rw-s");
+        assert_eq!(perms_at(q.state_view.as_ptr() as usize), "---s");
+        assert_eq!(perms_at(q.state_view.as_ptr() as usize + 0x1000), "rw-s");
+        assert_eq!(perms_at(q.state_view.as_ptr() as usize + 0x2000), "---s");
         q.publish_state(2).unwrap();
         let image = fs::read(&f.node).unwrap();
         assert_eq!(
