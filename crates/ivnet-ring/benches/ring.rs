@@ -16,7 +16,8 @@
 //!
 //! `IVNET_BENCH_SECS` sets the seconds per measurement (default 1.0);
 //! each measurement is repeated `IVNET_BENCH_REPS` times (default 3) and the
-//! median is reported.
+//! median is reported. `IVNET_BENCH_SIZES=64,1500` picks frame sizes,
+//! `IVNET_BENCH_MTU` the link MTU (default 16384).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -77,9 +78,9 @@ struct RingResult {
     doorbells_per_frame: f64,
 }
 
-fn ring_run(frame_len: usize, batch: usize, secs: f64) -> RingResult {
+fn ring_run(frame_len: usize, batch: usize, secs: f64, mtu: usize) -> RingResult {
     let region = SharedRegion::new(SECTION);
-    let (mut tx, mut rx) = region.pair(Config::default());
+    let (mut tx, mut rx) = region.pair(Config { mtu });
     handshake(&mut tx, &mut rx);
     let wake_tx = EventFd::new();
     let wake_rx = EventFd::new();
@@ -261,12 +262,21 @@ fn main() {
         "| frame B | batch | ring Mpps | ring Gbit/s | doorbells/frame | ArrayQueue Mpps | ring/queue | memcpy GB/s | ring GB/s / memcpy |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for frame_len in [64usize, 1500, 9000] {
+    let mtu: usize = std::env::var("IVNET_BENCH_MTU")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(16384);
+    let sizes: Vec<usize> = std::env::var("IVNET_BENCH_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|v| v.parse().ok()).collect())
+        .unwrap_or_else(|| vec![64, 1500, 9000]);
+    println!("# link MTU {mtu}");
+    for frame_len in sizes {
         let queue = median((0..reps).map(|_| queue_run(frame_len, secs)).collect());
         let memcpy = median((0..reps).map(|_| memcpy_run(frame_len, secs)).collect());
         for batch in [1usize, 32] {
             let runs: Vec<RingResult> = (0..reps)
-                .map(|_| ring_run(frame_len, batch, secs))
+                .map(|_| ring_run(frame_len, batch, secs, mtu))
                 .collect();
             let fps = median(runs.iter().map(|r| r.frames_per_sec).collect());
             let dpf = median(runs.iter().map(|r| r.doorbells_per_frame).collect());
