@@ -320,18 +320,7 @@ impl Backend for JailhouseUio {
         vec![self.dev.as_raw_fd()]
     }
     fn on_wakeup(&mut self, _fd: RawFd) -> Result<Wake, BackendError> {
-        let count = self.dev.take_event().map_err(|source| BackendError::Io {
-            what: "reading the UIO event count",
-            source,
-        })?;
-        let doorbells = match (count, self.last_count) {
-            (Some(c), Some(last)) => u64::from(c.wrapping_sub(last)),
-            (Some(_), None) => 1,
-            (None, _) => 0,
-        };
-        if count.is_some() {
-            self.last_count = count;
-        }
+        let doorbells = take_events(&self.dev, &mut self.last_count)?;
         // One-shot mode: the hypervisor cleared INT_CONTROL when it sent the
         // interrupt. Re-arm before the caller re-reads shared memory.
         jailhouse_registers(&self.regs).set_int_control(IntControl::ENABLE);
@@ -612,18 +601,7 @@ impl Backend for QemuUio {
         vec![self.dev.as_raw_fd()]
     }
     fn on_wakeup(&mut self, _fd: RawFd) -> Result<Wake, BackendError> {
-        let count = self.dev.take_event().map_err(|source| BackendError::Io {
-            what: "reading the UIO event count",
-            source,
-        })?;
-        let doorbells = match (count, self.last_count) {
-            (Some(c), Some(last)) => u64::from(c.wrapping_sub(last)),
-            (Some(_), None) => 1,
-            (None, _) => 0,
-        };
-        if count.is_some() {
-            self.last_count = count;
-        }
+        let doorbells = take_events(&self.dev, &mut self.last_count)?;
         // Generic UIO drivers mask the interrupt in their handler; unmask it
         // before the caller re-reads shared memory.
         let _ = self.dev.irqcontrol(1);
@@ -655,6 +633,25 @@ impl Backend for QemuUio {
             Duration::from_millis(1)
         })
     }
+}
+
+/// Reads the UIO event counter (non-blocking) and returns how many
+/// interrupts arrived since the last read (all vectors are coalesced into
+/// one counter by the UIO drivers).
+fn take_events(dev: &UioDevice, last_count: &mut Option<u32>) -> Result<u64, BackendError> {
+    let count = dev.take_event().map_err(|source| BackendError::Io {
+        what: "reading the UIO event count",
+        source,
+    })?;
+    let doorbells = match (count, *last_count) {
+        (Some(c), Some(last)) => u64::from(c.wrapping_sub(last)),
+        (Some(_), None) => 1,
+        (None, _) => 0,
+    };
+    if count.is_some() {
+        *last_count = count;
+    }
+    Ok(doorbells)
 }
 
 #[cfg(test)]
