@@ -60,6 +60,9 @@ pub struct Endpoint {
     stats: Stats,
     /// The TX ring was full at the last check (for counting transitions).
     tx_full: bool,
+    /// Doorbell decision of an early publish inside a large batch, handed
+    /// to the caller with the batch's own decision at `flush_tx`.
+    deferred_notify: Notify,
 }
 
 impl Endpoint {
@@ -85,6 +88,7 @@ impl Endpoint {
             link: LinkMachine::new(),
             stats: Stats::default(),
             tx_full: false,
+            deferred_notify: Notify::Idle,
         })
     }
 
@@ -144,6 +148,7 @@ impl Endpoint {
             self.own.zero();
             self.tx.reset();
             self.rx.reset();
+            self.deferred_notify = Notify::Idle;
         }
         if let Some(error) = &decision.error {
             self.stats.errors.record(error);
@@ -255,7 +260,20 @@ impl Endpoint {
         self.tx.queue(&self.own, &self.geometry, start, frame.len());
         self.stats.tx_frames += 1;
         self.stats.tx_bytes += frame.len() as u64;
+        self.publish_large_batch();
         Ok(())
+    }
+
+    /// Publishes early when the current batch has grown large (see
+    /// `TxQueue::batch_is_large`); the doorbell decision waits for
+    /// `flush_tx`, so a batch still yields one decision.
+    fn publish_large_batch(&mut self) {
+        if self.tx.batch_is_large(&self.geometry) {
+            let notify = self
+                .tx
+                .publish(&self.own, &self.peer, &self.geometry, &mut self.stats);
+            self.deferred_notify = self.deferred_notify.or(notify);
+        }
     }
 
     /// Queues as many frames as fit and publishes them with one index
@@ -288,12 +306,20 @@ impl Endpoint {
 
     /// Publishes queued frames (one Release store of `avail.idx`) and
     /// decides with the peer's `avail_event` whether to ring it.
+    ///
+    /// Within a large batch (a quarter of the data area or more) frames
+    /// are published early as they are queued, so the peer can start on
+    /// them; the doorbell decisions of those publishes are folded into the
+    /// one returned here.
     pub fn flush_tx(&mut self) -> Notify {
+        let deferred = core::mem::replace(&mut self.deferred_notify, Notify::Idle);
         if self.tx.unpublished() == 0 {
-            return Notify::Idle;
+            return deferred;
         }
-        self.tx
-            .publish(&self.own, &self.peer, &self.geometry, &mut self.stats)
+        let notify = self
+            .tx
+            .publish(&self.own, &self.peer, &self.geometry, &mut self.stats);
+        deferred.or(notify)
     }
 
     /// Frames queued or in flight.

@@ -56,6 +56,8 @@ pub(crate) struct TxQueue {
     slot_end: [u32; MAX_QUEUE_LEN],
     /// Slot size of a maximum-MTU frame (the space rule's unit).
     mtu_slot: usize,
+    /// Data-area bytes queued since the last publish.
+    unpublished_bytes: usize,
 }
 
 impl TxQueue {
@@ -69,6 +71,7 @@ impl TxQueue {
             armed_used_event: None,
             slot_end: [0; MAX_QUEUE_LEN],
             mtu_slot: frame_slot_size(mtu),
+            unpublished_bytes: 0,
         }
     }
 
@@ -82,6 +85,16 @@ impl TxQueue {
         self.tail = 0;
         self.armed_used_event = None;
         self.mtu_slot = mtu_slot;
+        self.unpublished_bytes = 0;
+    }
+
+    /// Whether the frames queued since the last publish fill a quarter of
+    /// the data area: publishing then lets the peer start on them while
+    /// the rest of a large batch is still being written (a batch of 32
+    /// jumbo frames would otherwise fill more than half the area before
+    /// the consumer sees any of it).
+    pub(crate) fn batch_is_large(&self, geo: &Geometry) -> bool {
+        self.unpublished_bytes >= geo.data_size / 4
     }
 
     /// Descriptors queued or published and not yet completed.
@@ -146,6 +159,7 @@ impl TxQueue {
             own.store_u16(ring, id, Ordering::Relaxed);
         }
         self.slot_end[usize::from(id)] = end as u32;
+        self.unpublished_bytes += end - start;
         self.head = end;
         self.next_avail = self.next_avail.wrapping_add(1);
     }
@@ -170,6 +184,7 @@ impl TxQueue {
         );
         if notify != Notify::Idle {
             self.published_avail = new;
+            self.unpublished_bytes = 0;
             stats.tx_batches += 1;
         }
         notify

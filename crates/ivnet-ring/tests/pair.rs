@@ -538,3 +538,39 @@ fn silent_peer_restart_renegotiates() {
     assert_eq!(b.recv(&mut buf).unwrap(), Some(100));
     assert_eq!(buf, [2u8; 100], "old frames are gone with the reset");
 }
+
+/// A large batch is published while it is being written (so the peer can
+/// start on it), but the caller still gets one doorbell decision, at
+/// flush_tx.
+#[test]
+fn large_batches_are_published_early_with_one_doorbell_decision() {
+    let region = SharedRegion::new(NET);
+    let (mut a, mut b) = running_pair(&region, Config::default());
+    let frame = vec![7u8; 9000];
+    // 0x71f80 / 4 = 116,704 bytes: the 13th 9088-byte slot crosses it.
+    for _ in 0..13 {
+        a.send(&frame).unwrap();
+    }
+    assert_eq!(a.stats().tx_batches, 1, "published early, inside the batch");
+    assert_eq!(
+        a.stats().doorbells_requested,
+        1,
+        "decided, not yet handed out"
+    );
+    let mut buf = vec![0u8; 9000];
+    for _ in 0..13 {
+        assert_eq!(
+            b.recv(&mut buf).unwrap(),
+            Some(9000),
+            "visible before flush_tx"
+        );
+    }
+    a.send(&frame).unwrap();
+    assert_eq!(
+        a.flush_tx(),
+        Notify::Doorbell,
+        "the early publish's doorbell is handed out"
+    );
+    assert_eq!(a.flush_tx(), Notify::Idle);
+    assert_eq!(b.recv(&mut buf).unwrap(), Some(9000));
+}
