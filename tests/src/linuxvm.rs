@@ -55,12 +55,11 @@
 use std::fs::{self, File};
 use std::io::{self, Cursor, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::qemu::{Accel, QEMU, ensure_qemu_installed, repo_root};
+use crate::qemu::{Accel, QEMU, QemuProcess, ensure_qemu_installed, repo_root, unique_dir};
 
 /// The Debian meta-package whose dependency names the kernel to use.
 const KERNEL_META_PACKAGE: &str = "linux-image-amd64";
@@ -694,22 +693,7 @@ const BASE_CMDLINE: &str = "console=ttyS0,115200 panic=-1 loglevel=4 8250.nr_uar
 
 /// A running QEMU with the Linux guest. Killed on drop.
 pub struct LinuxVm {
-    child: Child,
-    dir: PathBuf,
-    accel: Accel,
-    exit: Option<ExitStatus>,
-}
-
-fn unique_dir(name: &str) -> io::Result<PathBuf> {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "ivnet-linuxvm-{name}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir)?;
-    Ok(dir)
+    process: QemuProcess,
 }
 
 /// The accelerator for the Linux guest: [`crate::qemu::default_accel`]
@@ -785,7 +769,8 @@ impl LinuxVm {
         ensure_qemu_installed()?;
         let guest = linux_guest()?;
         let accel = cfg.accel.clone().unwrap_or_else(linux_accel);
-        let dir = unique_dir(&cfg.name).map_err(|e| format!("temp dir: {e}"))?;
+        let dir =
+            unique_dir(&format!("linuxvm-{}", cfg.name)).map_err(|e| format!("temp dir: {e}"))?;
         let initramfs = dir.join("initramfs.cpio");
         guest.write_initramfs(&initramfs)?;
         let serial = dir.join("serial.log");
@@ -811,61 +796,38 @@ impl LinuxVm {
                     cfg.vectors
                 ));
         }
-        let stderr = File::create(dir.join("qemu.stderr")).map_err(|e| e.to_string())?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .map_err(|e| format!("starting {QEMU}: {e}"))?;
-        Ok(LinuxVm {
-            child,
-            dir,
-            accel,
-            exit: None,
-        })
+        let process = QemuProcess::spawn(&mut cmd, dir, accel, "Linux VM")?;
+        Ok(LinuxVm { process })
     }
 
     /// The accelerator this VM runs with.
     pub fn accel(&self) -> &Accel {
-        &self.accel
+        self.process.accel()
     }
 
     /// QEMU's process ID.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// The serial console output so far.
     pub fn serial(&self) -> String {
-        fs::read(self.dir.join("serial.log"))
-            .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
-            .unwrap_or_default()
+        self.process.serial()
     }
 
     /// Everything useful for a failure message.
     pub fn diagnostics(&self) -> String {
         format!(
             "--- linux vm: accel {}\n--- serial:\n{}\n--- qemu stderr:\n{}",
-            self.accel.name(),
+            self.accel().name(),
             self.serial(),
-            fs::read_to_string(self.dir.join("qemu.stderr")).unwrap_or_default()
+            self.process.qemu_stderr()
         )
     }
 
     /// Whether QEMU still runs.
     pub fn is_running(&mut self) -> bool {
-        if self.exit.is_some() {
-            return false;
-        }
-        match self.child.try_wait() {
-            Ok(Some(status)) => {
-                self.exit = Some(status);
-                false
-            }
-            Ok(None) => true,
-            Err(_) => false,
-        }
+        self.process.exit().is_none()
     }
 
     /// Waits until the console shows `needle` `count` times; fails early if
@@ -893,7 +855,7 @@ impl LinuxVm {
             if !running {
                 return Err(format!(
                     "the Linux guest ended ({:?}) before printing {needle:?} {count}x\n{}",
-                    self.exit,
+                    self.process.exit(),
                     self.diagnostics()
                 ));
             }
@@ -926,28 +888,12 @@ impl LinuxVm {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(self.exit.expect("recorded by is_running"))
+        Ok(self.process.exit().expect("recorded by is_running"))
     }
 
     /// Kills QEMU (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
-        if self.is_running() {
-            let _ = self.child.kill();
-            if let Ok(status) = self.child.wait() {
-                self.exit = Some(status);
-            }
-        }
-    }
-}
-
-impl Drop for LinuxVm {
-    fn drop(&mut self) {
-        self.kill();
-        if std::env::var_os("IVNET_TEST_KEEP").is_none() {
-            let _ = fs::remove_dir_all(&self.dir);
-        } else {
-            eprintln!("kept Linux VM directory {}", self.dir.display());
-        }
+        self.process.kill();
     }
 }
 

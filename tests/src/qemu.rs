@@ -432,13 +432,109 @@ fn classify(status: ExitStatus) -> GuestExit {
 
 /// A running QEMU with the guest. Killed on drop.
 pub struct Guest {
+    process: QemuProcess,
+}
+
+/// One QEMU process and its per-instance directory (`serial.log`,
+/// `qemu.stderr`): spawning, reading the console, recording the exit,
+/// killing, and removing the directory on drop (kept with
+/// `IVNET_TEST_KEEP=1`). Shared by the bare-metal [`Guest`] and the Linux
+/// test VM.
+pub struct QemuProcess {
     child: Child,
     dir: PathBuf,
     accel: Accel,
-    exit: Option<GuestExit>,
+    exit: Option<ExitStatus>,
+    what: &'static str,
 }
 
-fn unique_dir(name: &str) -> io::Result<PathBuf> {
+impl QemuProcess {
+    /// Spawns `cmd` with stdin and stdout closed and stderr into
+    /// `dir/qemu.stderr`; `what` names the machine in messages.
+    pub fn spawn(
+        cmd: &mut Command,
+        dir: PathBuf,
+        accel: Accel,
+        what: &'static str,
+    ) -> Result<QemuProcess, String> {
+        let stderr = fs::File::create(dir.join("qemu.stderr")).map_err(|e| e.to_string())?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| format!("starting {QEMU}: {e}"))?;
+        Ok(QemuProcess {
+            child,
+            dir,
+            accel,
+            exit: None,
+            what,
+        })
+    }
+
+    /// The accelerator QEMU runs with.
+    pub fn accel(&self) -> &Accel {
+        &self.accel
+    }
+
+    /// QEMU's process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The per-instance directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The serial console output so far (`serial.log`, CRs removed).
+    pub fn serial(&self) -> String {
+        fs::read(self.dir.join("serial.log"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
+            .unwrap_or_default()
+    }
+
+    /// QEMU's own error output so far.
+    pub fn qemu_stderr(&self) -> String {
+        fs::read_to_string(self.dir.join("qemu.stderr")).unwrap_or_default()
+    }
+
+    /// How QEMU ended, recorded the first time it is seen; `None` while it
+    /// runs.
+    pub fn exit(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none()
+            && let Ok(Some(status)) = self.child.try_wait()
+        {
+            self.exit = Some(status);
+        }
+        self.exit
+    }
+
+    /// Kills QEMU (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        if self.exit().is_none() {
+            let _ = self.child.kill();
+            if let Ok(status) = self.child.wait() {
+                self.exit = Some(status);
+            }
+        }
+    }
+}
+
+impl Drop for QemuProcess {
+    fn drop(&mut self) {
+        self.kill();
+        if std::env::var_os("IVNET_TEST_KEEP").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("kept {} directory {}", self.what, self.dir.display());
+        }
+    }
+}
+
+/// A fresh, empty directory under the temp dir for one QEMU instance.
+pub(crate) fn unique_dir(name: &str) -> io::Result<PathBuf> {
     static N: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "ivnet-{name}-{}-{}",
@@ -480,48 +576,35 @@ impl Guest {
                     cfg.vectors
                 ));
         }
-        let stderr = fs::File::create(dir.join("qemu.stderr")).map_err(|e| e.to_string())?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .map_err(|e| format!("starting {QEMU}: {e}"))?;
-        Ok(Guest {
-            child,
-            dir,
-            accel,
-            exit: None,
-        })
+        let process = QemuProcess::spawn(&mut cmd, dir, accel, "guest")?;
+        Ok(Guest { process })
     }
 
     /// The accelerator this guest runs with.
     pub fn accel(&self) -> &Accel {
-        &self.accel
+        self.process.accel()
     }
 
     /// QEMU's process ID.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// The serial console output so far.
     pub fn serial(&self) -> String {
-        fs::read(self.dir.join("serial.log"))
-            .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
-            .unwrap_or_default()
+        self.process.serial()
     }
 
     /// QEMU's own error output so far.
     pub fn qemu_stderr(&self) -> String {
-        fs::read_to_string(self.dir.join("qemu.stderr")).unwrap_or_default()
+        self.process.qemu_stderr()
     }
 
     /// Everything useful for a failure message.
     pub fn diagnostics(&self) -> String {
         format!(
             "--- accel: {}\n--- serial:\n{}\n--- qemu stderr:\n{}",
-            self.accel.name(),
+            self.accel().name(),
             self.serial(),
             self.qemu_stderr()
         )
@@ -529,23 +612,12 @@ impl Guest {
 
     /// Whether QEMU still runs (records the exit if it ended).
     pub fn is_running(&mut self) -> bool {
-        if self.exit.is_some() {
-            return false;
-        }
-        match self.child.try_wait() {
-            Ok(Some(status)) => {
-                self.exit = Some(classify(status));
-                false
-            }
-            Ok(None) => true,
-            Err(_) => false,
-        }
+        self.process.exit().is_none()
     }
 
     /// How the guest ended, if it did.
     pub fn exit_status(&mut self) -> Option<GuestExit> {
-        self.is_running();
-        self.exit
+        self.process.exit().map(classify)
     }
 
     /// Waits until the serial log contains `needle`. Fails early if QEMU
@@ -575,7 +647,7 @@ impl Guest {
                 }
                 return Err(format!(
                     "guest ended ({}) before printing {needle:?} {times}x\n{}",
-                    self.exit.expect("recorded by is_running"),
+                    self.exit_status().expect("recorded by is_running"),
                     self.diagnostics()
                 ));
             }
@@ -602,27 +674,11 @@ impl Guest {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(self.exit.expect("recorded by is_running"))
+        Ok(self.exit_status().expect("recorded by is_running"))
     }
 
     /// Kills QEMU (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
-        if self.is_running() {
-            let _ = self.child.kill();
-            if let Ok(status) = self.child.wait() {
-                self.exit = Some(classify(status));
-            }
-        }
-    }
-}
-
-impl Drop for Guest {
-    fn drop(&mut self) {
-        self.kill();
-        if std::env::var_os("IVNET_TEST_KEEP").is_none() {
-            let _ = fs::remove_dir_all(&self.dir);
-        } else {
-            eprintln!("kept guest directory {}", self.dir.display());
-        }
+        self.process.kill();
     }
 }
