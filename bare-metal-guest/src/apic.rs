@@ -40,6 +40,8 @@ const SVR_ENABLE: u32 = 1 << 8;
 const LVT_MASKED: u32 = 1 << 16;
 /// Divide configuration: divide the bus clock by 16.
 const TIMER_DIVIDE_BY_16: u32 = 0b0011;
+/// The divider [`TIMER_DIVIDE_BY_16`] selects: timer ticks = bus clock / 16.
+pub const TIMER_DIVIDER: u64 = 16;
 
 const MODE_NONE: u8 = 0;
 const MODE_XAPIC: u8 = 1;
@@ -124,6 +126,22 @@ pub fn init(x2apic: bool) -> Result<ApicMode, MapError> {
         MODE.store(MODE_XAPIC, Ordering::Relaxed);
         ApicMode::XApic
     };
+    setup_registers();
+    Ok(mode)
+}
+
+/// Uses the APIC through the x2APIC MSRs as it is, without touching
+/// IA32_APIC_BASE: a Jailhouse cell always has the x2APIC MSR interface
+/// (passed through on x2APIC hosts, emulated on xAPIC hosts) and must never
+/// write IA32_APIC_BASE (fatal), nor touch the xAPIC page (fatal on x2APIC
+/// hosts).
+pub fn init_x2apic_as_is() -> ApicMode {
+    MODE.store(MODE_X2APIC, Ordering::Relaxed);
+    setup_registers();
+    ApicMode::X2Apic
+}
+
+fn setup_registers() {
     write(REG_SVR, SVR_ENABLE | u32::from(VECTOR_SPURIOUS));
     write(REG_TPR, 0);
     write(REG_LVT_LINT0, LVT_MASKED);
@@ -133,7 +151,6 @@ pub fn init(x2apic: bool) -> Result<ApicMode, MapError> {
     write(REG_TIMER_DIVIDE, TIMER_DIVIDE_BY_16);
     // The error status register must be written before it is read.
     write(REG_ESR, 0);
-    Ok(mode)
 }
 
 /// Signals the end of the interrupt in service.

@@ -27,6 +27,8 @@ pub enum HypervisorKind {
     Kvm,
     /// QEMU without an accelerator (TCG).
     QemuTcg,
+    /// The Jailhouse partitioning hypervisor (a non-root cell).
+    Jailhouse,
     /// Anything else, or none announced.
     Other,
 }
@@ -37,6 +39,7 @@ impl HypervisorKind {
         match self {
             HypervisorKind::Kvm => "kvm",
             HypervisorKind::QemuTcg => "tcg",
+            HypervisorKind::Jailhouse => "jailhouse",
             HypervisorKind::Other => "other",
         }
     }
@@ -54,6 +57,8 @@ pub fn detect() -> CpuFeatures {
     let hypervisor = match cpuid.get_hypervisor_info().map(|h| h.identify()) {
         Some(Hypervisor::KVM) => HypervisorKind::Kvm,
         Some(Hypervisor::QEMU) => HypervisorKind::QemuTcg,
+        // CPUID 0x4000_0000: EBX, ECX, EDX = "Jail", "hous", "e\0\0\0".
+        Some(Hypervisor::Unknown(0x6c69_614a, 0x7375_6f68, 0x65)) => HypervisorKind::Jailhouse,
         _ => HypervisorKind::Other,
     };
     let mtrr = cpuid.get_feature_info().is_some_and(|f| f.has_mtrr());

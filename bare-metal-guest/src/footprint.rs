@@ -8,11 +8,18 @@ use core::fmt;
 
 unsafe extern "C" {
     static __image_start: u8;
+    static __text_start: u8;
     static __text_end: u8;
+    static __rodata_start: u8;
     static __rodata_end: u8;
+    static __data_start: u8;
+    static __data_end: u8;
     static __bss_start: u8;
+    static __bss_end: u8;
     static __stack_bottom: u8;
     static __stack_top: u8;
+    static __stack_guard: u8;
+    static __ist_stacks_end: u8;
     static __image_end: u8;
 }
 
@@ -45,20 +52,16 @@ impl fmt::Display for Image {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let start = addr(&raw const __image_start);
         let end = addr(&raw const __image_end);
-        let text = addr(&raw const __text_end) - start;
-        let rodata = addr(&raw const __rodata_end) - addr(&raw const __text_end);
-        let data_bss = addr(&raw const __stack_bottom) - addr(&raw const __rodata_end);
-        let bss = addr(&raw const __stack_bottom) - addr(&raw const __bss_start);
-        let stacks = end - addr(&raw const __stack_bottom);
+        let size = |from: *const u8, to: *const u8| (addr(to) - addr(from)) / 1024;
+        let text = size(&raw const __text_start, &raw const __text_end);
+        let rodata = size(&raw const __rodata_start, &raw const __rodata_end);
+        let data = size(&raw const __data_start, &raw const __data_end);
+        let bss = size(&raw const __bss_start, &raw const __bss_end);
+        let stacks = size(&raw const __stack_guard, &raw const __ist_stacks_end);
         write!(
             f,
-            "image {start:#x}..{end:#x}: {} KiB in RAM (text {} KiB, rodata {} KiB, data+bss {} KiB of which bss {} KiB, stacks {} KiB)",
+            "image {start:#x}..{end:#x}: {} KiB in RAM (text {text} KiB, rodata {rodata} KiB, data {data} KiB, bss {bss} KiB, stacks {stacks} KiB)",
             (end - start) / 1024,
-            text / 1024,
-            rodata / 1024,
-            data_bss / 1024,
-            bss / 1024,
-            stacks / 1024
         )
     }
 }

@@ -5,13 +5,14 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | `boot` | PVH note, 32→64-bit trampoline |
+//! | `boot` | PVH note, Jailhouse 16-bit reset entry, 32→64-bit trampoline |
 //! | `serial` | 16550 console, `print!`/`println!` |
 //! | `exit` | `isa-debug-exit` |
 //! | `cpu` | CPUID features, NX, TSC |
 //! | `gdt` | GDT and TSS with exception stacks |
 //! | `idt` | exception and interrupt stubs, fault reports, interrupt events |
 //! | `paging` | identity page tables with per-region permissions |
+//! | `platform` | QEMU or Jailhouse cell: PIC, APIC mode, timer rates, MTRRs, stop |
 //! | `apic` | local APIC (xAPIC / x2APIC) |
 //! | `time` | TSC clock and LAPIC alarm, PIT-calibrated |
 //! | `pci` | configuration space through ports 0xCF8/0xCFC, bus scan |
@@ -39,6 +40,7 @@ mod net;
 mod nic;
 mod paging;
 mod pci;
+mod platform;
 mod selftest;
 mod serial;
 mod time;
@@ -63,23 +65,29 @@ pub(crate) fn fail(code: ExitCode, args: core::fmt::Arguments<'_>) -> ! {
     exit::exit(code)
 }
 
-/// Copies the command line out of the PVH start info. Runs while the boot
-/// tables still identity-map the first 1 GiB, where QEMU puts both.
+/// Copies the command line out of the PVH start info, or out of the
+/// `.cmdline` buffer after the Jailhouse entry. Runs while the boot tables
+/// still identity-map the first 1 GiB, where QEMU puts both.
 fn read_start_info(start_info_paddr: u32) -> Result<&'static str, CmdlineError<'static>> {
-    // SAFETY: QEMU's PVH loader passes the start info's physical address in
-    // ebx (forwarded here); the reader checks the magic before trusting the
-    // structure, and the boot tables identity-map the low memory it and the
-    // command line live in.
-    let reader = unsafe { StartInfoReader::from_paddr_identity(start_info_paddr) };
-    let Some(reader) = reader else {
-        fail(
-            ExitCode::BootError,
-            format_args!(
-                "no PVH start info at {start_info_paddr:#x} (bad magic; expected 0x336ec578)"
-            ),
-        );
+    let bytes = if start_info_paddr == boot::NO_START_INFO {
+        // The Jailhouse entry: the `.cmdline` buffer at 0x1000.
+        boot::jailhouse_cmdline().ok_or(CmdlineError::TooLong(CMDLINE_MAX))?
+    } else {
+        // SAFETY: QEMU's PVH loader passes the start info's physical address
+        // in ebx (forwarded here); the reader checks the magic before
+        // trusting the structure, and the boot tables identity-map the low
+        // memory it and the command line live in.
+        let reader = unsafe { StartInfoReader::from_paddr_identity(start_info_paddr) };
+        let Some(reader) = reader else {
+            fail(
+                ExitCode::BootError,
+                format_args!(
+                    "no PVH start info at {start_info_paddr:#x} (bad magic; expected 0x336ec578)"
+                ),
+            );
+        };
+        reader.cmdline().map_or(&b""[..], |c| c.to_bytes())
     };
-    let bytes = reader.cmdline().map_or(&b""[..], |c| c.to_bytes());
     if bytes.len() > CMDLINE_MAX {
         return Err(CmdlineError::TooLong(bytes.len()));
     }
@@ -95,11 +103,20 @@ fn read_start_info(start_info_paddr: u32) -> Result<&'static str, CmdlineError<'
 /// stack with the PVH start-info address.
 extern "C" fn rust_entry(start_info_paddr: u32) -> ! {
     serial::init();
-    println!(
-        "ivnet-guest {} booting (PVH, start info at {start_info_paddr:#x})",
-        env!("CARGO_PKG_VERSION")
-    );
+    if start_info_paddr == boot::NO_START_INFO {
+        println!(
+            "ivnet-guest {} booting (reset entry at 0000:0000, Jailhouse layout)",
+            env!("CARGO_PKG_VERSION")
+        );
+    } else {
+        println!(
+            "ivnet-guest {} booting (PVH, start info at {start_info_paddr:#x})",
+            env!("CARGO_PKG_VERSION")
+        );
+    }
 
+    // First, so that even a bad command line stops a cell the cell's way.
+    platform::detect(start_info_paddr == boot::NO_START_INFO);
     let line = read_start_info(start_info_paddr)
         .unwrap_or_else(|e| fail(ExitCode::BadCommandLine, format_args!("command line: {e}")));
     println!("command line: {line}");
@@ -115,9 +132,7 @@ extern "C" fn rust_entry(start_info_paddr: u32) -> ! {
         features.mtrr,
         features.phys_addr_bits
     );
-    if features.mtrr {
-        cpu::mtrr_write_back();
-    }
+    platform::setup_caching(&features);
     gdt::init();
     idt::init();
     if features.nx {
@@ -126,19 +141,10 @@ extern "C" fn rust_entry(start_info_paddr: u32) -> ! {
     paging::init(features.nx, features.phys_addr_bits)
         .unwrap_or_else(|e| fail(ExitCode::BootError, format_args!("page tables: {e}")));
 
-    // The legacy PIC: remapped away from the exception vectors, then fully
-    // masked (SeaBIOS leaves the PIT tick on IRQ0 = vector 8 = #DF).
-    // SAFETY: 0x20/0x21/0xA0/0xA1 are the two 8259s on PC-compatible
-    // machines; 0x20..0x2F are free vectors (they land in the "unexpected"
-    // stub if anything ever arrives).
-    unsafe {
-        let mut pics = pic8259::ChainedPics::new(0x20, 0x28);
-        pics.initialize();
-        pics.disable();
-    }
-    let apic_mode = apic::init(features.x2apic)
+    platform::map_comm_region()
+        .unwrap_or_else(|e| fail(ExitCode::BootError, format_args!("comm region: {e}")));
+    let (apic_mode, cal) = platform::init_interrupts_and_time(&features)
         .unwrap_or_else(|e| fail(ExitCode::BootError, format_args!("local APIC: {e}")));
-    let cal = time::calibrate();
     println!(
         "apic: {:?} id {}, tsc {} kHz, apic timer {} kHz",
         apic_mode,

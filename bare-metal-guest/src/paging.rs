@@ -283,14 +283,19 @@ impl Mapper {
 }
 
 unsafe extern "C" {
-    static __image_start: u8;
+    static __text_start: u8;
     static __text_end: u8;
+    static __rodata_start: u8;
     static __rodata_end: u8;
+    static __data_start: u8;
+    static __data_end: u8;
+    static __bss_start: u8;
+    static __bss_end: u8;
     static __stack_guard: u8;
     static __stack_bottom: u8;
     static __ist_guard: u8;
     static __ist_stacks: u8;
-    static __image_end: u8;
+    static __ist_stacks_end: u8;
 }
 
 fn sym(s: *const u8) -> u64 {
@@ -308,6 +313,13 @@ pub struct PoolUsage {
 
 /// Builds the guest's own page tables for the image and switches to them.
 /// `nx`: the CPU supports no-execute (EFER.NXE must already be set).
+///
+/// The sections are mapped by their linker symbols, so the PVH layout
+/// (link.ld: text, rodata, data, bss, stacks from 1 MiB) and the Jailhouse
+/// layout (link-jailhouse.ld: entry page, command line, bss, stacks, then
+/// text, rodata, data) get the same permissions. The Jailhouse entry page
+/// and the command-line buffer stay unmapped: both are used only before
+/// this runs.
 pub fn init(nx: bool, phys_addr_bits: u8) -> Result<(), MapError> {
     let mut guard = MAPPER.lock();
     let mut m = Mapper {
@@ -319,51 +331,63 @@ pub fn init(nx: bool, phys_addr_bits: u8) -> Result<(), MapError> {
         regions: [None; MAX_REGIONS],
     };
     m.pml4 = m.alloc_table()?;
-    let image_start = sym(&raw const __image_start);
-    let text_end = sym(&raw const __text_end);
-    let rodata_end = sym(&raw const __rodata_end);
-    let stack_guard = sym(&raw const __stack_guard);
-    let stack_bottom = sym(&raw const __stack_bottom);
-    let ist_guard = sym(&raw const __ist_guard);
-    let ist_stacks = sym(&raw const __ist_stacks);
-    let image_end = sym(&raw const __image_end);
-    m.map(
-        image_start,
-        text_end - image_start,
-        Kind::Code,
-        "guest code",
-    )?;
-    m.map(
-        text_end,
-        rodata_end - text_end,
-        Kind::ReadOnly,
-        "guest rodata",
-    )?;
-    m.map(
-        rodata_end,
-        stack_guard - rodata_end,
-        Kind::Data,
-        "guest data/bss",
-    )?;
-    m.map(
-        stack_guard,
-        SIZE_4K,
-        Kind::Guard,
-        "main stack guard (stack overflow)",
-    )?;
-    m.map(
-        stack_bottom,
-        ist_guard - stack_bottom,
-        Kind::Data,
-        "main stack",
-    )?;
-    m.map(ist_guard, SIZE_4K, Kind::Guard, "exception stack guard")?;
-    m.map(
-        ist_stacks,
-        image_end - ist_stacks,
-        Kind::Data,
-        "exception stacks",
-    )?;
+    let sections = [
+        (
+            &raw const __text_start,
+            &raw const __text_end,
+            Kind::Code,
+            "guest code",
+        ),
+        (
+            &raw const __rodata_start,
+            &raw const __rodata_end,
+            Kind::ReadOnly,
+            "guest rodata",
+        ),
+        (
+            &raw const __data_start,
+            &raw const __data_end,
+            Kind::Data,
+            "guest data",
+        ),
+        (
+            &raw const __bss_start,
+            &raw const __bss_end,
+            Kind::Data,
+            "guest bss",
+        ),
+        (
+            &raw const __stack_guard,
+            &raw const __stack_bottom,
+            Kind::Guard,
+            "main stack guard (stack overflow)",
+        ),
+        (
+            &raw const __stack_bottom,
+            &raw const __ist_guard,
+            Kind::Data,
+            "main stack",
+        ),
+        (
+            &raw const __ist_guard,
+            &raw const __ist_stacks,
+            Kind::Guard,
+            "exception stack guard",
+        ),
+        (
+            &raw const __ist_stacks,
+            &raw const __ist_stacks_end,
+            Kind::Data,
+            "exception stacks",
+        ),
+    ];
+    for (start, end, kind, name) in sections {
+        let (start, end) = (sym(start), sym(end));
+        // A section may be empty (e.g. no initialised data).
+        if end > start {
+            m.map(start, end - start, kind, name)?;
+        }
+    }
     m.map(0, SIZE_4K, Kind::Guard, "null page")?;
     let frame = PhysFrame::from_start_address(PhysAddr::new(m.pml4 as u64)).map_err(|_| {
         MapError::BadRange {

@@ -1,6 +1,12 @@
-//! Time: the TSC as the clock, the LAPIC timer as the wake-up alarm, both
-//! calibrated against the PIT (8254) channel 2, which every PC-compatible
-//! machine (and QEMU under TCG and KVM) has.
+//! Time: the TSC as the clock, the LAPIC timer as the wake-up alarm. Their
+//! rates come from
+//!
+//! - [`calibrate`]: the PIT (8254) channel 2, which every PC-compatible
+//!   machine (and QEMU under TCG and KVM) has: under QEMU;
+//! - [`set_rates`]: the rates Jailhouse publishes in the comm region
+//!   (`tsc_khz`, `apic_khz`): in a cell, where the PIT ports are fatal;
+//! - [`calibrate_pm_timer`]: the ACPI PM timer, which every cell may read:
+//!   in a cell whose comm region gives no rates.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -55,8 +61,55 @@ pub fn calibrate() -> Calibration {
         apic::timer_stop();
         (tsc0, tsc1, u64::from(apic0 - apic1))
     };
-    let tsc_per_ms = ((tsc1 - tsc0) / CALIBRATION_MS).max(1);
-    let apic_per_ms = (apic_elapsed / CALIBRATION_MS).max(1);
+    store(
+        (tsc1 - tsc0) / CALIBRATION_MS,
+        apic_elapsed / CALIBRATION_MS,
+        tsc0,
+    )
+}
+
+/// Takes the rates as given: `tsc_khz` and `apic_timer_khz` (after the
+/// divider) in kHz.
+pub fn set_rates(tsc_khz: u64, apic_timer_khz: u64) -> Calibration {
+    store(tsc_khz, apic_timer_khz, cpu::rdtsc())
+}
+
+/// ACPI PM timer rate, Hz (3.579545 MHz, 24 bits).
+const PM_TIMER_HZ: u64 = 3_579_545;
+const PM_TIMER_MASK: u32 = 0x00ff_ffff;
+
+/// Measures the TSC and LAPIC-timer rates over [`CALIBRATION_MS`] of ACPI
+/// PM timer time, read at I/O port `port` (32-bit reads; Jailhouse always
+/// lets a cell read `pm_timer_address`..+3). The APIC must be initialised.
+pub fn calibrate_pm_timer(port: u16) -> Calibration {
+    let mut pm = Port::<u32>::new(port);
+    let window = PM_TIMER_HZ * CALIBRATION_MS / 1000;
+    // SAFETY: `port` is the ACPI PM timer the hypervisor names in the comm
+    // region; reading it has no side effects.
+    let (tsc0, tsc1, apic_elapsed) = unsafe {
+        apic::timer_start(u32::MAX, false);
+        let pm0 = pm.read() & PM_TIMER_MASK;
+        let tsc0 = cpu::rdtsc();
+        let apic0 = apic::timer_current();
+        // The 24-bit counter wraps every ~4.7 s; the window is 50 ms.
+        while u64::from(pm.read().wrapping_sub(pm0) & PM_TIMER_MASK) < window {
+            core::hint::spin_loop();
+        }
+        let tsc1 = cpu::rdtsc();
+        let apic1 = apic::timer_current();
+        apic::timer_stop();
+        (tsc0, tsc1, u64::from(apic0 - apic1))
+    };
+    store(
+        (tsc1 - tsc0) / CALIBRATION_MS,
+        apic_elapsed / CALIBRATION_MS,
+        tsc0,
+    )
+}
+
+fn store(tsc_per_ms: u64, apic_per_ms: u64, tsc0: u64) -> Calibration {
+    let tsc_per_ms = tsc_per_ms.max(1);
+    let apic_per_ms = apic_per_ms.max(1);
     TSC_AT_BOOT.store(tsc0, Ordering::Relaxed);
     TSC_PER_MS.store(tsc_per_ms, Ordering::Relaxed);
     APIC_TICKS_PER_MS.store(apic_per_ms, Ordering::Relaxed);

@@ -1,0 +1,212 @@
+//! Where the guest runs, and the few platform services that differ there:
+//! interrupt controllers, timer calibration, caching setup and how the guest
+//! stops.
+//!
+//! | | QEMU (PVH entry) | Jailhouse cell (reset entry at 0) |
+//! |---|---|---|
+//! | detection | the PVH start info | CPUID 0x4000_0000 = "Jailhouse", or the reset entry; then the comm region at 0x100000 must say "JHCOMM", ABI revision 2 (else `cell_state = FAILED_COMM_REV`) |
+//! | legacy PIC | remapped and masked | untouched (ports 0x20/0x21/0xa0/0xa1 are fatal) |
+//! | local APIC | x2APIC if CPUID has it (set in IA32_APIC_BASE), else xAPIC MMIO | x2APIC MSRs only; IA32_APIC_BASE is never written (fatal) |
+//! | TSC and APIC timer rates | measured against PIT channel 2 (ports 0x42/0x43/0x61) | `tsc_khz`, `apic_khz` of the comm region; the ACPI PM timer at `pm_timer_address` if either is 0 |
+//! | MTRRs | all of RAM write-back (variable ranges cleared) | only MTRR_DEF_TYPE.E, set by the entry code (range MSRs are fatal) |
+//! | stop | `isa-debug-exit` (port 0xf4) | `cell_state` = SHUT_DOWN (success) or FAILED, then `cli; hlt` |
+//!
+//! Jailhouse facts: shared/reference/jailhouse-x86-cell.md §3.4 (comm
+//! region layout), §3.5 (messages), §3.7 (APIC), §3.9 (what is fatal).
+
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use ivnet_guest::exit_code::ExitCode;
+
+use crate::cpu::{CpuFeatures, HypervisorKind};
+use crate::paging::{self, Kind, MapError};
+use crate::{apic, println, time};
+
+/// Guest-physical address of the communication region (the cell config's
+/// `JAILHOUSE_MEM_COMM_REGION`, right above the cell's 1 MiB of RAM).
+pub const COMM_REGION_BASE: u64 = 0x10_0000;
+const COMM_REGION_SIZE: u64 = 0x1000;
+/// `COMM_REGION_MAGIC`.
+const COMM_SIGNATURE: [u8; 6] = *b"JHCOMM";
+/// `COMM_REGION_ABI_REVISION`.
+const COMM_REVISION: u16 = 2;
+
+// Field offsets (COMM_REGION_GENERIC_HEADER + the x86 part, packed).
+const OFF_REVISION: u64 = 0x06;
+const OFF_CELL_STATE: u64 = 0x08;
+const OFF_PM_TIMER_ADDRESS: u64 = 0x40;
+const OFF_NUM_CPUS: u64 = 0x42;
+const OFF_TSC_KHZ: u64 = 0x44;
+const OFF_APIC_KHZ: u64 = 0x48;
+
+/// `cell_state` values.
+pub mod cell_state {
+    /// `JAILHOUSE_CELL_SHUT_DOWN` (terminal).
+    pub const SHUT_DOWN: u32 = 2;
+    /// `JAILHOUSE_CELL_FAILED` (terminal).
+    pub const FAILED: u32 = 3;
+    /// `JAILHOUSE_CELL_FAILED_COMM_REV` (terminal).
+    pub const FAILED_COMM_REV: u32 = 4;
+}
+
+static JAILHOUSE: AtomicBool = AtomicBool::new(false);
+
+/// Whether the guest runs as a Jailhouse cell (set once by [`detect`]).
+pub fn is_jailhouse() -> bool {
+    JAILHOUSE.load(Ordering::Relaxed)
+}
+
+/// The communication region, one page at [`COMM_REGION_BASE`] that the
+/// hypervisor (and the root cell's tools) also read and write: only
+/// volatile accesses of naturally aligned fields, never references.
+#[derive(Clone, Copy)]
+struct CommRegion;
+
+impl CommRegion {
+    fn read_u8(self, off: u64) -> u8 {
+        // SAFETY: `off` < COMM_REGION_SIZE; the page is identity-mapped (by
+        // the boot tables, then by `init`) and belongs to the hypervisor's
+        // per-cell comm page, which is always readable by the cell.
+        unsafe { ((COMM_REGION_BASE + off) as *const u8).read_volatile() }
+    }
+
+    fn read_u16(self, off: u64) -> u16 {
+        // SAFETY: as in `read_u8`; every u16 field is 2-byte aligned.
+        unsafe { ((COMM_REGION_BASE + off) as *const u16).read_volatile() }
+    }
+
+    fn read_u32(self, off: u64) -> u32 {
+        // SAFETY: as in `read_u8`; every u32 field is 4-byte aligned.
+        unsafe { ((COMM_REGION_BASE + off) as *const u32).read_volatile() }
+    }
+
+    fn write_u32(self, off: u64, value: u32) {
+        // SAFETY: as in `read_u32`; the cell may write `cell_state`,
+        // `msg_to_cell` and `reply_from_cell` (the only callers' offsets),
+        // the region is mapped writable (JAILHOUSE_MEM_WRITE).
+        unsafe { ((COMM_REGION_BASE + off) as *mut u32).write_volatile(value) }
+    }
+
+    fn signature_ok(self) -> bool {
+        (0..6).all(|i| self.read_u8(i) == COMM_SIGNATURE[i as usize])
+            && self.read_u16(OFF_REVISION) == COMM_REVISION
+    }
+
+    fn set_cell_state(self, state: u32) {
+        self.write_u32(OFF_CELL_STATE, state);
+    }
+}
+
+/// Decides the platform. `reset_entry`: the guest came in through the
+/// Jailhouse reset entry (the flat image), not PVH.
+///
+/// Jailhouse announces itself with CPUID 0x4000_0000 = "Jailhouse". The
+/// test rig (QEMU TCG, which cannot change that leaf) is recognised by the
+/// reset entry instead; in both cases the comm region must be valid, and
+/// a wrong signature or ABI revision stops the guest with
+/// `FAILED_COMM_REV`, as Jailhouse's inmate library does.
+pub fn detect(reset_entry: bool) {
+    let announced = crate::cpu::detect().hypervisor == HypervisorKind::Jailhouse;
+    if !(announced || reset_entry) {
+        return;
+    }
+    let comm = CommRegion;
+    if !comm.signature_ok() {
+        println!(
+            "FATAL: no Jailhouse comm region (\"JHCOMM\", revision {COMM_REVISION}) at {COMM_REGION_BASE:#x} (revision {})",
+            comm.read_u16(OFF_REVISION)
+        );
+        comm.set_cell_state(cell_state::FAILED_COMM_REV);
+        halt_forever();
+    }
+    JAILHOUSE.store(true, Ordering::Relaxed);
+    println!(
+        "platform: jailhouse cell ({}), comm region at {COMM_REGION_BASE:#x}: {} cpu(s), tsc {} kHz, apic {} kHz, pm timer port {:#x}",
+        if announced {
+            "CPUID says Jailhouse"
+        } else {
+            "reset entry; CPUID does not say Jailhouse: test rig"
+        },
+        comm.read_u16(OFF_NUM_CPUS),
+        comm.read_u32(OFF_TSC_KHZ),
+        comm.read_u32(OFF_APIC_KHZ),
+        comm.read_u16(OFF_PM_TIMER_ADDRESS),
+    );
+}
+
+/// Caching: under QEMU all RAM write-back through the MTRRs. In a cell the
+/// entry code already set MTRR_DEF_TYPE.E, the only MTRR bit Jailhouse
+/// emulates (range MSR writes are fatal).
+pub fn setup_caching(features: &CpuFeatures) {
+    if features.mtrr && !is_jailhouse() {
+        crate::cpu::mtrr_write_back();
+    }
+}
+
+/// Maps the comm region (after `paging::init`, which maps only the image).
+pub fn map_comm_region() -> Result<(), MapError> {
+    if is_jailhouse() {
+        paging::map(
+            COMM_REGION_BASE,
+            COMM_REGION_SIZE,
+            Kind::SharedReadWrite,
+            "Jailhouse comm region",
+        )?;
+    }
+    Ok(())
+}
+
+/// Interrupt controllers and timers: returns the APIC mode and the rates.
+pub fn init_interrupts_and_time(
+    features: &CpuFeatures,
+) -> Result<(apic::ApicMode, time::Calibration), MapError> {
+    if is_jailhouse() {
+        // No PIC in a cell; x2APIC MSRs always work (emulated over xAPIC
+        // if the host runs xAPIC), IA32_APIC_BASE must not be written.
+        let mode = apic::init_x2apic_as_is();
+        let comm = CommRegion;
+        let tsc_khz = comm.read_u32(OFF_TSC_KHZ);
+        let apic_khz = comm.read_u32(OFF_APIC_KHZ);
+        let cal = if tsc_khz != 0 && apic_khz != 0 {
+            time::set_rates(
+                u64::from(tsc_khz),
+                u64::from(apic_khz) / apic::TIMER_DIVIDER,
+            )
+        } else {
+            time::calibrate_pm_timer(comm.read_u16(OFF_PM_TIMER_ADDRESS))
+        };
+        return Ok((mode, cal));
+    }
+    // The legacy PIC: remapped away from the exception vectors, then fully
+    // masked (SeaBIOS leaves the PIT tick on IRQ0 = vector 8 = #DF).
+    // SAFETY: 0x20/0x21/0xA0/0xA1 are the two 8259s on PC-compatible
+    // machines; 0x20..0x2F are free vectors (they land in the "unexpected"
+    // stub if anything ever arrives).
+    unsafe {
+        let mut pics = pic8259::ChainedPics::new(0x20, 0x28);
+        pics.initialize();
+        pics.disable();
+    }
+    let mode = apic::init(features.x2apic)?;
+    Ok((mode, time::calibrate()))
+}
+
+/// Stops a cell: `cell_state` = SHUT_DOWN for success, FAILED otherwise,
+/// then halts for good. (The hypervisor parks the CPU at the next `cell
+/// shutdown`/`load`/`destroy`.)
+pub fn stop_cell(code: ExitCode) -> ! {
+    let state = if code == ExitCode::Success {
+        cell_state::SHUT_DOWN
+    } else {
+        cell_state::FAILED
+    };
+    CommRegion.set_cell_state(state);
+    halt_forever()
+}
+
+fn halt_forever() -> ! {
+    loop {
+        x86_64::instructions::interrupts::disable();
+        x86_64::instructions::hlt();
+    }
+}
