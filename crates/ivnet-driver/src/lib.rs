@@ -17,6 +17,7 @@
 //! |---|---|
 //! | [`device`] | [`LinkDevice`], the link-shape rule [`check_net_link`], [`data_vector`], [`read_state_entry`] |
 //! | [`driver`] | [`Driver`], [`Counters`], [`LinkUpdate`], [`DriverConfig`] |
+//! | [`profile`] | [`DeviceLink`]: `LinkDevice` for the `ivshmem` crate's Jailhouse and QEMU profiles (bare metal) |
 //! | [`backoff`] | renegotiation backoff after repeated faults |
 //! | [`ratelimit`] | per-kind log limiter (burst, then "N similar messages suppressed") |
 //!
@@ -52,6 +53,9 @@
 //! driver.endpoint() / device() / device_mut() / data_vector() / local_state()
 //!     / published_state() / peer_state_raw() / carrier() / running() / backoff_remaining_us()
 //! check_net_link(protocol, max_peers, id) -> Result<(own, peer), LinkShapeError>
+//! unsafe DeviceLink::new(ivshmem device, state_table: NonNull<u32>, vectors, clock: fn() -> u64)
+//!     // LinkDevice for ivshmem::{JailhouseDevice, QemuDevice, Device}; QEMU with a read-only
+//!     // table: QemuDevice::set_own_state_view(alias of the own entry) first
 //! ```
 //!
 //! Logging goes through the [`log`] facade (target `"ivnet"`), every record
@@ -67,6 +71,7 @@ extern crate std;
 pub mod backoff;
 pub mod device;
 pub mod driver;
+pub mod profile;
 pub mod ratelimit;
 
 pub use backoff::{Backoff, BackoffConfig};
@@ -75,6 +80,7 @@ pub use device::{
     data_vector, read_state_entry,
 };
 pub use driver::{Counters, Driver, DriverConfig, LinkUpdate};
+pub use profile::DeviceLink;
 pub use ratelimit::{LogKind, LogLimiter, RateLimit};
 
 #[cfg(test)]

@@ -52,6 +52,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use ivshmem::OwnStateEntry;
 use ivshmem::layout::{LAYOUT_PAGE_SIZE, LayoutError, LayoutPage, PAGE_SIZE};
 use memmap2::{MmapOptions, MmapRaw};
 use rustix::event::PollFlags;
@@ -235,10 +236,11 @@ pub struct HostPeer {
     shm: OwnedFd,
     /// State table, read-only.
     state_table: MmapRaw,
-    /// The state-table page holding the own entry, read-write; used only by
-    /// `set_own_state`.
-    own_state_page: MmapRaw,
-    own_state_offset: usize,
+    /// The state-table page holding the own entry, read-write; kept mapped
+    /// for `own_state` and used for nothing else.
+    _own_state_page: MmapRaw,
+    /// The own entry inside `_own_state_page`.
+    own_state: OwnStateEntry,
     rw_section: Option<MmapRaw>,
     own_section: MmapRaw,
     /// Output sections of peers 0..id, read-only.
@@ -410,6 +412,17 @@ impl HostPeer {
         let entry = l.state_entry_offset(id).expect("id < max_peers");
         let entry_page = entry & !(PAGE_SIZE - 1);
         let own_state_page = map_rw(&shm, "own state entry", entry_page, PAGE_SIZE)?;
+        let own_entry = own_state_page
+            .as_mut_ptr()
+            .wrapping_add(to_usize(entry - entry_page)?)
+            .cast::<u32>();
+        // SAFETY: the own entry (4-aligned: the table is page-aligned and
+        // entries are 4 bytes) inside the one-page read-write mapping, which
+        // lives in the HostPeer next to `own_state`; every party accesses
+        // state words only atomically.
+        let own_state =
+            unsafe { OwnStateEntry::new(std::ptr::NonNull::new(own_entry).expect("mapped")) }
+                .expect("state entries are 4-aligned in a validated layout");
         let rw_section = if l.rw_section_size > 0 {
             Some(map_rw(
                 &shm,
@@ -449,8 +462,8 @@ impl HostPeer {
             window_size,
             shm,
             state_table,
-            own_state_page,
-            own_state_offset: to_usize(entry - entry_page)?,
+            own_state,
+            _own_state_page: own_state_page,
             rw_section,
             own_section,
             sections_below,
@@ -549,11 +562,9 @@ impl HostPeer {
     /// through a separate one-page read-write mapping that is used for
     /// nothing else.
     pub fn set_own_state(&self, state: u32) {
-        // SAFETY: `own_state_offset` is the own entry's offset inside the
-        // one-page mapping `own_state_page` (computed in `connect`), 4-byte
-        // aligned; the word is only accessed atomically by all parties.
-        let entry = unsafe { shared_u32(self.own_state_page.as_mut_ptr(), self.own_state_offset) };
-        entry.store(state, Ordering::Release);
+        let _ = self
+            .own_state
+            .publish(state, || Ok::<(), DoorbellError>(()));
     }
 
     /// Publishes the own state ([`set_own_state`](Self::set_own_state)),
@@ -561,14 +572,15 @@ impl HostPeer {
     /// holds, present or not, so that they look. Returns the first doorbell
     /// error after trying all of them.
     pub fn publish_state(&self, state: u32) -> Result<(), DoorbellError> {
-        self.set_own_state(state);
-        let mut result = Ok(());
-        for &peer in self.peers.keys() {
-            if let Err(e) = self.doorbell(peer, 0) {
-                result = result.and(Err(e));
+        self.own_state.publish(state, || {
+            let mut result = Ok(());
+            for &peer in self.peers.keys() {
+                if let Err(e) = self.doorbell(peer, 0) {
+                    result = result.and(Err(e));
+                }
             }
-        }
-        result
+            result
+        })
     }
 
     /// IDs of the other peers that are present (announced with all their

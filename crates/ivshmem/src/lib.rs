@@ -29,6 +29,7 @@
 //! | [`pci`] | the [`ConfigSpace`](pci::ConfigSpace) reader trait, header, Command flags, BARs, a bounded capability walk, MSI-X capability |
 //! | [`jailhouse`] | identification, vendor capability 09h → layout, one-shot bit, BAR0 registers, [`JailhouseDevice`] |
 //! | [`qemu`] | identification, BAR0 registers, the layout page read from BAR2, [`QemuDevice`] |
+//! | [`state`] | [`OwnStateEntry`]: publishing the own state without a STATE register (QEMU, host peers) |
 //! | [`layout`] | the ivshmem 2.0 layout and the layout page format (shared with the server) |
 //! | [`device`] | the [`Ivshmem`] trait, [`Profile`], [`Device`] (either profile) |
 //! | [`error`] | [`DeviceError`] |
@@ -72,9 +73,11 @@ pub mod jailhouse;
 pub mod layout;
 pub mod pci;
 pub mod qemu;
+pub mod state;
 
 pub use device::{Device, Ivshmem, Profile, SharedMemoryLocation};
 pub use error::DeviceError;
 pub use jailhouse::JailhouseDevice;
 pub use layout::{LayoutError, LayoutPage, SharedMemoryLayout};
 pub use qemu::QemuDevice;
+pub use state::OwnStateEntry;

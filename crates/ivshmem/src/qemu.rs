@@ -39,6 +39,7 @@ use crate::device::{Ivshmem, Profile, SharedMemoryLocation, check_link};
 use crate::error::DeviceError;
 use crate::layout::{LAYOUT_PAGE_SIZE, LayoutPage, SharedMemoryLayout};
 use crate::pci::{ConfigSpace, Header};
+use crate::state::OwnStateEntry;
 
 /// Red Hat / Qumranet vendor ID.
 pub const VENDOR_ID: u16 = 0x1AF4;
@@ -237,6 +238,10 @@ pub struct QemuDevice<'a> {
     page: LayoutPage,
     /// The state table (`max_peers` u32 entries) inside BAR2.
     state_table: NonNull<u32>,
+    /// Where this peer stores its own state: its entry in BAR2, or a
+    /// writable alias the platform supplies when it maps the table
+    /// read-only ([`QemuDevice::set_own_state_view`]).
+    own_state: OwnStateEntry,
     window: PhantomData<&'a ()>,
 }
 
@@ -289,13 +294,34 @@ impl<'a> QemuDevice<'a> {
         // (validated by `read_layout_page`), so the offset stays within the
         // mapping that `bar2` points to.
         let state_table = unsafe { bar2.add(offset) }.cast::<u32>();
+        // SAFETY: id < max_peers and the table holds max_peers entries inside
+        // the window, so the offset stays inside the mapping.
+        let own_entry = unsafe { state_table.add(usize::from(id)) };
+        // SAFETY: the entry is inside the window, readable and writable for
+        // 'a (this function's contract), and only ever accessed atomically.
+        let own_state = unsafe { OwnStateEntry::new(own_entry)? };
         Ok(QemuDevice {
             registers,
             id,
             page,
             state_table,
+            own_state,
             window: PhantomData,
         })
+    }
+
+    /// Stores the own state through `entry` from now on instead of through
+    /// BAR2: for platforms that map the state table read-only and the own
+    /// entry through a separate writable alias.
+    ///
+    /// # Safety
+    ///
+    /// As [`OwnStateEntry::new`]: `entry` is this peer's state-table entry
+    /// (`self.id()`), mapped writable for all of `'a`, accessed atomically.
+    pub unsafe fn set_own_state_view(&mut self, entry: NonNull<u32>) -> Result<(), DeviceError> {
+        // SAFETY: forwarded from this function's contract.
+        self.own_state = unsafe { OwnStateEntry::new(entry)? };
+        Ok(())
     }
 
     /// The register handle.
@@ -386,22 +412,20 @@ impl Ivshmem for QemuDevice<'_> {
         self.registers.ring(peer, vector)
     }
 
-    /// Stores `state` into this peer's state-table entry (Release), then
-    /// rings vector 0 of every other peer (on a two-peer link, just peer
-    /// `1 - id`). Unlike Jailhouse's STATE register, which rings only when
-    /// the value changes, this always rings: QEMU drops doorbells to peers
-    /// that are not connected yet, so repeating a state is how a peer
-    /// retries, and a spurious vector-0 interrupt costs the receiver only a
-    /// comparison with its copy of the table.
+    /// Stores `state` into this peer's state-table entry, then rings
+    /// vector 0 of every other peer (on a two-peer link, just peer
+    /// `1 - id`): [`OwnStateEntry::publish`].
     fn set_own_state(&self, state: u32) {
-        // id < max_peers, checked in probe.
-        self.state_entry(self.id).store(state, Ordering::Release);
-        for peer in 0..self.page.layout.max_peers {
-            if peer != self.id {
-                // Vector 0 always exists (vectors >= 1) and peer < max_peers.
-                let _ = self.registers.ring(peer, 0);
+        let _ = self.own_state.publish(state, || {
+            for peer in 0..self.page.layout.max_peers {
+                if peer != self.id {
+                    // Vector 0 always exists (vectors >= 1) and
+                    // peer < max_peers: this cannot fail.
+                    let _ = self.registers.ring(peer, 0);
+                }
             }
-        }
+            Ok::<(), DeviceError>(())
+        });
     }
 
     /// Nothing to do: `ivshmem-doorbell` interrupts are MSI-X only, enabled
