@@ -113,7 +113,7 @@ impl Nic {
         // volatile copies.
         let peer = unsafe { PeerSection::new(peer_ptr, peer_len) }.ok_or(NicError::BadSection)?;
         let mtu = usize::from(mtu);
-        let endpoint = Endpoint::new(own, peer, Config { mtu }).map_err(NicError::Geometry)?;
+        let endpoint = Endpoint::new(own, peer, Config::with_mtu(mtu)).map_err(NicError::Geometry)?;
         println!(
             "nic: ivshmem-net on {:?} {} (peer {} -> {}, {} MSI-X vectors), mode {:?}, mtu {mtu}",
             device.profile, device.bdf, device.id, device.peer, device.vectors, mode
@@ -293,11 +293,13 @@ impl phy::TxToken for NicTxToken<'_> {
         }
         match self.endpoint.tx_reserve(len) {
             Ok(mut slot) => {
-                // The slot is in the own section, which the peer only reads
-                // and which is not published until `commit`.
-                let r = f(&mut slot.as_mut_slice()[..len]);
+                // No `&mut [u8]` into shared memory: build the frame in the
+                // scratch buffer, then copy it into the slot.
+                let r = f(&mut self.scratch[..len]);
                 // `len` fits the slot (reserved with this length).
-                let _ = slot.commit(len);
+                if slot.write_at(0, &self.scratch[..len]).is_ok() {
+                    let _ = slot.commit(len);
+                }
                 r
             }
             Err(_) => {

@@ -138,14 +138,8 @@ impl Bridge {
         // bytes (read-only) for the backend's lifetime.
         let peer = unsafe { PeerSection::new(backend.peer_section(), len) }
             .ok_or_else(|| BridgeError::Ring("peer section is misaligned or empty".into()))?;
-        let ep = Endpoint::new(
-            own,
-            peer,
-            Config {
-                mtu: cfg.mtu as usize,
-            },
-        )
-        .map_err(|e| BridgeError::Ring(e.to_string()))?;
+        let ep = Endpoint::new(own, peer, Config::with_mtu(cfg.mtu as usize))
+            .map_err(|e| BridgeError::Ring(e.to_string()))?;
 
         let mut mask = SigSet::empty();
         for s in [

@@ -89,7 +89,7 @@ fn endpoint(bar2: &Bar) -> Endpoint {
     let peer =
         unsafe { PeerSection::new(base.wrapping_add(off + SECTION as usize), SECTION as usize) }
             .unwrap();
-    Endpoint::new(own, peer, Config { mtu: 1500 }).unwrap()
+    Endpoint::new(own, peer, Config::with_mtu(1500)).unwrap()
 }
 
 #[test]

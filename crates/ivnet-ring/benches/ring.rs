@@ -80,7 +80,7 @@ struct RingResult {
 
 fn ring_run(frame_len: usize, batch: usize, secs: f64, mtu: usize) -> RingResult {
     let region = SharedRegion::new(SECTION);
-    let (mut tx, mut rx) = region.pair(Config { mtu });
+    let (mut tx, mut rx) = region.pair(Config::with_mtu(mtu));
     handshake(&mut tx, &mut rx);
     let wake_tx = EventFd::new();
     let wake_rx = EventFd::new();

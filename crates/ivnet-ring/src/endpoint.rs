@@ -6,28 +6,43 @@
 //! descriptor: every decision that needs one — publish a state, ring a
 //! doorbell, switch the carrier — is returned to the caller.
 
-use core::sync::atomic::Ordering;
-
 use crate::error::{RingError, TxError};
-use crate::geometry::{DEFAULT_MTU, FRAME_HEADROOM, Geometry, GeometryError, frame_slot_size};
+use crate::geometry::{FRAME_HEADROOM, Geometry, GeometryError, frame_slot_size};
 use crate::link::{LinkMachine, LinkState};
 use crate::notify::Notify;
 use crate::rx::{RxDesc, RxQueue};
-use crate::shm::{OwnSection, PeerSection};
+use crate::shm::{OwnSection, PeerSection, ShmError};
 use crate::stats::Stats;
 use crate::tx::TxQueue;
+use crate::vring::Vrings;
 
 /// Link parameters both peers must agree on out of band.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
-    /// IP MTU of the link (ivshmem-net's default is 16384). Frames may be up
-    /// to `mtu + 18` bytes (Ethernet header and a VLAN tag).
-    pub mtu: usize,
+    /// IP MTU of the link. Frames may be up to `mtu + 18` bytes (Ethernet
+    /// header and a VLAN tag).
+    ///
+    /// `None` (the default) takes the reference driver's default for the
+    /// section size, [`Geometry::default_mtu`] = `min(16384, data_size /
+    /// 16)`: 16384 on the usual 0x7f000-byte sections, 14456 on 0x3f000,
+    /// 3416 on 0xf000 — what a Linux ivshmem-net peer uses unless its
+    /// administrator changed it. Peers with a fixed MTU (Zephyr's
+    /// eth_ivshmem registers 1500) need `Some(mtu)`.
+    pub mtu: Option<usize>,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config { mtu: DEFAULT_MTU }
+impl Config {
+    /// A configuration with a fixed MTU.
+    pub const fn with_mtu(mtu: usize) -> Self {
+        Config { mtu: Some(mtu) }
+    }
+
+    /// The MTU this configuration gives a link over `geometry`.
+    pub const fn mtu_for(&self, geometry: &Geometry) -> usize {
+        match self.mtu {
+            Some(mtu) => mtu,
+            None => geometry.default_mtu(),
+        }
     }
 }
 
@@ -50,9 +65,7 @@ pub struct StepOutput {
 /// One side of the link.
 #[derive(Debug)]
 pub struct Endpoint {
-    own: OwnSection,
-    peer: PeerSection,
-    geometry: Geometry,
+    rings: Vrings,
     mtu: usize,
     tx: TxQueue,
     rx: RxQueue,
@@ -67,23 +80,17 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// Builds an endpoint over the two sections. Both must have the same
-    /// size (the specification requires it); the geometry is computed from
-    /// it.
+    /// size (the specification requires it; otherwise
+    /// [`GeometryError::UnequalSections`]); the geometry is computed from
+    /// it, and the MTU from `config` (see [`Config::mtu`]).
     pub fn new(own: OwnSection, peer: PeerSection, config: Config) -> Result<Self, GeometryError> {
-        if own.len() != peer.len() {
-            return Err(GeometryError::SectionTooSmall {
-                section_size: own.len().min(peer.len()),
-                ring_header_size: own.len().max(peer.len()),
-            });
-        }
-        let geometry = Geometry::for_section(own.len())?;
-        geometry.check_mtu(config.mtu)?;
+        let rings = Vrings::new(own, peer)?;
+        let mtu = config.mtu_for(rings.geometry());
+        rings.geometry().check_mtu(mtu)?;
         Ok(Endpoint {
-            own,
-            peer,
-            geometry,
-            mtu: config.mtu,
-            tx: TxQueue::new(config.mtu),
+            rings,
+            mtu,
+            tx: TxQueue::new(mtu),
             rx: RxQueue::new(),
             link: LinkMachine::new(),
             stats: Stats::default(),
@@ -94,7 +101,7 @@ impl Endpoint {
 
     /// The section geometry.
     pub fn geometry(&self) -> &Geometry {
-        &self.geometry
+        self.rings.geometry()
     }
 
     /// The link MTU.
@@ -145,7 +152,7 @@ impl Endpoint {
         if decision.reset_queues {
             // INIT → READY: zero our own section and start both queues from
             // index 0, as the reference does.
-            self.own.zero();
+            self.rings.own().zero();
             self.tx.reset();
             self.rx.reset();
             self.deferred_notify = Notify::Idle;
@@ -164,12 +171,14 @@ impl Endpoint {
         }
     }
 
-    /// Goes to RESET (on shutdown).
+    /// Goes to RESET (on shutdown). Always asks to publish RESET, so that
+    /// a peer still running against us stops.
+    ///
+    /// A local shutdown is not a link reset: it is not counted in
+    /// [`Stats::link_resets`] (which counts resets the peer or a protocol
+    /// fault caused) and `link_reset` is `false`.
     pub fn shutdown(&mut self) -> StepOutput {
         let decision = self.link.shutdown();
-        if decision.link_reset {
-            self.stats.link_resets += 1;
-        }
         StepOutput {
             write_state: decision.write_state,
             carrier: decision.carrier,
@@ -195,12 +204,13 @@ impl Endpoint {
 
     /// Processes the peer's TX completions; returns how many slots were
     /// freed. When still short of space, asks the peer for a completion
-    /// doorbell (publishes `used_event`) and re-checks.
+    /// doorbell (publishes `used_event`, counted in
+    /// [`Stats::tx_completion_irq_requests`]) and re-checks.
     pub fn reclaim(&mut self) -> Result<usize, RingError> {
         if !self.check_running()? {
             return Ok(0);
         }
-        match self.tx.reclaim(&self.own, &self.peer, &self.geometry) {
+        match self.tx.reclaim(&self.rings, &mut self.stats) {
             Ok(n) => Ok(n),
             Err(e) => self.fail(e),
         }
@@ -212,7 +222,7 @@ impl Endpoint {
         if !self.running() {
             return false;
         }
-        if self.tx.ok(&self.geometry) {
+        if self.tx.ok(self.rings.geometry()) {
             self.tx_full = false;
             return true;
         }
@@ -224,7 +234,7 @@ impl Endpoint {
 
     /// Re-evaluates the space rule, counting each transition into "full".
     fn note_space(&mut self) -> bool {
-        let ok = self.tx.ok(&self.geometry);
+        let ok = self.tx.ok(self.rings.geometry());
         if !ok && !self.tx_full {
             self.stats.tx_ring_full += 1;
         }
@@ -232,12 +242,19 @@ impl Endpoint {
         ok
     }
 
-    fn tx_admit(&mut self, len: usize) -> Result<(), TxError> {
+    /// Admits a frame of up to `len` bytes and returns where its slot
+    /// starts in the data area.
+    ///
+    /// The slot `start..start + frame_slot_size(len)` lies inside the data
+    /// area: the space rule guarantees it, and it is checked here once more
+    /// (one comparison) so that [`TxSlot`]'s raw pointer is in bounds even
+    /// if the queue bookkeeping had a bug.
+    fn tx_admit(&mut self, len: usize) -> Result<usize, TxError> {
         TxQueue::check_len(len, self.max_frame_len())?;
         if !self.running() {
             return Err(TxError::LinkDown);
         }
-        if !self.tx.ok(&self.geometry) {
+        if !self.tx.ok(self.rings.geometry()) {
             // A peer error here faults the link; the caller sees LinkDown
             // on the next call and the error through on_peer_state.
             let _ = self.reclaim();
@@ -245,35 +262,46 @@ impl Endpoint {
                 return Err(TxError::Full);
             }
         }
-        Ok(())
+        let geo = self.rings.geometry();
+        let slot = frame_slot_size(len);
+        let start = self.tx.slot_start(geo, slot);
+        if start + slot > geo.data_size {
+            debug_assert!(false, "space rule admitted a slot beyond the data area");
+            return Err(TxError::Full);
+        }
+        Ok(start)
+    }
+
+    /// Queues a frame whose bytes are in the slot at `start`: the one path
+    /// behind [`send`](Self::send) and [`TxSlot::commit`].
+    ///
+    /// Publishes early when the current batch has grown large (see
+    /// `TxQueue::batch_is_large`), so the peer can start on it; the
+    /// doorbell decision waits for `flush_tx`, so a batch still yields one
+    /// decision.
+    fn queue_frame(&mut self, start: usize, len: usize) {
+        self.tx.queue(&self.rings, start, len);
+        self.stats.tx_frames += 1;
+        self.stats.tx_bytes += len as u64;
+        if self.tx.batch_is_large(self.rings.geometry()) {
+            let notify = self.tx.publish(&self.rings, &mut self.stats);
+            self.deferred_notify = self.deferred_notify.or(notify);
+        }
     }
 
     /// Copies a frame into the own section and queues it. It becomes
-    /// visible to the peer at the next [`flush_tx`](Self::flush_tx).
+    /// visible to the peer at the next [`flush_tx`](Self::flush_tx) (or
+    /// earlier inside a large batch).
     pub fn send(&mut self, frame: &[u8]) -> Result<(), TxError> {
-        self.tx_admit(frame.len())?;
-        let start = self
-            .tx
-            .slot_start(&self.geometry, frame_slot_size(frame.len()));
-        self.own
-            .write_bytes(self.geometry.data_offset() + start, frame);
-        self.tx.queue(&self.own, &self.geometry, start, frame.len());
-        self.stats.tx_frames += 1;
-        self.stats.tx_bytes += frame.len() as u64;
-        self.publish_large_batch();
-        Ok(())
-    }
-
-    /// Publishes early when the current batch has grown large (see
-    /// `TxQueue::batch_is_large`); the doorbell decision waits for
-    /// `flush_tx`, so a batch still yields one decision.
-    fn publish_large_batch(&mut self) {
-        if self.tx.batch_is_large(&self.geometry) {
-            let notify = self
-                .tx
-                .publish(&self.own, &self.peer, &self.geometry, &mut self.stats);
-            self.deferred_notify = self.deferred_notify.or(notify);
+        let start = self.tx_admit(frame.len())?;
+        let offset = self.rings.geometry().data_offset() + start;
+        if self.rings.own().write_at(offset, frame).is_err() {
+            // Unreachable: `tx_admit` checked the slot against the data
+            // area, which lies inside the section.
+            return Err(TxError::Full);
         }
+        self.queue_frame(start, frame.len());
+        Ok(())
     }
 
     /// Queues as many frames as fit and publishes them with one index
@@ -293,10 +321,10 @@ impl Endpoint {
     }
 
     /// Reserves a slot for a frame of up to `max_len` bytes in the own
-    /// section, to be filled in place.
+    /// section, to be filled in place ([`TxSlot::write_at`], or
+    /// [`TxSlot::as_mut_ptr`] for a system call) and then committed.
     pub fn tx_reserve(&mut self, max_len: usize) -> Result<TxSlot<'_>, TxError> {
-        self.tx_admit(max_len)?;
-        let start = self.tx.slot_start(&self.geometry, frame_slot_size(max_len));
+        let start = self.tx_admit(max_len)?;
         Ok(TxSlot {
             endpoint: self,
             start,
@@ -308,18 +336,12 @@ impl Endpoint {
     /// decides with the peer's `avail_event` whether to ring it.
     ///
     /// Within a large batch (a quarter of the data area or more) frames
-    /// are published early as they are queued, so the peer can start on
-    /// them; the doorbell decisions of those publishes are folded into the
-    /// one returned here.
+    /// are published early as they are queued — by `send` and by
+    /// `TxSlot::commit` alike — so the peer can start on them; the doorbell
+    /// decisions of those publishes are folded into the one returned here.
     pub fn flush_tx(&mut self) -> Notify {
         let deferred = core::mem::replace(&mut self.deferred_notify, Notify::Idle);
-        if self.tx.unpublished() == 0 {
-            return deferred;
-        }
-        let notify = self
-            .tx
-            .publish(&self.own, &self.peer, &self.geometry, &mut self.stats);
-        deferred.or(notify)
+        deferred.or(self.tx.publish(&self.rings, &mut self.stats))
     }
 
     /// Frames queued or in flight.
@@ -329,26 +351,31 @@ impl Endpoint {
 
     // ----- RX --------------------------------------------------------------
 
-    /// Copies the next received frame into `buf` and completes it. Frames
-    /// larger than `buf` are dropped and counted (`rx_dropped_oversize`).
-    /// Completions become visible at the next [`flush_rx`](Self::flush_rx).
+    /// Copies the next received frame into `buf` and completes it;
+    /// returns its length. Completions become visible at the next
+    /// [`flush_rx`](Self::flush_rx).
+    ///
+    /// Handles at most one frame per call, so a caller's budget bounds the
+    /// work per doorbell whatever the peer sends. A frame larger than
+    /// `buf` (not the peer's fault: it may use a larger MTU) is dropped,
+    /// counted in [`Stats::rx_dropped_oversize`], and the call returns
+    /// `Ok(None)` without looking further — `None` therefore means "no
+    /// frame delivered by this call", not "ring empty": before sleeping,
+    /// the caller asks [`enable_rx_notify`](Self::enable_rx_notify) (or
+    /// [`rx_pending`](Self::rx_pending)), as it must anyway.
     pub fn recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, RingError> {
-        loop {
-            let Some(frame) = self.rx_peek()? else {
-                return Ok(None);
-            };
-            let len = frame.len();
-            if len > buf.len() {
-                // Not the peer's fault (it may use a larger MTU): drop the
-                // frame, count it, and keep the ring moving.
-                frame.endpoint.stats.rx_dropped_oversize += 1;
-                frame.release();
-                continue;
-            }
-            frame.copy_to(&mut buf[..len]);
+        let Some(frame) = self.rx_peek()? else {
+            return Ok(None);
+        };
+        let len = frame.len();
+        if len > buf.len() {
+            frame.endpoint.stats.rx_dropped_oversize += 1;
             frame.release();
-            return Ok(Some(len));
+            return Ok(None);
         }
+        let copied = frame.copy_to(&mut buf[..len]);
+        frame.release();
+        Ok(Some(copied))
     }
 
     /// Validates the next received frame and returns it for in-place
@@ -357,7 +384,7 @@ impl Endpoint {
         if !self.check_running()? {
             return Ok(None);
         }
-        match self.rx.peek(&self.peer, &self.geometry) {
+        match self.rx.peek(&self.rings) {
             Ok(Some(desc)) => Ok(Some(RxFrame {
                 endpoint: self,
                 desc,
@@ -372,7 +399,7 @@ impl Endpoint {
         if !self.check_running()? {
             return Ok(false);
         }
-        match self.rx.pending(&self.peer, &self.geometry) {
+        match self.rx.pending(&self.rings) {
             Ok(p) => Ok(p),
             Err(e) => self.fail(e),
         }
@@ -381,11 +408,7 @@ impl Endpoint {
     /// Publishes completions (one Release store of `used.idx`) and decides
     /// with the peer's `used_event` whether to ring it.
     pub fn flush_rx(&mut self) -> Notify {
-        if self.rx.unpublished() == 0 {
-            return Notify::Idle;
-        }
-        self.rx
-            .publish(&self.own, &self.peer, &self.geometry, &mut self.stats)
+        self.rx.publish(&self.rings, &mut self.stats)
     }
 
     /// Leaves polling: publishes `avail_event`, fences, and re-checks.
@@ -394,7 +417,7 @@ impl Endpoint {
         if !self.check_running()? {
             return Ok(false);
         }
-        match self.rx.enable_notify(&self.own, &self.peer, &self.geometry) {
+        match self.rx.enable_notify(&self.rings) {
             Ok(more) => Ok(more),
             Err(e) => self.fail(e),
         }
@@ -402,15 +425,22 @@ impl Endpoint {
 
     /// Reads the peer's avail index without side effects (diagnostics).
     pub fn peer_avail_index(&self) -> u16 {
-        self.peer
-            .load_u16(self.geometry.avail_idx_offset(), Ordering::Relaxed)
+        self.rings.peer_avail_idx_relaxed()
     }
 }
 
 /// A reserved TX slot in the own section (zero-copy transmit).
+///
+/// No reference into shared memory is handed out: on QEMU every VM can
+/// write the whole window, so a `&mut [u8]` into it would be unsound. Fill
+/// the slot with bounds-checked copies ([`write_at`](Self::write_at)) or,
+/// for a system call that writes into it (e.g. `read(2)` from a TAP),
+/// through the raw pointer ([`as_mut_ptr`](Self::as_mut_ptr)).
 #[derive(Debug)]
 pub struct TxSlot<'a> {
     endpoint: &'a mut Endpoint,
+    /// Start of the slot relative to the data area; `start +
+    /// frame_slot_size(capacity) <= data_size` (checked in `tx_admit`).
     start: usize,
     capacity: usize,
 }
@@ -421,51 +451,79 @@ impl TxSlot<'_> {
         self.capacity
     }
 
-    /// Pointer to the first byte of the slot.
+    fn section_offset(&self) -> usize {
+        self.endpoint.rings.geometry().data_offset() + self.start
+    }
+
+    /// Pointer to the first of the slot's [`capacity`](Self::capacity)
+    /// bytes, for system calls that write into it. The slot is not
+    /// published until [`commit`](Self::commit).
     pub fn as_mut_ptr(&mut self) -> *mut u8 {
-        let offset = self.endpoint.geometry.data_offset() + self.start;
-        self.endpoint.own.slot_ptr(offset, self.capacity)
+        // In bounds: data_offset + start + capacity <= section length
+        // (`tx_admit`); `wrapping_add` keeps this free of `unsafe`.
+        self.endpoint
+            .rings
+            .own()
+            .as_ptr()
+            .wrapping_add(self.section_offset())
     }
 
-    /// The slot as a byte slice.
-    ///
-    /// This is the one reference into shared memory the crate hands out:
-    /// the slot is in our *own* section, which the peer may only read
-    /// (enforced by the hypervisor on Jailhouse and by read-only mappings
-    /// on ivnet's QEMU peers), and it is not published until `commit`.
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        let len = self.capacity;
-        let ptr = self.as_mut_ptr();
-        // SAFETY: `ptr..ptr+len` lies inside our own section (checked by
-        // `slot_ptr` and the space rule), nothing else in this process
-        // writes it while the slot borrows the endpoint mutably, and the
-        // peer does not write our section.
-        unsafe { core::slice::from_raw_parts_mut(ptr, len) }
-    }
-
-    /// Queues the first `len` bytes of the slot as a frame.
-    pub fn commit(self, len: usize) -> Result<(), TxError> {
-        if len > self.capacity {
-            return Err(TxError::TooLong {
-                len,
-                max: self.capacity,
+    /// Copies `src` into the slot at `offset` (relative to the slot).
+    /// Fails without writing if it does not fit the slot's capacity.
+    pub fn write_at(&mut self, offset: usize, src: &[u8]) -> Result<(), ShmError> {
+        if offset
+            .checked_add(src.len())
+            .is_none_or(|end| end > self.capacity)
+        {
+            return Err(ShmError::OutOfBounds {
+                offset,
+                size: src.len(),
+                len: self.capacity,
             });
         }
+        self.endpoint
+            .rings
+            .own()
+            .write_at(self.section_offset() + offset, src)
+    }
+
+    /// Copies `dst.len()` bytes at `offset` (relative to the slot) back out
+    /// of the slot, e.g. to inspect a header a system call wrote.
+    pub fn read_at(&self, offset: usize, dst: &mut [u8]) -> Result<(), ShmError> {
+        if offset
+            .checked_add(dst.len())
+            .is_none_or(|end| end > self.capacity)
+        {
+            return Err(ShmError::OutOfBounds {
+                offset,
+                size: dst.len(),
+                len: self.capacity,
+            });
+        }
+        self.endpoint
+            .rings
+            .own()
+            .read_at(self.section_offset() + offset, dst)
+    }
+
+    /// Queues the first `len` bytes of the slot as a frame (publishing
+    /// early inside a large batch, as `send` does).
+    pub fn commit(self, len: usize) -> Result<(), TxError> {
         TxQueue::check_len(len, self.capacity)?;
-        let endpoint = self.endpoint;
-        endpoint
-            .tx
-            .queue(&endpoint.own, &endpoint.geometry, self.start, len);
-        endpoint.stats.tx_frames += 1;
-        endpoint.stats.tx_bytes += len as u64;
+        self.endpoint.queue_frame(self.start, len);
         Ok(())
     }
 }
 
 /// A received frame, validated, still in the peer's section.
+///
+/// No slice into the peer's section is handed out (the peer can rewrite
+/// it at any time): copy it out ([`copy_to`](Self::copy_to),
+/// [`read_at`](Self::read_at)) or pass the raw pointer to a system call.
 #[derive(Debug)]
 pub struct RxFrame<'a> {
     endpoint: &'a mut Endpoint,
+    /// Validated: `offset + len <= section length`.
     desc: RxDesc,
 }
 
@@ -480,30 +538,52 @@ impl RxFrame<'_> {
         self.desc.len == 0
     }
 
-    /// Raw pointer to the frame in the peer's section. The peer can write
-    /// there: never build a reference from it; use it for copies or
-    /// system calls (e.g. `write(2)` to a TAP) only.
+    /// Raw pointer to the frame's [`len`](Self::len) bytes in the peer's
+    /// section. The peer can write there: never build a reference from it;
+    /// use it for copies or system calls (e.g. `write(2)` to a TAP) only.
     pub fn as_ptr(&self) -> *const u8 {
-        self.endpoint.peer.slot_ptr(self.desc.offset, self.desc.len)
+        // In bounds: the descriptor was validated against the section.
+        self.endpoint
+            .rings
+            .peer()
+            .as_ptr()
+            .wrapping_add(self.desc.offset)
     }
 
-    /// Copies the frame into `buf` (which must be at least `len()` bytes);
-    /// returns the number of bytes copied.
+    /// Copies the frame into `buf` (up to `buf.len()` bytes); returns the
+    /// number of bytes copied.
     pub fn copy_to(&self, buf: &mut [u8]) -> usize {
         let len = self.desc.len.min(buf.len());
+        match self.read_at(0, &mut buf[..len]) {
+            Ok(()) => len,
+            Err(_) => 0, // unreachable: validated against the section
+        }
+    }
+
+    /// Copies `dst.len()` bytes at `offset` (relative to the frame) out of
+    /// the peer's section; fails if that range is not inside the frame.
+    pub fn read_at(&self, offset: usize, dst: &mut [u8]) -> Result<(), ShmError> {
+        if offset
+            .checked_add(dst.len())
+            .is_none_or(|end| end > self.desc.len)
+        {
+            return Err(ShmError::OutOfBounds {
+                offset,
+                size: dst.len(),
+                len: self.desc.len,
+            });
+        }
         self.endpoint
-            .peer
-            .read_bytes(self.desc.offset, &mut buf[..len]);
-        len
+            .rings
+            .peer()
+            .read_at(self.desc.offset + offset, dst)
     }
 
     /// Completes the frame (its slot goes back to the peer at the next
     /// `flush_rx`).
     pub fn release(self) {
         let endpoint = self.endpoint;
-        endpoint
-            .rx
-            .complete(&endpoint.own, &endpoint.geometry, self.desc.id);
+        endpoint.rx.complete(&endpoint.rings, self.desc.id);
         endpoint.stats.rx_frames += 1;
         endpoint.stats.rx_bytes += self.desc.len as u64;
     }

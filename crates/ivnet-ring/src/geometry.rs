@@ -108,6 +108,14 @@ pub enum GeometryError {
     },
     /// The section pointer is not 64-byte aligned.
     Misaligned,
+    /// The two output sections differ in length (the specification makes
+    /// them equal; each peer interprets the other's with its own layout).
+    UnequalSections {
+        /// Length of the own output section.
+        own: usize,
+        /// Length of the peer's output section.
+        peer: usize,
+    },
 }
 
 impl fmt::Display for GeometryError {
@@ -135,6 +143,10 @@ impl fmt::Display for GeometryError {
                 )
             }
             GeometryError::Misaligned => f.write_str("section base is not 64-byte aligned"),
+            GeometryError::UnequalSections { own, peer } => write!(
+                f,
+                "output sections differ in size: own {own:#x}, peer {peer:#x} bytes"
+            ),
         }
     }
 }

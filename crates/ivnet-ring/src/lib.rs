@@ -95,11 +95,12 @@ pub mod stats;
 #[cfg(feature = "test-utils")]
 pub mod testing;
 mod tx;
+mod vring;
 
 pub use endpoint::{Config, Endpoint, RxFrame, StepOutput, TxSlot};
 pub use error::{RingError, TxError};
 pub use geometry::{Geometry, GeometryError, frame_slot_size};
 pub use link::{LinkMachine, LinkState};
 pub use notify::{Notify, need_event};
-pub use shm::{OwnSection, PeerSection};
+pub use shm::{OwnSection, PeerSection, ShmError};
 pub use stats::{ErrorCounts, Stats};

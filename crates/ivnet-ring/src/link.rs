@@ -9,17 +9,41 @@
 //! | 2 | READY | own section zeroed and initialised |
 //! | 3 | RUN   | data path running |
 //!
-//! The handshake (Jailhouse's `ivshm_net_state_change`):
+//! The handshake (Jailhouse's `ivshm_net_state_change`), one row applied
+//! after another within a step until nothing changes, except where noted:
 //!
 //! | local | peer | action |
 //! |---|---|---|
+//! | *first step* | READY or RUN | publish RESET and stop there (below) |
+//! | *first step* | RESET or INIT | go on by the rows below at once, publishing the state reached |
 //! | RESET | RESET or INIT | → INIT |
 //! | INIT | not RESET | zero own section, init queues, → READY |
-//! | READY / RUN | RESET | stop, → RESET |
+//! | READY / RUN | RESET | stop, → RESET, and end the step there (RUN → RESET → INIT, as the reference) |
 //! | READY | READY or RUN, interface up | → RUN |
 //! | READY / RUN | INIT | nothing |
 //!
 //! The carrier is on only while both sides are in RUN.
+//!
+//! **The first step publishes.** A fresh machine is in RESET, but the own
+//! state-table entry may still hold what an earlier instance of this side
+//! wrote — RUN, if it was killed while linked and its VM or cell lives on.
+//! The reference writes RESET at probe; here the first step always writes
+//! a state, so the stale entry is overwritten at once:
+//!
+//! - peer in READY or RUN: it may be running against our earlier
+//!   instance, reading our section and waiting for completions. We publish
+//!   RESET and go no further in this step: the peer must first see our
+//!   RESET and stop (→ RESET); only then may we zero our section. The next
+//!   step (its state interrupt, or the caller's periodic tick) links.
+//! - peer in RESET or INIT: it does not read our section, so we may link
+//!   at once — RESET → INIT, and if the peer is INIT → READY — in the same
+//!   step, without waiting for a tick. The state published (INIT or READY)
+//!   replaces the stale one just as RESET would.
+//!
+//! **Stopping on a peer RESET ends the step.** The reference stops (→
+//! RESET) when the peer resets and moves to INIT only on a later state
+//! change. Going RUN → INIT directly would never show the peer our RESET;
+//! the Linux driver copes, other implementations may not.
 //!
 //! Beyond the reference, ivnet treats the peer's state as hostile input:
 //! a value that is not a state stops the link (and is counted); a peer that
@@ -93,7 +117,9 @@ pub struct Decision {
     pub write_state: Option<LinkState>,
     /// The carrier changed to this value.
     pub carrier: Option<bool>,
-    /// A prepared or running link went back to RESET.
+    /// A prepared or running link went back to RESET because of the peer
+    /// (it reset, restarted, wrote a bad state) or a protocol fault; not
+    /// set for a local shutdown or interface-down.
     pub link_reset: bool,
     /// A peer protocol error to count.
     pub error: Option<RingError>,
@@ -107,6 +133,9 @@ pub struct LinkMachine {
     last_raw: Option<u32>,
     carrier: bool,
     faulted: bool,
+    /// Whether a state has been published since creation (see "the first
+    /// step publishes" in the module doc).
+    announced: bool,
 }
 
 impl Default for LinkMachine {
@@ -124,6 +153,7 @@ impl LinkMachine {
             last_raw: None,
             carrier: false,
             faulted: false,
+            announced: false,
         }
     }
 
@@ -155,10 +185,13 @@ impl LinkMachine {
         }
     }
 
-    /// Goes to RESET (shutdown or interface removal).
+    /// Goes to RESET (shutdown or interface removal) and always asks to
+    /// publish it. A local decision: `link_reset` stays `false`.
     pub fn shutdown(&mut self) -> Decision {
         let mut decision = Decision::default();
-        self.stop(&mut decision);
+        self.stop(&mut decision, false);
+        decision.write_state = Some(LinkState::Reset);
+        self.announced = true;
         self.update_carrier(&mut decision);
         decision
     }
@@ -166,6 +199,18 @@ impl LinkMachine {
     /// Feeds the peer's state-table value (read once) and whether the local
     /// interface is up; returns what to do.
     pub fn step(&mut self, peer_raw: u32, interface_up: bool) -> Decision {
+        let mut decision = self.transition(peer_raw, interface_up);
+        if !self.announced {
+            // First step: publish whatever state we are in, RESET included,
+            // to overwrite a stale entry (module doc).
+            self.announced = true;
+            decision.write_state = Some(self.local);
+        }
+        self.update_carrier(&mut decision);
+        decision
+    }
+
+    fn transition(&mut self, peer_raw: u32, interface_up: bool) -> Decision {
         let mut decision = Decision::default();
         let Some(peer) = LinkState::from_raw(peer_raw) else {
             if self.last_raw != Some(peer_raw) {
@@ -173,14 +218,13 @@ impl LinkMachine {
             }
             self.last_raw = Some(peer_raw);
             self.last_peer = None;
-            self.stop(&mut decision);
-            self.update_carrier(&mut decision);
+            self.stop(&mut decision, true);
             return decision;
         };
         self.last_raw = Some(peer_raw);
 
         if self.faulted {
-            self.stop(&mut decision);
+            self.stop(&mut decision, true);
         }
         if let Some(last) = self.last_peer
             && self.local >= LinkState::Ready
@@ -191,41 +235,48 @@ impl LinkMachine {
                 from: last.raw(),
                 to: peer.raw(),
             });
-            self.stop(&mut decision);
+            self.stop(&mut decision, true);
         }
         self.last_peer = Some(peer);
 
         // Apply the table until nothing changes (at most one pass per state).
         for _ in 0..4 {
-            let before = self.local;
             match self.local {
                 LinkState::Reset => {
                     if peer < LinkState::Ready {
                         self.set(LinkState::Init, &mut decision);
+                    } else {
+                        // Peer READY/RUN: it has to see our RESET first (on
+                        // the first step this is the stale-entry case).
+                        break;
                     }
                 }
                 LinkState::Init => {
                     if peer > LinkState::Reset {
                         decision.reset_queues = true;
                         self.set(LinkState::Ready, &mut decision);
+                    } else {
+                        break;
                     }
                 }
                 LinkState::Ready | LinkState::Run => {
-                    if peer == LinkState::Reset || (!interface_up && self.local == LinkState::Run) {
-                        self.stop(&mut decision);
+                    if peer == LinkState::Reset {
+                        // Publish RESET and end the step (module doc).
+                        self.stop(&mut decision, true);
+                        break;
+                    } else if !interface_up && self.local == LinkState::Run {
+                        self.stop(&mut decision, false);
                     } else if peer >= LinkState::Ready
                         && self.local == LinkState::Ready
                         && interface_up
                     {
                         self.set(LinkState::Run, &mut decision);
+                    } else {
+                        break;
                     }
                 }
             }
-            if self.local == before {
-                break;
-            }
         }
-        self.update_carrier(&mut decision);
         decision
     }
 
@@ -234,9 +285,11 @@ impl LinkMachine {
         decision.write_state = Some(state);
     }
 
-    fn stop(&mut self, decision: &mut Decision) {
+    /// Goes to RESET; `by_peer` says whether the peer (or a protocol
+    /// fault) caused it, which makes it a counted link reset.
+    fn stop(&mut self, decision: &mut Decision, by_peer: bool) {
         self.faulted = false;
-        if self.local >= LinkState::Ready {
+        if by_peer && self.local >= LinkState::Ready {
             decision.link_reset = true;
         }
         if self.local != LinkState::Reset {
@@ -317,10 +370,54 @@ mod tests {
         let d = m.step(Reset.raw(), true);
         assert!(d.link_reset);
         assert_eq!(d.carrier, Some(false));
-        // The peer is in RESET, so it reads nothing of ours: the handshake
-        // starts again at once.
-        assert_eq!(m.local(), Init);
+        // As the reference: RUN → RESET, published, and the step ends.
+        assert_eq!(m.local(), Reset);
+        assert_eq!(d.write_state, Some(Reset));
+        // The next step (tick or the peer's next change) starts over.
+        let d = m.step(Reset.raw(), true);
         assert_eq!(d.write_state, Some(Init));
+        assert!(!d.link_reset);
+    }
+
+    #[test]
+    fn first_step_publishes_reset_against_a_running_peer() {
+        for peer in [Ready, Run] {
+            let mut m = LinkMachine::new();
+            let d = m.step(peer.raw(), true);
+            assert_eq!(d.write_state, Some(Reset), "peer {peer}");
+            assert!(!d.reset_queues && !d.link_reset && d.carrier.is_none());
+            // Not again, and no further while the peer stays up.
+            let d = m.step(peer.raw(), true);
+            assert_eq!(d, Decision::default());
+            let d = m.step(Reset.raw(), true);
+            assert_eq!(d.write_state, Some(Init));
+        }
+    }
+
+    #[test]
+    fn first_step_links_at_once_against_a_reset_or_init_peer() {
+        let mut m = LinkMachine::new();
+        assert_eq!(m.step(Reset.raw(), true).write_state, Some(Init));
+        let mut m = LinkMachine::new();
+        let d = m.step(Init.raw(), true);
+        assert_eq!(d.write_state, Some(Ready));
+        assert!(d.reset_queues);
+        // A bad value on the first step: RESET is still published.
+        let mut m = LinkMachine::new();
+        let d = m.step(9, true);
+        assert_eq!(d.write_state, Some(Reset));
+        assert_eq!(d.error, Some(RingError::InvalidPeerState(9)));
+    }
+
+    #[test]
+    fn shutdown_is_not_a_link_reset() {
+        let mut m = LinkMachine::new();
+        m.step(Init.raw(), true);
+        m.step(Run.raw(), true);
+        let d = m.shutdown();
+        assert_eq!(d.write_state, Some(Reset));
+        assert_eq!(d.carrier, Some(false));
+        assert!(!d.link_reset);
     }
 
     #[test]

@@ -49,31 +49,16 @@ impl Notify {
     }
 }
 
-/// Publishes a ring index and decides on the doorbell: the one mechanism
+/// Decides on the doorbell after publishing a ring index: the one rule
 /// behind both `avail.idx` (TX) and `used.idx` (RX).
 ///
-/// Stores `new` at `index_offset` in our section with Release, so that
-/// everything written before (descriptors, ring entries, payload or used
-/// elements) is visible to a peer that Acquire-loads the index; then a full
-/// fence (store→load), pairing with the fence the peer issues between
-/// writing its event index and re-reading ours; then the peer's event
-/// index at `event_offset` in its section, once.
-pub(crate) fn publish_index(
-    own: &crate::shm::OwnSection,
-    peer: &crate::shm::PeerSection,
-    index_offset: usize,
-    event_offset: usize,
-    new: u16,
-    old: u16,
-    stats: &mut crate::stats::Stats,
-) -> Notify {
-    use core::sync::atomic::{Ordering, fence};
-    if new == old {
-        return Notify::Idle;
-    }
-    own.store_u16(index_offset, new, Ordering::Release);
-    fence(Ordering::SeqCst);
-    let event = peer.load_u16(event_offset, Ordering::Relaxed);
+/// The caller stored `new` with Release (so that everything written before
+/// — descriptors, ring entries, payload or used elements — is visible to a
+/// peer that Acquire-loads the index), then issued a full fence (store→load,
+/// pairing with the fence the peer issues between writing its event index
+/// and re-reading ours), then read the peer's `event` index once
+/// (`crate::vring::Vrings::publish_avail_idx` / `publish_used_idx`).
+pub(crate) fn decide(event: u16, new: u16, old: u16, stats: &mut crate::stats::Stats) -> Notify {
     if need_event(event, new, old) {
         stats.doorbells_requested += 1;
         Notify::Doorbell

@@ -17,10 +17,9 @@
 use core::sync::atomic::{Ordering, fence};
 
 use crate::error::RingError;
-use crate::geometry::Geometry;
-use crate::notify::{Notify, publish_index};
-use crate::shm::{OwnSection, PeerSection};
+use crate::notify::{Notify, decide};
 use crate::stats::Stats;
+use crate::vring::Vrings;
 
 /// A validated frame in the peer's data area.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,17 +63,12 @@ impl RxQueue {
         *self = RxQueue::new();
     }
 
-    /// Completions written but not yet published.
-    pub(crate) fn unpublished(&self) -> u16 {
-        self.next_used.wrapping_sub(self.published_used)
-    }
-
     /// Loads and validates the peer's avail index.
-    fn refresh_avail(&mut self, peer: &PeerSection, geo: &Geometry) -> Result<(), RingError> {
+    fn refresh_avail(&mut self, rings: &Vrings) -> Result<(), RingError> {
         // Acquire: descriptors, avail entries and payload the peer wrote
         // before its Release store of avail.idx are visible after this.
-        let published = peer.load_u16(geo.avail_idx_offset(), Ordering::Acquire);
-        if published.wrapping_sub(self.next_avail) > geo.queue_len {
+        let published = rings.peer_avail_idx();
+        if published.wrapping_sub(self.next_avail) > rings.geometry().queue_len {
             return Err(RingError::AvailIndexOutOfRange {
                 published,
                 consumed: self.next_avail,
@@ -85,36 +79,25 @@ impl RxQueue {
     }
 
     /// Whether the peer has published frames we have not consumed.
-    pub(crate) fn pending(
-        &mut self,
-        peer: &PeerSection,
-        geo: &Geometry,
-    ) -> Result<bool, RingError> {
+    pub(crate) fn pending(&mut self, rings: &Vrings) -> Result<bool, RingError> {
         if self.next_avail == self.cached_avail {
-            self.refresh_avail(peer, geo)?;
+            self.refresh_avail(rings)?;
         }
         Ok(self.next_avail != self.cached_avail)
     }
 
     /// Validates the next frame without consuming it.
-    pub(crate) fn peek(
-        &mut self,
-        peer: &PeerSection,
-        geo: &Geometry,
-    ) -> Result<Option<RxDesc>, RingError> {
-        if !self.pending(peer, geo)? {
+    pub(crate) fn peek(&mut self, rings: &Vrings) -> Result<Option<RxDesc>, RingError> {
+        if !self.pending(rings)? {
             return Ok(None);
         }
-        let slot = self.next_avail & geo.index_mask();
-        let id = peer.load_u16(geo.avail_ring_offset(slot), Ordering::Relaxed);
+        let geo = rings.geometry();
+        let id = rings.peer_avail_entry(self.next_avail);
         if id >= geo.queue_len {
             return Err(RingError::DescriptorIdOutOfRange(u32::from(id)));
         }
-        let desc = geo.desc_offset(id);
         // Each field read exactly once; the checks below use the locals.
-        let addr = peer.load_u64(desc, Ordering::Relaxed);
-        let len = peer.load_u32(desc + 8, Ordering::Relaxed);
-        let flags = peer.load_u16(desc + 12, Ordering::Relaxed);
+        let (addr, len, flags) = rings.peer_desc(id);
         if flags != 0 {
             return Err(RingError::DescriptorFlags(flags));
         }
@@ -134,61 +117,39 @@ impl RxQueue {
     }
 
     /// Completes the frame returned by the last `peek`.
-    pub(crate) fn complete(&mut self, own: &OwnSection, geo: &Geometry, id: u16) {
-        let elem = geo.used_elem_offset(self.next_used & geo.index_mask());
+    pub(crate) fn complete(&mut self, rings: &Vrings, id: u16) {
         // With ivnet senders (ids in ring order) the element already holds
-        // {id, 1} after the first lap: skip the stores to keep the line
-        // shared.
-        if own.load_u32(elem, Ordering::Relaxed) != u32::from(id) {
-            own.store_u32(elem, u32::from(id), Ordering::Relaxed);
-        }
-        if own.load_u32(elem + 4, Ordering::Relaxed) != 1 {
-            own.store_u32(elem + 4, 1, Ordering::Relaxed);
-        }
+        // {id, 1} after the first lap: the stores are skipped to keep the
+        // line shared.
+        rings.write_used_elem(self.next_used, id);
         self.next_used = self.next_used.wrapping_add(1);
         self.next_avail = self.next_avail.wrapping_add(1);
     }
 
     /// Publishes the completions and decides on the doorbell.
-    pub(crate) fn publish(
-        &mut self,
-        own: &OwnSection,
-        peer: &PeerSection,
-        geo: &Geometry,
-        stats: &mut Stats,
-    ) -> Notify {
+    pub(crate) fn publish(&mut self, rings: &Vrings, stats: &mut Stats) -> Notify {
         let (new, old) = (self.next_used, self.published_used);
-        let notify = publish_index(
-            own,
-            peer,
-            geo.used_idx_offset(),
-            geo.used_event_offset(),
-            new,
-            old,
-            stats,
-        );
+        if new == old {
+            return Notify::Idle;
+        }
+        let event = rings.publish_used_idx(new);
         self.published_used = new;
-        notify
+        decide(event, new, old, stats)
     }
 
     /// Leaves polling: asks to be rung at the next avail entry, then
     /// re-checks. Returns `true` if frames arrived in the meantime (keep
     /// polling; the doorbell may never come for them).
-    pub(crate) fn enable_notify(
-        &mut self,
-        own: &OwnSection,
-        peer: &PeerSection,
-        geo: &Geometry,
-    ) -> Result<bool, RingError> {
+    pub(crate) fn enable_notify(&mut self, rings: &Vrings) -> Result<bool, RingError> {
         if self.avail_event != Some(self.next_avail) {
-            own.store_u16(geo.avail_event_offset(), self.next_avail, Ordering::Relaxed);
+            rings.arm_avail_event(self.next_avail);
             self.avail_event = Some(self.next_avail);
         }
         // Store→load fence: pairs with the sender's fence between
         // publishing avail.idx and reading avail_event. Either it sees our
         // event index and rings, or we see its index here.
         fence(Ordering::SeqCst);
-        self.refresh_avail(peer, geo)?;
+        self.refresh_avail(rings)?;
         Ok(self.cached_avail != self.next_avail)
     }
 }

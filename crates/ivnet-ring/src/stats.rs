@@ -39,7 +39,8 @@ pub struct Stats {
     pub rx_frames: u64,
     /// Bytes received from the peer.
     pub rx_bytes: u64,
-    /// Received frames dropped because the caller's buffer was too small.
+    /// Received frames dropped because the caller's buffer was too small
+    /// (one per `recv` call at most).
     pub rx_dropped_oversize: u64,
     /// TX publishes (batches made visible to the peer).
     pub tx_batches: u64,
@@ -50,9 +51,12 @@ pub struct Stats {
     pub notifications_suppressed: u64,
     /// Times a send found the ring full.
     pub tx_ring_full: u64,
-    /// Times `used_event` was published to ask for a completion interrupt.
+    /// Times `used_event` was published to ask for a completion doorbell
+    /// (TX short of space after reclaiming).
     pub tx_completion_irq_requests: u64,
-    /// Link resets (a running link went back to RESET).
+    /// Link resets: a prepared or running link went back to RESET because
+    /// the peer reset, restarted or wrote a bad state, or because of a
+    /// protocol fault. A local shutdown or interface-down is not counted.
     pub link_resets: u64,
     /// Peer protocol errors by kind.
     pub errors: ErrorCounts,

@@ -110,11 +110,20 @@ impl Drop for SharedRegion {
 }
 
 /// Runs the state handshake between two endpoints (both interfaces up)
-/// until both are RUN with carrier; panics if it does not settle.
+/// until both are RUN with carrier; panics if it does not settle. The
+/// state-table entries start out as the endpoints' local states.
 pub fn handshake(a: &mut Endpoint, b: &mut Endpoint) {
-    let mut state_a = a.local_state().raw();
-    let mut state_b = b.local_state().raw();
-    for _ in 0..16 {
+    let (state_a, state_b) = (a.local_state().raw(), b.local_state().raw());
+    handshake_from(a, b, state_a, state_b);
+}
+
+/// Like [`handshake`], but the state-table entries start out as given —
+/// e.g. a restarted side's entry still holding RUN (or garbage) from its
+/// previous instance. Returns the number of rounds it took.
+pub fn handshake_from(a: &mut Endpoint, b: &mut Endpoint, entry_a: u32, entry_b: u32) -> usize {
+    let mut state_a = entry_a;
+    let mut state_b = entry_b;
+    for round in 0..16 {
         if let Some(s) = a.on_peer_state(state_b, true).write_state {
             state_a = s.raw();
         }
@@ -122,7 +131,7 @@ pub fn handshake(a: &mut Endpoint, b: &mut Endpoint) {
             state_b = s.raw();
         }
         if a.carrier() && b.carrier() {
-            return;
+            return round + 1;
         }
     }
     panic!(
@@ -182,9 +191,13 @@ pub fn load_state(cell: &AtomicU32) -> u32 {
 pub fn fuzz_peer_bytes(data: &[u8]) {
     const SECTION: usize = 0x4000;
     let region = SharedRegion::new(SECTION);
-    let cfg = Config { mtu: 1500 };
+    let cfg = Config::with_mtu(1500);
     let (mut victim, mut hostile) = region.pair(cfg);
     handshake(&mut victim, &mut hostile);
+    // State-table entries as last written: the victim's by the victim, the
+    // hostile peer's by whatever op 8 made it claim.
+    let mut victim_entry = victim.local_state().raw();
+    let mut hostile_entry = hostile.local_state().raw();
     let mut buf = [0u8; 1518];
     let frame = [0x5au8; 1518];
     let mut bytes = data.iter().copied();
@@ -224,8 +237,10 @@ pub fn fuzz_peer_bytes(data: &[u8]) {
                     break;
                 };
                 let raw = u32::from(a) | (u32::from(b) << 24);
-                let out = victim.on_peer_state(raw % 5 + (raw & 0xff00_0000), true);
+                hostile_entry = raw % 5 + (raw & 0xff00_0000);
+                let out = victim.on_peer_state(hostile_entry, true);
                 if let Some(state) = out.write_state {
+                    victim_entry = state.raw();
                     let _ = hostile.on_peer_state(state.raw(), true);
                 }
                 Ok(())
@@ -270,9 +285,11 @@ pub fn fuzz_peer_bytes(data: &[u8]) {
         "every error is counted"
     );
 
-    // The peer restarts honestly: the link must come back.
+    // The peer restarts honestly — a fresh endpoint whose state entry
+    // still holds whatever the hostile instance wrote: the link must come
+    // back.
     let mut honest = region.endpoint(1, cfg);
-    handshake(&mut victim, &mut honest);
+    handshake_from(&mut victim, &mut honest, victim_entry, hostile_entry);
     honest
         .send(&frame[..100])
         .expect("honest peer can send after renegotiation");

@@ -27,14 +27,9 @@ use core::sync::atomic::{Ordering, fence};
 
 use crate::error::{RingError, TxError};
 use crate::geometry::{Geometry, MAX_QUEUE_LEN, frame_slot_size};
-use crate::notify::{Notify, publish_index};
-use crate::shm::{OwnSection, PeerSection};
+use crate::notify::{Notify, decide};
 use crate::stats::Stats;
-
-/// Offsets of the fields inside a descriptor.
-const DESC_ADDR: usize = 0;
-const DESC_LEN: usize = 8;
-const DESC_FLAGS: usize = 12;
+use crate::vring::Vrings;
 
 /// Local state of the TX queue.
 #[derive(Debug)]
@@ -102,11 +97,6 @@ impl TxQueue {
         self.next_avail.wrapping_sub(self.last_used)
     }
 
-    /// Frames queued but not yet published.
-    pub(crate) fn unpublished(&self) -> u16 {
-        self.next_avail.wrapping_sub(self.published_avail)
-    }
-
     /// Largest contiguous free run of the data area (the reference's
     /// `tx_space`).
     fn space(&self, geo: &Geometry) -> usize {
@@ -135,29 +125,17 @@ impl TxQueue {
     }
 
     /// Queues a frame whose bytes are already in the slot at `start`.
-    pub(crate) fn queue(&mut self, own: &OwnSection, geo: &Geometry, start: usize, len: usize) {
-        let mask = geo.index_mask();
-        let id = self.next_avail & mask;
+    pub(crate) fn queue(&mut self, rings: &Vrings, start: usize, len: usize) {
+        let geo = rings.geometry();
+        let id = self.next_avail & geo.index_mask();
         let end = start + frame_slot_size(len);
         debug_assert!(end <= geo.data_size);
-        let desc = geo.desc_offset(id);
         // Relaxed stores: the Release store of avail.idx in `publish`
         // orders them (and the payload) before the peer's Acquire load.
-        own.store_u64(
-            desc + DESC_ADDR,
-            (geo.data_offset() + start) as u64,
-            Ordering::Relaxed,
-        );
-        own.store_u32(desc + DESC_LEN, len as u32, Ordering::Relaxed);
-        if own.load_u16(desc + DESC_FLAGS, Ordering::Relaxed) != 0 {
-            own.store_u16(desc + DESC_FLAGS, 0, Ordering::Relaxed);
-        }
-        let ring = geo.avail_ring_offset(id);
-        // avail.ring[i] == i after the first lap: skip the store so the
-        // line is not invalidated in the peer's cache.
-        if own.load_u16(ring, Ordering::Relaxed) != id {
-            own.store_u16(ring, id, Ordering::Relaxed);
-        }
+        rings.write_desc(id, (geo.data_offset() + start) as u64, len as u32);
+        // avail.ring[i] == i after the first lap: the store is skipped so
+        // the line is not invalidated in the peer's cache.
+        rings.write_avail_entry(id, id);
         self.slot_end[usize::from(id)] = end as u32;
         self.unpublished_bytes += end - start;
         self.head = end;
@@ -165,45 +143,32 @@ impl TxQueue {
     }
 
     /// Publishes everything queued and decides on the doorbell.
-    pub(crate) fn publish(
-        &mut self,
-        own: &OwnSection,
-        peer: &PeerSection,
-        geo: &Geometry,
-        stats: &mut Stats,
-    ) -> Notify {
+    pub(crate) fn publish(&mut self, rings: &Vrings, stats: &mut Stats) -> Notify {
         let (new, old) = (self.next_avail, self.published_avail);
-        let notify = publish_index(
-            own,
-            peer,
-            geo.avail_idx_offset(),
-            geo.avail_event_offset(),
-            new,
-            old,
-            stats,
-        );
-        if notify != Notify::Idle {
-            self.published_avail = new;
-            self.unpublished_bytes = 0;
-            stats.tx_batches += 1;
+        if new == old {
+            return Notify::Idle;
         }
-        notify
+        let event = rings.publish_avail_idx(new);
+        self.published_avail = new;
+        self.unpublished_bytes = 0;
+        stats.tx_batches += 1;
+        decide(event, new, old, stats)
     }
 
     /// Consumes the peer's completions; when short of space afterwards,
     /// publishes `used_event` and re-checks so no completion wakeup is lost.
     pub(crate) fn reclaim(
         &mut self,
-        own: &OwnSection,
-        peer: &PeerSection,
-        geo: &Geometry,
+        rings: &Vrings,
+        stats: &mut Stats,
     ) -> Result<usize, RingError> {
+        let geo = rings.geometry();
         let mask = geo.index_mask();
         let mut reclaimed = 0usize;
         loop {
             // Acquire: the used elements written before the peer's Release
             // store of used.idx are visible after this load.
-            let published = peer.load_u16(geo.used_idx_offset(), Ordering::Acquire);
+            let published = rings.peer_used_idx();
             let pending = published.wrapping_sub(self.last_used);
             let in_flight = self.published_avail.wrapping_sub(self.last_used);
             if pending > in_flight {
@@ -215,9 +180,7 @@ impl TxQueue {
             }
             for _ in 0..pending {
                 let expected = self.last_used & mask;
-                let elem = geo.used_elem_offset(expected);
-                let id = peer.load_u32(elem, Ordering::Relaxed);
-                let len = peer.load_u32(elem + 4, Ordering::Relaxed);
+                let (id, len) = rings.peer_used_elem(expected);
                 if len != 1 {
                     return Err(RingError::UsedLength(len));
                 }
@@ -238,12 +201,13 @@ impl TxQueue {
                 return Ok(reclaimed);
             }
             // Short of space: ask for a doorbell at the next completion.
-            own.store_u16(geo.used_event_offset(), self.last_used, Ordering::Relaxed);
+            rings.arm_used_event(self.last_used);
             self.armed_used_event = Some(self.last_used);
+            stats.tx_completion_irq_requests += 1;
             // Full fence (store→load) pairs with the one the peer issues
             // between publishing used.idx and reading used_event.
             fence(Ordering::SeqCst);
-            if peer.load_u16(geo.used_idx_offset(), Ordering::Acquire) == published {
+            if rings.peer_used_idx() == published {
                 return Ok(reclaimed);
             }
         }

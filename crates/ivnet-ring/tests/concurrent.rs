@@ -56,7 +56,7 @@ impl Bell {
 
 fn run(section: usize, mtu: usize, frames: u64, max_len: usize) {
     let region = SharedRegion::new(section);
-    let cfg = Config { mtu };
+    let cfg = Config::with_mtu(mtu);
     let (mut tx, mut rx) = region.pair(cfg);
     handshake(&mut tx, &mut rx);
     let wake_tx = Bell::new();

@@ -1,11 +1,19 @@
 //! Property test: random sequences of send / receive / reclaim / flush /
-//! reset on both ends against a model (one FIFO per direction), across u16
+//! restart on both ends against a model (one FIFO per direction), across u16
 //! index wrap-around and data-area wrap.
+//!
+//! The state table is modelled too: each side's entry holds what that side
+//! last published. A restart is modelled honestly: the restarted side gets
+//! a fresh endpoint while its entry still holds the old value (RUN), and
+//! the survivor is not touched — it only sees what the restarted side
+//! publishes. A hostile phase lets one side's entry take arbitrary values
+//! (including non-states) before that side restarts honestly. Either way
+//! the link must come back with no help from outside.
 
 use std::collections::VecDeque;
 
 use ivnet_ring::testing::{SharedRegion, check_frame, fill_frame, handshake};
-use ivnet_ring::{Config, Endpoint, TxError};
+use ivnet_ring::{Config, Endpoint, LinkState, TxError};
 use proptest::prelude::*;
 
 /// qlen 64, data area 0x3900: both wraps come quickly.
@@ -30,8 +38,13 @@ enum Op {
     EnableNotify(usize),
     /// Zero-copy send on side.
     Reserve(usize, usize),
-    /// Side restarts (both renegotiate; in-flight frames are lost).
-    Reset(usize),
+    /// Side restarts: fresh endpoint, stale RUN entry; `bool` says who
+    /// steps first while relinking. In-flight frames are lost.
+    Restart(usize, bool),
+    /// Side's state entry shows these values to the other side (which steps
+    /// on each), then the side restarts honestly with the last value still
+    /// in its entry.
+    HostileState(usize, Vec<u32>),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -46,12 +59,19 @@ fn op() -> impl Strategy<Value = Op> {
         3 => side.clone().prop_map(Op::Reclaim),
         1 => side.clone().prop_map(Op::EnableNotify),
         2 => (side.clone(), len).prop_map(|(s, l)| Op::Reserve(s, l)),
-        1 => side.prop_map(Op::Reset),
+        1 => (side.clone(), any::<bool>()).prop_map(|(s, first)| Op::Restart(s, first)),
+        1 => (side, proptest::collection::vec(
+            prop_oneof![0u32..4, any::<u32>()], 1..6)).prop_map(|(s, v)| Op::HostileState(s, v)),
     ]
 }
 
 struct World {
     eps: [Endpoint; 2],
+    /// The state table: what each side last published.
+    entries: [u32; 2],
+    /// Peer protocol errors each side is allowed to have counted (only a
+    /// hostile phase raises it).
+    error_baseline: [u64; 2],
     /// Frames queued by side i, not yet received by the other side, in
     /// order: (seq, len).
     in_flight: [VecDeque<(u64, usize)>; 2],
@@ -62,10 +82,12 @@ struct World {
 
 impl World {
     fn new(region: &SharedRegion) -> Self {
-        let cfg = Config { mtu: MTU };
+        let cfg = Config::with_mtu(MTU);
         let (mut a, mut b) = region.pair(cfg);
         handshake(&mut a, &mut b);
         World {
+            entries: [LinkState::Run.raw(); 2],
+            error_baseline: [0; 2],
             eps: [a, b],
             in_flight: [VecDeque::new(), VecDeque::new()],
             next_seq: 0,
@@ -143,28 +165,82 @@ impl World {
                 let seq = self.next_seq;
                 if let Ok(mut slot) = self.eps[s].tx_reserve(MTU + 18) {
                     let len = len.max(8);
-                    fill_frame(seq, &mut slot.as_mut_slice()[..len]);
+                    fill_frame(seq, &mut self.frame[..len]);
+                    slot.write_at(0, &self.frame[..len]).unwrap();
                     slot.commit(len).unwrap();
                     self.next_seq += 1;
                     self.in_flight[s].push_back((seq, len));
                 }
             }
-            Op::Reset(s) => {
-                // Side s restarts: a fresh endpoint, the other side sees RESET.
-                let cfg = Config { mtu: MTU };
-                self.eps[s] = region.endpoint(s, cfg);
-                let out = self.eps[1 - s].on_peer_state(0, true);
-                assert!(out.link_reset);
-                let [a, b] = &mut self.eps;
-                handshake(a, b);
-                self.in_flight = [VecDeque::new(), VecDeque::new()];
+            Op::Restart(s, restarted_first) => {
+                let survivor = 1 - s;
+                let resets_before = self.eps[survivor].stats().link_resets;
+                assert_eq!(self.entries[s], LinkState::Run.raw(), "stale entry");
+                self.eps[s] = region.endpoint(s, Config::with_mtu(MTU));
+                self.error_baseline[s] = 0;
+                self.relink(s, restarted_first);
+                assert_eq!(
+                    self.eps[survivor].stats().link_resets,
+                    resets_before + 1,
+                    "the survivor saw the restart as one link reset"
+                );
+            }
+            Op::HostileState(s, ref values) => {
+                let victim = 1 - s;
+                for &raw in values {
+                    self.entries[s] = raw;
+                    let out = self.eps[victim].on_peer_state(raw, true);
+                    if let Some(state) = out.write_state {
+                        self.entries[victim] = state.raw();
+                    }
+                }
+                // The side comes back honestly; its entry keeps the last
+                // hostile value.
+                self.eps[s] = region.endpoint(s, Config::with_mtu(MTU));
+                self.error_baseline[s] = 0;
+                self.relink(s, values.len() % 2 == 0);
+                self.error_baseline[victim] = self.eps[victim].stats().total_errors();
             }
         }
         // Invariants after every step.
         for s in 0..2 {
             assert!(usize::from(self.eps[s].tx_in_flight()) <= 64);
-            assert_eq!(self.eps[s].stats().total_errors(), 0);
+            assert_eq!(
+                self.eps[s].stats().total_errors(),
+                self.error_baseline[s],
+                "protocol errors between honest peers"
+            );
         }
+    }
+
+    /// Steps both sides through the modelled state table (each publishes
+    /// into its own entry, reads the other's) until both have carrier;
+    /// `restarted` is the side that restarted, which steps first if
+    /// `restarted_first`. Frames in flight are lost with the reset.
+    fn relink(&mut self, restarted: usize, restarted_first: bool) {
+        let order = if restarted_first {
+            [restarted, 1 - restarted]
+        } else {
+            [1 - restarted, restarted]
+        };
+        for _ in 0..8 {
+            for &me in &order {
+                let out = self.eps[me].on_peer_state(self.entries[1 - me], true);
+                if let Some(state) = out.write_state {
+                    self.entries[me] = state.raw();
+                }
+            }
+            if self.eps[0].carrier() && self.eps[1].carrier() {
+                self.in_flight = [VecDeque::new(), VecDeque::new()];
+                return;
+            }
+        }
+        panic!(
+            "no relink after a restart of side {restarted}: {:?} / {:?}, entries {:?}",
+            self.eps[0].local_state(),
+            self.eps[1].local_state(),
+            self.entries
+        );
     }
 
     /// Drains both directions completely and checks the model is empty.

@@ -1,14 +1,17 @@
 //! Two endpoints over one heap region: handshake, traffic, notification
 //! suppression, zero-copy paths, and the hostile-peer cases.
 
-use ivnet_ring::testing::{SharedRegion, check_frame, fill_frame, handshake};
-use ivnet_ring::{Config, Endpoint, LinkState, Notify, RingError, TxError};
+use ivnet_ring::testing::{SharedRegion, check_frame, fill_frame, handshake, handshake_from};
+use ivnet_ring::{
+    Config, Endpoint, Geometry, GeometryError, LinkState, Notify, OwnSection, PeerSection,
+    RingError, ShmError, TxError,
+};
 
 const NET: usize = 0x7f000;
 const SMALL: usize = 0x4000; // qlen 64, data 0x3900
 
 fn small_cfg() -> Config {
-    Config { mtu: 1500 }
+    Config::with_mtu(1500)
 }
 
 fn running_pair(region: &SharedRegion, cfg: Config) -> (Endpoint, Endpoint) {
@@ -199,13 +202,35 @@ fn doorbells_are_suppressed_while_the_receiver_polls() {
     assert_eq!(a.stats().notifications_suppressed, 51);
 }
 
-/// A full TX ring asks for a completion doorbell (used_event), and the
-/// receiver's flush honours it.
+/// A full TX ring asks for a completion doorbell (publishes `used_event`),
+/// and the receiver's flush honours it — exactly once.
+///
+/// The used index is moved away from 0 first: right after the handshake
+/// zeroed the sections, `used_event` is 0, so the first completion would
+/// ring whether or not the sender armed it.
 #[test]
 fn full_ring_requests_completion_doorbell() {
     let region = SharedRegion::new(SMALL);
     let (mut a, mut b) = running_pair(&region, small_cfg());
+    let used_event = Geometry::for_section(SMALL).unwrap().used_event_offset();
     let frame = [3u8; 1500];
+    let mut buf = [0u8; 1518];
+    for _ in 0..5 {
+        a.send(&frame).unwrap();
+    }
+    let _ = a.flush_tx();
+    for _ in 0..5 {
+        assert!(b.recv(&mut buf).unwrap().is_some());
+    }
+    let _ = b.flush_rx();
+    assert_eq!(a.reclaim().unwrap(), 5);
+    // Not armed: a completion does not ring.
+    a.send(&frame).unwrap();
+    let _ = a.flush_tx();
+    assert!(b.recv(&mut buf).unwrap().is_some());
+    assert_eq!(b.flush_rx(), Notify::Suppressed, "the sender did not ask");
+    assert_eq!(a.stats().tx_completion_irq_requests, 0);
+
     let mut sent = 0;
     while a.tx_ready() {
         a.send(&frame).unwrap();
@@ -215,14 +240,23 @@ fn full_ring_requests_completion_doorbell() {
     assert!(sent >= 2);
     assert_eq!(a.send(&frame), Err(TxError::Full));
     assert_eq!(a.stats().tx_ring_full, 1);
-    assert!(a.stats().tx_completion_irq_requests <= 1);
-    let mut buf = [0u8; 1518];
-    // Nothing completed yet: no completion doorbell needed so far.
+    assert_eq!(
+        a.stats().tx_completion_irq_requests,
+        1,
+        "armed once, not again for the same completion"
+    );
+    let mut raw = [0u8; 2];
+    region.peek(0, used_event, &mut raw);
+    assert_eq!(
+        u16::from_le_bytes(raw),
+        6,
+        "used_event = completions so far"
+    );
     assert!(b.recv(&mut buf).unwrap().is_some());
     assert_eq!(
         b.flush_rx(),
         Notify::Doorbell,
-        "sender is waiting for space"
+        "the sender is waiting for space"
     );
     assert!(b.recv(&mut buf).unwrap().is_some());
     assert_eq!(
@@ -231,6 +265,7 @@ fn full_ring_requests_completion_doorbell() {
         "one completion doorbell is enough"
     );
     assert!(a.tx_ready());
+    assert_eq!(a.stats().tx_completion_irq_requests, 1);
 }
 
 #[test]
@@ -239,7 +274,31 @@ fn zero_copy_paths() {
     let (mut a, mut b) = running_pair(&region, Config::default());
     let mut slot = a.tx_reserve(2000).unwrap();
     assert_eq!(slot.capacity(), 2000);
-    fill_frame(42, &mut slot.as_mut_slice()[..1234]);
+    let mut local = vec![0u8; 1234];
+    fill_frame(42, &mut local);
+    // Bounds-checked copies into the slot: nothing outside it is touched.
+    assert_eq!(
+        slot.write_at(1999, &[0, 0]),
+        Err(ShmError::OutOfBounds {
+            offset: 1999,
+            size: 2,
+            len: 2000
+        })
+    );
+    assert!(slot.write_at(usize::MAX, &[0]).is_err());
+    slot.write_at(0, &local[..1000]).unwrap();
+    slot.write_at(1000, &local[1000..]).unwrap();
+    let mut back = [0u8; 8];
+    slot.read_at(0, &mut back).unwrap();
+    assert_eq!(back, local[..8]);
+    assert_eq!(
+        slot.commit(2001),
+        Err(TxError::TooLong {
+            len: 2001,
+            max: 2000
+        })
+    );
+    let slot = a.tx_reserve(2000).unwrap();
     slot.commit(1234).unwrap();
     // An abandoned reservation queues nothing.
     let _abandoned = a.tx_reserve(100).unwrap();
@@ -248,6 +307,10 @@ fn zero_copy_paths() {
     assert_eq!(frame.len(), 1234);
     let mut buf = vec![0u8; 1234];
     frame.copy_to(&mut buf);
+    let mut tail = [0u8; 4];
+    frame.read_at(1230, &mut tail).unwrap();
+    assert_eq!(tail, buf[1230..]);
+    assert!(frame.read_at(1231, &mut tail).is_err(), "beyond the frame");
     // Not released: peeking again sees the same frame.
     let again = b.rx_peek().unwrap().expect("same frame");
     assert_eq!(again.len(), 1234);
@@ -274,16 +337,28 @@ fn send_rejects_bad_frames_without_touching_the_ring() {
     assert_eq!(a.flush_tx(), Notify::Idle);
 }
 
+/// An oversize frame is dropped and counted, one per call: the caller's
+/// budget bounds the work even if the peer sends nothing but oversize
+/// frames.
 #[test]
-fn oversize_frames_are_dropped_and_counted() {
+fn oversize_frames_are_dropped_and_counted_one_per_call() {
     let region = SharedRegion::new(NET);
     let (mut a, mut b) = running_pair(&region, Config::default());
-    a.send(&[1u8; 3000]).unwrap();
+    for _ in 0..10 {
+        a.send(&[1u8; 3000]).unwrap();
+    }
     a.send(&[2u8; 100]).unwrap();
     let _ = a.flush_tx();
     let mut small = [0u8; 1518];
+    for dropped in 1..=10 {
+        assert_eq!(b.recv(&mut small).unwrap(), None);
+        assert_eq!(b.stats().rx_dropped_oversize, dropped);
+        assert!(b.rx_pending().unwrap(), "more frames wait");
+    }
     assert_eq!(b.recv(&mut small).unwrap(), Some(100));
-    assert_eq!(b.stats().rx_dropped_oversize, 1);
+    assert_eq!(b.stats().rx_frames, 11, "dropped frames are completed too");
+    assert_eq!(b.recv(&mut small).unwrap(), None);
+    assert!(!b.enable_rx_notify().unwrap());
 }
 
 // ----- hostile peer ------------------------------------------------------
@@ -511,8 +586,9 @@ fn data_area_garbage_is_only_payload() {
     assert_eq!(buf, [0xee; 64]);
 }
 
-/// A peer that restarts behind our back (RUN → INIT without RESET) makes
-/// us start over instead of running on stale indices.
+/// A peer that restarts behind our back (RUN → INIT without RESET: not
+/// an ivnet peer, which publishes RESET first) makes us start over instead
+/// of running on stale indices.
 #[test]
 fn silent_peer_restart_renegotiates() {
     let region = SharedRegion::new(NET);
@@ -521,22 +597,136 @@ fn silent_peer_restart_renegotiates() {
         a.send(&[1u8; 100]).unwrap();
     }
     let _ = a.flush_tx();
-    // B restarts (new endpoint, zeroed section) and shows INIT only.
+    // B restarts (new endpoint) and shows INIT only.
     let _ = b;
     let mut b = region.endpoint(1, Config::default());
-    let out_b = b.on_peer_state(a.local_state().raw(), true);
-    assert_eq!(out_b.write_state, None, "B waits: A is still RUN");
     let out_a = a.on_peer_state(LinkState::Init.raw(), true);
     assert!(matches!(
         out_a.error,
         Some(RingError::PeerRestarted { from: 3, to: 1 })
     ));
-    handshake(&mut a, &mut b);
+    let entry_a = a.local_state().raw();
+    handshake_from(&mut a, &mut b, entry_a, LinkState::Init.raw());
     a.send(&[2u8; 100]).unwrap();
     let _ = a.flush_tx();
     let mut buf = [0u8; 100];
     assert_eq!(b.recv(&mut buf).unwrap(), Some(100));
     assert_eq!(buf, [2u8; 100], "old frames are gone with the reset");
+}
+
+/// The stale-RUN wedge: a side restarts while its state entry still says
+/// RUN and the survivor keeps RUN with a ring full of frames. The fresh
+/// side's first step publishes RESET (and goes no further, because the
+/// survivor still reads its section); the survivor stops, publishing RESET
+/// itself (RUN → RESET, not straight to INIT); then both link.
+#[test]
+fn restart_with_stale_run_entry_relinks() {
+    let region = SharedRegion::new(SMALL);
+    let (mut a, b) = running_pair(&region, small_cfg());
+    while a.tx_ready() {
+        a.send(&[1u8; 1500]).unwrap();
+    }
+    let _ = a.flush_tx();
+    let _ = b; // B is killed: its endpoint goes away, its entry stays.
+    let mut entry_a = LinkState::Run.raw();
+    let mut entry_b = LinkState::Run.raw(); // stale
+    let mut b = region.endpoint(1, small_cfg());
+    let out = b.on_peer_state(entry_a, true);
+    assert_eq!(
+        out.write_state,
+        Some(LinkState::Reset),
+        "first step publishes RESET"
+    );
+    assert!(!out.link_reset && out.carrier.is_none());
+    entry_b = out.write_state.map_or(entry_b, LinkState::raw);
+    // Without a new peer state nothing more happens on B.
+    assert_eq!(b.on_peer_state(entry_a, true).write_state, None);
+    let out = a.on_peer_state(entry_b, true);
+    assert_eq!(
+        out.write_state,
+        Some(LinkState::Reset),
+        "RUN → RESET, not INIT"
+    );
+    assert_eq!(out.carrier, Some(false));
+    assert!(out.link_reset);
+    entry_a = LinkState::Reset.raw();
+    let rounds = handshake_from(&mut a, &mut b, entry_a, entry_b);
+    assert!(rounds <= 4, "{rounds} rounds");
+    assert_eq!(a.stats().link_resets, 1);
+    assert_eq!(a.stats().total_errors() + b.stats().total_errors(), 0);
+    a.send(&[2u8; 100]).unwrap();
+    let _ = a.flush_tx();
+    let mut buf = [0u8; 1518];
+    assert_eq!(b.recv(&mut buf).unwrap(), Some(100));
+}
+
+/// A fresh side against a peer in RESET or INIT links at once: its first
+/// step already goes to INIT (or READY), no tick needed.
+#[test]
+fn fresh_start_against_reset_or_init_peer_links_in_the_first_step() {
+    let region = SharedRegion::new(SMALL);
+    let (mut a, mut b) = region.pair(small_cfg());
+    let out = a.on_peer_state(LinkState::Reset.raw(), true);
+    assert_eq!(out.write_state, Some(LinkState::Init));
+    let out = b.on_peer_state(LinkState::Init.raw(), true);
+    assert_eq!(
+        out.write_state,
+        Some(LinkState::Ready),
+        "RESET → INIT → READY"
+    );
+}
+
+/// A clean shutdown publishes RESET but is not a link reset.
+#[test]
+fn shutdown_is_not_counted_as_a_link_reset() {
+    let region = SharedRegion::new(SMALL);
+    let (mut a, mut b) = running_pair(&region, small_cfg());
+    let out = a.shutdown();
+    assert_eq!(out.write_state, Some(LinkState::Reset));
+    assert_eq!(out.carrier, Some(false));
+    assert!(!out.link_reset);
+    assert_eq!(a.stats().link_resets, 0);
+    // The peer, though, sees its link reset.
+    assert!(b.on_peer_state(LinkState::Reset.raw(), true).link_reset);
+    assert_eq!(b.stats().link_resets, 1);
+    // Even a fresh endpoint publishes RESET on shutdown (stale entry).
+    let mut fresh = region.endpoint(0, small_cfg());
+    assert_eq!(fresh.shutdown().write_state, Some(LinkState::Reset));
+}
+
+/// MTU defaults to the reference rule for the section; a fixed MTU is
+/// checked against it; unequal sections get their own error.
+#[test]
+fn mtu_default_follows_the_section_and_sections_must_match() {
+    for (section, mtu) in [(0x7f000, 16384), (0x3f000, 14456), (0xf000, 3416)] {
+        let region = SharedRegion::new(section);
+        let ep = region.endpoint(0, Config::default());
+        assert_eq!(ep.mtu(), mtu, "{section:#x}");
+        assert_eq!(ep.max_frame_len(), mtu + 18);
+    }
+    let region = SharedRegion::new(0xf000);
+    // SAFETY: both views lie inside the region, which outlives them.
+    let own = unsafe { OwnSection::new(region.section_ptr(0), 0xf000) }.unwrap();
+    // SAFETY: as above.
+    let peer = unsafe { PeerSection::new(region.section_ptr(1), 0xf000) }.unwrap();
+    assert_eq!(
+        Endpoint::new(own, peer, Config::with_mtu(16384)).unwrap_err(),
+        GeometryError::MtuOutOfRange {
+            mtu: 16384,
+            max: 13664
+        }
+    );
+    // SAFETY: as above.
+    let own = unsafe { OwnSection::new(region.section_ptr(0), 0xf000) }.unwrap();
+    // SAFETY: as above (shorter view).
+    let peer = unsafe { PeerSection::new(region.section_ptr(1), 0xe000) }.unwrap();
+    assert_eq!(
+        Endpoint::new(own, peer, Config::default()).unwrap_err(),
+        GeometryError::UnequalSections {
+            own: 0xf000,
+            peer: 0xe000
+        }
+    );
 }
 
 /// A large batch is published while it is being written (so the peer can
@@ -573,4 +763,26 @@ fn large_batches_are_published_early_with_one_doorbell_decision() {
     );
     assert_eq!(a.flush_tx(), Notify::Idle);
     assert_eq!(b.recv(&mut buf).unwrap(), Some(9000));
+}
+
+/// The same through the zero-copy path (`tx_reserve` + `commit`), which is
+/// what the bridge and the guest use.
+#[test]
+fn large_batches_committed_in_place_are_published_early_too() {
+    let region = SharedRegion::new(NET);
+    let (mut a, mut b) = running_pair(&region, Config::default());
+    let frame = vec![7u8; 9000];
+    for _ in 0..13 {
+        let mut slot = a.tx_reserve(9000).unwrap();
+        slot.write_at(0, &frame).unwrap();
+        slot.commit(9000).unwrap();
+    }
+    assert_eq!(a.stats().tx_batches, 1, "published early, inside the batch");
+    let mut buf = vec![0u8; 9000];
+    assert_eq!(
+        b.recv(&mut buf).unwrap(),
+        Some(9000),
+        "visible before flush_tx"
+    );
+    assert_eq!(a.flush_tx(), Notify::Doorbell);
 }

@@ -186,9 +186,9 @@ fn child_peer() {
     let peer_entry = state_table.as_mut_ptr().cast::<u32>().wrapping_add(peer);
     let own_entry = state_register.as_mut_ptr().cast::<u32>().wrapping_add(id);
     let peer_state = |_: ()| {
-        // SAFETY: entry `peer` lies in the mapped, 4-byte aligned table;
-        // atomic loads tolerate concurrent writes by the other process.
-        unsafe { AtomicU32::from_ptr(peer_entry) }.load(Ordering::Acquire)
+        // SAFETY: entry `peer` lies in the mapped, 4-byte aligned table,
+        // which is read-only: the ring's read-only load policy applies.
+        unsafe { ivnet_ring::shm::load_acquire_u32(peer_entry) }
     };
     let publish_state = |value: u32| {
         // SAFETY: our own entry in the writable view; aligned, in bounds.
@@ -206,6 +206,7 @@ fn child_peer() {
     let frames = env_num("IVNET_FRAMES");
     let mut sizes = stream(0x5eed + id as u64);
     let mut buf = vec![0u8; 16384 + 18];
+    let mut scratch = vec![0u8; 16384 + 18];
     let (mut sent, mut received, mut lost) = (0u64, 0u64, 0u64);
     let mut last_seq: Option<u64> = None;
     let mut epoch = 0u64; // link resets seen
@@ -276,8 +277,9 @@ fn child_peer() {
                     break;
                 }
                 let len = 60 + (sizes() % (16384 - 60 + 1)) as usize;
+                fill(sent, &mut scratch[..len]);
                 let mut slot = ep.tx_reserve(len).unwrap();
-                fill(sent, &mut slot.as_mut_slice()[..len]);
+                slot.write_at(0, &scratch[..len]).unwrap();
                 slot.commit(len).unwrap();
                 sent += 1;
                 busy = true;
