@@ -30,6 +30,8 @@ declare -A pkg_for=(
   [gcc]=gcc
   [make]=make
   [ethtool]=ethtool
+  # objcopy (flat Jailhouse image), as/ld (the Jailhouse rig's firmware)
+  [objcopy]=binutils
 )
 missing=()
 for cmd in "${!pkg_for[@]}"; do

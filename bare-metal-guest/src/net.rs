@@ -422,6 +422,7 @@ pub fn run(nic: &'static mut Nic, config: &GuestConfig) -> ! {
     nic.step_link(true);
     loop {
         events |= idt::take_events();
+        crate::platform::poll_messages(|| nic.shutdown());
         // One clock read per round: under nested KVM every RDTSC is a VM
         // exit, so smoltcp gets this value for the whole round.
         let now = time::now_us();

@@ -176,6 +176,12 @@ impl Nic {
         }
     }
 
+    /// Takes the link to RESET (cell shutdown) and tells the peer.
+    pub fn shutdown(&mut self) {
+        let out = self.endpoint.shutdown();
+        self.apply(out);
+    }
+
     /// Reads the peer's state once and runs the link state machine. `force`
     /// re-runs it even if the peer's entry did not change (after a vector-0
     /// interrupt, after a data-path error, and periodically).

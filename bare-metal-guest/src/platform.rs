@@ -34,6 +34,8 @@ const COMM_REVISION: u16 = 2;
 // Field offsets (COMM_REGION_GENERIC_HEADER + the x86 part, packed).
 const OFF_REVISION: u64 = 0x06;
 const OFF_CELL_STATE: u64 = 0x08;
+const OFF_MSG_TO_CELL: u64 = 0x0c;
+const OFF_REPLY_FROM_CELL: u64 = 0x10;
 const OFF_PM_TIMER_ADDRESS: u64 = 0x40;
 const OFF_NUM_CPUS: u64 = 0x42;
 const OFF_TSC_KHZ: u64 = 0x44;
@@ -48,6 +50,14 @@ pub mod cell_state {
     /// `JAILHOUSE_CELL_FAILED_COMM_REV` (terminal).
     pub const FAILED_COMM_REV: u32 = 4;
 }
+
+// Messages to the cell and replies (include/jailhouse/hypercall.h).
+const MSG_NONE: u32 = 0;
+const MSG_SHUTDOWN_REQUEST: u32 = 1;
+const MSG_RECONFIG_COMPLETED: u32 = 2;
+const REPLY_UNKNOWN: u32 = 1;
+const REPLY_REQUEST_APPROVED: u32 = 3;
+const REPLY_RECEIVED: u32 = 4;
 
 static JAILHOUSE: AtomicBool = AtomicBool::new(false);
 
@@ -94,6 +104,46 @@ impl CommRegion {
 
     fn set_cell_state(self, state: u32) {
         self.write_u32(OFF_CELL_STATE, state);
+    }
+
+    /// `jailhouse_send_reply_from_cell`: clear the message, full fence,
+    /// then the reply (the hypervisor cleared the reply before writing the
+    /// message, and spins on it).
+    fn reply(self, reply: u32) {
+        self.write_u32(OFF_MSG_TO_CELL, MSG_NONE);
+        core::sync::atomic::fence(Ordering::SeqCst);
+        self.write_u32(OFF_REPLY_FROM_CELL, reply);
+    }
+}
+
+/// Answers the hypervisor's message, if one is pending (called from the
+/// main loop; a no-op outside Jailhouse). The cell config is not
+/// `JAILHOUSE_CELL_PASSIVE_COMMREG`, so `jailhouse cell shutdown`, `load`,
+/// `start` and `destroy` ask the cell first (SHUTDOWN_REQUEST): the guest
+/// calls `take_link_down`, which puts its ivshmem-net state to RESET and
+/// rings the peer — the root cell's bridge sees the carrier drop before
+/// the hypervisor resets the device — then approves and halts until the
+/// hypervisor parks the CPU. RECONFIG_COMPLETED (another cell was created
+/// or destroyed) is acknowledged with RECEIVED; anything else gets UNKNOWN.
+pub fn poll_messages(take_link_down: impl FnOnce()) {
+    if !is_jailhouse() {
+        return;
+    }
+    let comm = CommRegion;
+    match comm.read_u32(OFF_MSG_TO_CELL) {
+        MSG_NONE => {}
+        MSG_SHUTDOWN_REQUEST => {
+            println!("comm: shutdown requested; taking the link down");
+            take_link_down();
+            comm.reply(REPLY_REQUEST_APPROVED);
+            println!("comm: shutdown approved; halting until the hypervisor parks this CPU");
+            halt_forever();
+        }
+        MSG_RECONFIG_COMPLETED => comm.reply(REPLY_RECEIVED),
+        other => {
+            println!("comm: unknown message {other}");
+            comm.reply(REPLY_UNKNOWN);
+        }
     }
 }
 

@@ -1,0 +1,815 @@
+//! The bare-metal guest as a Jailhouse cell, in a rig that reproduces
+//! Jailhouse's `cell load` + `cell start` in plain QEMU
+//! (shared/reference/jailhouse-x86-cell.md §3.1, §3.2, §5):
+//!
+//! - `tests/jailhouse-rig/jh-reset.s`, assembled here, is the `-bios`: it
+//!   enables q35's ACPI PM timer at port 0x608, puts the local APIC in
+//!   x2APIC mode (an x2APIC host), marks the end of its own I/O with a write
+//!   to port 0x80, and enters the image at 0000:0000 in real mode with the
+//!   register state of Jailhouse's pseudo-SIPI (CR0 = CD|NW|ET, all else 0);
+//! - the flat `ivnet-guest.bin` at 0, with the command line written at
+//!   0x1000 as `jailhouse cell load … -s "…" -a 0x1000` does;
+//! - a comm region at 0x100000 filled as `cell start` fills it
+//!   ("JHCOMM", ABI revision 2, console, MMCONFIG base, PM timer port,
+//!   1 CPU, `tsc_khz` = the host's TSC rate, `apic_khz` = QEMU's 1 GHz APIC
+//!   bus);
+//! - guest RAM is a shared file the test maps: it reads `cell_state` and
+//!   plays the hypervisor's side of the message protocol (SHUTDOWN_REQUEST).
+//!
+//! QEMU 7.2's TCG has no x2APIC, which every Jailhouse cell has; the rig
+//! uses QEMU ≥ 9 (x2APIC under TCG): `IVNET_RIG_QEMU`, else the system's
+//! `qemu-system-x86_64` if new enough, else Debian bookworm-backports'
+//! `qemu-system-x86` (10.0), downloaded with `apt-get download` through a
+//! private package list and unpacked (never installed) into
+//! `target/jailhouse-rig/qemu-backports/`. The rest of the suite keeps the
+//! system QEMU.
+//!
+//! What Jailhouse would kill and QEMU lets pass fails the test (QEMU's
+//! `memory_region_ops_*` and `cpu_set_apic_base` trace events, after the
+//! firmware's marker):
+//!
+//! - port I/O outside the cell's `pio_regions` (0x3f8..0x3ff), 32-bit
+//!   0xcf8, 0xcfc..0xcff, the PM timer (0x608..0x60b) and byte writes to
+//!   0x80 — e.g. the PIT, port 0x61, the PICs, `isa-debug-exit`;
+//! - PCI configuration writes to any function but the cell's ivshmem device;
+//! - MMIO outside the ivshmem device's BARs, e.g. the xAPIC page (fatal on an
+//!   x2APIC host);
+//! - MSI-X messages not aimed at the cell's own APIC ID (0 in QEMU);
+//! - writes to IA32_APIC_BASE.
+//!
+//! Not observable here: writes to the MTRR range MSRs (0x200..0x277; TCG
+//! keeps them without a trace event or any effect), other MSRs Jailhouse
+//! intercepts, RAM accesses outside the cell's 1 MiB (QEMU's RAM is 128 MiB;
+//! the linker script's ASSERT and the guest's page tables are what keep the
+//! footprint inside), the ticket scheme for more than one CPU (QEMU's APs
+//! wait for a SIPI instead of starting at 0), and caching effects of
+//! CR0.CD/NW and MTRR_DEF_TYPE.E.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::{Shutdown, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use ivnet_e2e::netns::{self, BridgeSpec, Netns, Proc, Server, tail};
+use ivnet_e2e::qemu::{Accel, QemuProcess, in_netns, repo_root};
+
+const HOST: &str = "10.77.0.1";
+const GUEST: &str = "10.77.0.2";
+const TAP: &str = "ivj0";
+const LINK_TIMEOUT: Duration = Duration::from_secs(90);
+const IO_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Guest RAM of the rig (the cell itself uses 0..0x101000).
+const RAM_SIZE: usize = 128 << 20;
+const CMDLINE_ADDRESS: usize = 0x1000;
+const COMM_REGION: usize = 0x10_0000;
+const PM_TIMER_PORT: u16 = 0x608;
+/// QEMU's APIC timer counts at 1 GHz (before the divider).
+const QEMU_APIC_KHZ: u32 = 1_000_000;
+
+// Comm region offsets and values (jailhouse-x86-cell.md §3.4, §3.5).
+const CELL_STATE: usize = 0x08;
+const MSG_TO_CELL: usize = 0x0c;
+const REPLY_FROM_CELL: usize = 0x10;
+const MSG_SHUTDOWN_REQUEST: u32 = 1;
+const MSG_RECONFIG_COMPLETED: u32 = 2;
+const REPLY_UNKNOWN: u32 = 1;
+const REPLY_REQUEST_APPROVED: u32 = 3;
+const REPLY_RECEIVED: u32 = 4;
+const CELL_RUNNING: u32 = 0;
+
+// ---------------------------------------------------------------------------
+// Building the rig's parts.
+
+fn rig_dir() -> PathBuf {
+    repo_root().join("target/jailhouse-rig")
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<String, String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{what}: cannot run {:?}: {e}", cmd.get_program()))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{what} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// The flat Jailhouse image: the guest's `ivnet-guest-jailhouse` (linked at
+/// 0 by link-jailhouse.ld) through `objcopy -O binary`, as
+/// bare-metal-guest/build-images.sh makes it.
+fn flat_image() -> &'static Result<PathBuf, String> {
+    static IMAGE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let guest = repo_root().join("bare-metal-guest");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        run(
+            Command::new(cargo)
+                .current_dir(&guest)
+                .args(["build", "--release", "--bin", "ivnet-guest-jailhouse"])
+                .env_remove("CARGO_TARGET_DIR")
+                .env_remove("CARGO_BUILD_TARGET")
+                .env_remove("RUSTFLAGS")
+                .env_remove("CARGO_ENCODED_RUSTFLAGS")
+                .env_remove("CARGO_BUILD_RUSTFLAGS"),
+            "building ivnet-guest-jailhouse",
+        )?;
+        let elf = guest.join("target/x86_64-unknown-none/release/ivnet-guest-jailhouse");
+        fs::create_dir_all(rig_dir()).map_err(|e| e.to_string())?;
+        let bin = rig_dir().join("ivnet-guest.bin");
+        run(
+            Command::new("objcopy")
+                .args(["-O", "binary"])
+                .arg(&elf)
+                .arg(&bin),
+            "objcopy -O binary",
+        )?;
+        Ok(bin)
+    })
+}
+
+/// The rig's firmware, assembled from tests/jailhouse-rig/jh-reset.s.
+fn firmware() -> &'static Result<PathBuf, String> {
+    static FW: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    FW.get_or_init(|| {
+        let src = repo_root().join("tests/jailhouse-rig/jh-reset.s");
+        let dir = rig_dir();
+        fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let obj = dir.join("jh-reset.o");
+        let bin = dir.join("jh-reset.bin");
+        run(
+            Command::new("as").arg("--32").arg("-o").arg(&obj).arg(&src),
+            "as --32 jh-reset.s",
+        )?;
+        run(
+            Command::new("ld")
+                .args(["-m", "elf_i386", "-Ttext", "0", "--oformat", "binary", "-o"])
+                .arg(&bin)
+                .arg(&obj),
+            "ld jh-reset",
+        )?;
+        let len = fs::metadata(&bin).map_err(|e| e.to_string())?.len();
+        if len != 0x10000 {
+            return Err(format!("jh-reset.bin is {len} bytes, not 64 KiB"));
+        }
+        Ok(bin)
+    })
+}
+
+/// QEMU major version of `qemu` (`QEMU emulator version X.Y.Z`).
+fn qemu_major(qemu: &Path) -> Option<u32> {
+    let out = Command::new(qemu).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("version ")
+        .nth(1)?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A QEMU whose TCG has x2APIC (≥ 9), with its data directory for `-L`.
+fn rig_qemu() -> &'static Result<(PathBuf, Option<PathBuf>), String> {
+    static QEMU10: OnceLock<Result<(PathBuf, Option<PathBuf>), String>> = OnceLock::new();
+    QEMU10.get_or_init(|| {
+        if let Some(q) = std::env::var_os("IVNET_RIG_QEMU") {
+            return Ok((PathBuf::from(q), None));
+        }
+        let system = PathBuf::from("qemu-system-x86_64");
+        if qemu_major(&system).is_some_and(|v| v >= 9) {
+            return Ok((system, None));
+        }
+        let cache = rig_dir().join("qemu-backports");
+        let root = cache.join("root");
+        let bin = root.join("usr/bin/qemu-system-x86_64");
+        let data = root.join("usr/share/qemu");
+        fs::create_dir_all(&cache).map_err(|e| e.to_string())?;
+        let lock = File::create(cache.join(".lock")).map_err(|e| e.to_string())?;
+        lock.lock().map_err(|e| format!("cache lock: {e}"))?;
+        if qemu_major(&bin).is_some_and(|v| v >= 9) {
+            return Ok((bin, Some(data)));
+        }
+        // A package list of its own: the system's apt sources stay as they are.
+        let sources = cache.join("sources.list");
+        fs::write(
+            &sources,
+            "deb http://deb.debian.org/debian bookworm-backports main\n",
+        )
+        .map_err(|e| e.to_string())?;
+        for d in ["lists/partial", "cache/archives/partial", "debs"] {
+            fs::create_dir_all(cache.join(d)).map_err(|e| e.to_string())?;
+        }
+        let opts = [
+            format!("Dir::Etc::SourceList={}", sources.display()),
+            "Dir::Etc::SourceParts=/nonexistent".into(),
+            format!("Dir::State::Lists={}", cache.join("lists").display()),
+            format!("Dir::Cache={}", cache.join("cache").display()),
+            "APT::Sandbox::User=root".into(),
+        ];
+        let apt = |args: &[&str]| {
+            let mut cmd = Command::new("apt-get");
+            cmd.arg("-q").current_dir(cache.join("debs"));
+            for o in &opts {
+                cmd.arg("-o").arg(o);
+            }
+            cmd.args(args);
+            run(&mut cmd, &format!("apt-get {}", args.join(" ")))
+        };
+        apt(&["update"])?;
+        apt(&[
+            "download",
+            "qemu-system-x86/bookworm-backports",
+            "qemu-system-common/bookworm-backports",
+            "qemu-system-data/bookworm-backports",
+        ])?;
+        for entry in fs::read_dir(cache.join("debs")).map_err(|e| e.to_string())? {
+            let deb = entry.map_err(|e| e.to_string())?.path();
+            if deb.extension().is_some_and(|x| x == "deb") {
+                run(
+                    Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root),
+                    "dpkg-deb -x",
+                )?;
+            }
+        }
+        match qemu_major(&bin) {
+            Some(v) if v >= 9 => Ok((bin, Some(data))),
+            other => Err(format!(
+                "{} from bookworm-backports reports version {other:?}",
+                bin.display()
+            )),
+        }
+    })
+}
+
+/// The host's TSC rate in kHz (TCG's RDTSC reads the host's TSC), measured
+/// over 200 ms: what Jailhouse's driver puts in `tsc_khz` when the config
+/// leaves it 0.
+fn host_tsc_khz() -> u32 {
+    static KHZ: OnceLock<u32> = OnceLock::new();
+    *KHZ.get_or_init(|| {
+        // SAFETY: RDTSC has no side effects.
+        let t0 = unsafe { core::arch::x86_64::_rdtsc() };
+        let start = Instant::now();
+        std::thread::sleep(Duration::from_millis(200));
+        // SAFETY: as above.
+        let t1 = unsafe { core::arch::x86_64::_rdtsc() };
+        let us = start.elapsed().as_micros() as u64;
+        ((t1 - t0) * 1000 / us) as u32
+    })
+}
+
+/// The comm region as `cell start` leaves it (jailhouse-x86-cell.md §3.4).
+fn comm_region_page() -> Vec<u8> {
+    let mut c = vec![0u8; 0x1000];
+    c[0..6].copy_from_slice(b"JHCOMM");
+    c[6..8].copy_from_slice(&2u16.to_le_bytes());
+    // console: address 0x3f8, size 0, type 2 (8250), flags 0 (PIO)
+    c[0x18..0x20].copy_from_slice(&0x3f8u64.to_le_bytes());
+    c[0x24..0x26].copy_from_slice(&2u16.to_le_bytes());
+    c[0x38..0x40].copy_from_slice(&0xb000_0000u64.to_le_bytes());
+    c[0x40..0x42].copy_from_slice(&PM_TIMER_PORT.to_le_bytes());
+    c[0x42..0x44].copy_from_slice(&1u16.to_le_bytes());
+    c[0x44..0x48].copy_from_slice(&host_tsc_khz().to_le_bytes());
+    c[0x48..0x4c].copy_from_slice(&QEMU_APIC_KHZ.to_le_bytes());
+    c
+}
+
+// ---------------------------------------------------------------------------
+// One cell.
+
+/// Guest RAM, shared with QEMU through a file.
+struct SharedRam {
+    base: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping lives as long as the struct, and every access is a
+// volatile read or write of one aligned u32 through a raw pointer.
+unsafe impl Send for SharedRam {}
+// SAFETY: as for Send: no references into the mapping are ever made.
+unsafe impl Sync for SharedRam {}
+
+impl SharedRam {
+    fn create(path: &Path, len: usize) -> SharedRam {
+        let f = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .unwrap();
+        f.set_len(len as u64).unwrap();
+        // SAFETY: a fresh shared mapping of a file of `len` bytes; QEMU maps
+        // the same file (memory-backend-file,share=on).
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED, "mmap guest RAM");
+        SharedRam {
+            base: p.cast(),
+            len,
+        }
+    }
+
+    fn word(&self, addr: usize) -> *mut u32 {
+        assert!(addr.is_multiple_of(4) && addr + 4 <= self.len);
+        self.base.wrapping_add(addr).cast()
+    }
+
+    fn read_u32(&self, addr: usize) -> u32 {
+        let p = self.word(addr);
+        // SAFETY: in bounds and aligned (checked by `word`); volatile, no
+        // reference into memory the guest writes.
+        unsafe { p.read_volatile() }
+    }
+
+    fn write_u32(&self, addr: usize, value: u32) {
+        let p = self.word(addr);
+        // SAFETY: as in `read_u32`.
+        unsafe { p.write_volatile(value) }
+    }
+}
+
+impl Drop for SharedRam {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `create`.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
+/// The hypervisor's side of a message (jailhouse_hypercall.h:175-183):
+/// clear the reply, fence, write the message; then wait for the reply.
+fn send_message(ram: &SharedRam, msg: u32, timeout: Duration) -> Option<u32> {
+    ram.write_u32(COMM_REGION + REPLY_FROM_CELL, 0);
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    ram.write_u32(COMM_REGION + MSG_TO_CELL, msg);
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let reply = ram.read_u32(COMM_REGION + REPLY_FROM_CELL);
+        if reply != 0 {
+            return Some(reply);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    None
+}
+
+/// QEMU as a Jailhouse cell.
+struct Cell {
+    process: QemuProcess,
+    ram: SharedRam,
+}
+
+impl Cell {
+    fn start(socket: &Path, cmdline: &str) -> Cell {
+        let (qemu, data) = rig_qemu().as_ref().unwrap_or_else(|e| panic!("{e}"));
+        let image = flat_image().as_ref().unwrap_or_else(|e| panic!("{e}"));
+        let fw = firmware().as_ref().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::Builder::new()
+            .prefix("ivnet-jhcell")
+            .tempdir()
+            .unwrap()
+            .keep();
+        // `jailhouse cell load ivnet-inmate ivnet-guest.bin -s "…" -a 0x1000`
+        let mut img = fs::read(image).unwrap();
+        let mut s = cmdline.as_bytes().to_vec();
+        s.push(0);
+        let end = CMDLINE_ADDRESS + s.len();
+        if img.len() < end {
+            img.resize(end, 0);
+        }
+        img[CMDLINE_ADDRESS..end].copy_from_slice(&s);
+        fs::write(dir.join("image.bin"), &img).unwrap();
+        fs::write(dir.join("comm.bin"), comm_region_page()).unwrap();
+        let ram = SharedRam::create(&dir.join("ram"), RAM_SIZE);
+
+        let mut cmd = Command::new(qemu);
+        if let Some(d) = data {
+            cmd.arg("-L").arg(d);
+        }
+        cmd.args(["-machine", "q35,memory-backend=ram", "-m", "128M"])
+            .arg("-object")
+            .arg(format!(
+                "memory-backend-file,id=ram,size=128M,mem-path={},share=on",
+                dir.join("ram").display()
+            ))
+            .args(["-cpu", "max", "-accel", "tcg"])
+            .args(["-nodefaults", "-display", "none", "-no-reboot"])
+            .arg("-serial")
+            .arg(format!("file:{}", dir.join("serial.log").display()))
+            .arg("-bios")
+            .arg(fw)
+            .arg("-device")
+            .arg(format!(
+                "loader,file={},addr=0,force-raw=on",
+                dir.join("image.bin").display()
+            ))
+            .arg("-device")
+            .arg(format!(
+                "loader,file={},addr={COMM_REGION:#x},force-raw=on",
+                dir.join("comm.bin").display()
+            ))
+            .arg("-chardev")
+            .arg(format!("socket,path={},id=ivs", socket.display()))
+            .args(["-device", "ivshmem-doorbell,chardev=ivs,vectors=2"])
+            .args(["-trace", "memory_region_ops_read"])
+            .args(["-trace", "memory_region_ops_write"])
+            .args(["-trace", "cpu_set_apic_base"])
+            .arg("-D")
+            .arg(dir.join("trace.log"));
+        let process = QemuProcess::spawn(&mut cmd, dir, Accel::Tcg, "jailhouse cell").unwrap();
+        Cell { process, ram }
+    }
+
+    fn serial(&self) -> String {
+        self.process.serial()
+    }
+
+    fn trace(&self) -> String {
+        fs::read_to_string(self.process.dir().join("trace.log")).unwrap_or_default()
+    }
+
+    fn diagnostics(&self) -> String {
+        format!(
+            "--- cell serial:\n{}\n--- qemu stderr:\n{}",
+            tail(&self.serial()),
+            self.process.qemu_stderr()
+        )
+    }
+
+    fn cell_state(&self) -> u32 {
+        self.ram.read_u32(COMM_REGION + CELL_STATE)
+    }
+
+    fn wait_serial(&mut self, needle: &str, timeout: Duration) {
+        let ok = netns::wait_until(timeout, Duration::from_millis(20), || {
+            self.serial().contains(needle) || self.process.exit().is_some()
+        });
+        assert!(
+            ok.is_ok() && self.serial().contains(needle),
+            "no {needle:?} on the cell's console\n{}",
+            self.diagnostics()
+        );
+    }
+
+    /// What Jailhouse would have killed the cell for (see the module docs).
+    fn violations(&self) -> Vec<String> {
+        let serial = self.serial();
+        // "pci 00:03.0: BAR0 …": the ivshmem function the cell owns.
+        let bdf = serial.lines().find_map(|l| {
+            let b = l.strip_prefix("pci ")?.get(..7)?;
+            let bus = u32::from_str_radix(b.get(0..2)?, 16).ok()?;
+            let dev = u32::from_str_radix(b.get(3..5)?, 16).ok()?;
+            let func = b.get(6..7)?.parse::<u32>().ok()?;
+            Some(bus << 8 | dev << 3 | func)
+        });
+        check_trace(&self.trace(), PM_TIMER_PORT, bdf)
+    }
+
+    fn kill(&mut self) {
+        self.process.kill();
+    }
+}
+
+/// Checks a QEMU trace (memory_region_ops_read/write, cpu_set_apic_base)
+/// against the rules of a Jailhouse cell with `pio_regions` = COM1 and the
+/// ivshmem function `ivshmem_bdf` (bus << 8 | dev << 3 | fn). Returns one
+/// line per access Jailhouse would have made fatal.
+fn check_trace(trace: &str, pm_timer: u16, ivshmem_bdf: Option<u32>) -> Vec<String> {
+    let marker = "value 0xa5 size 1 name 'ioport80'";
+    let Some((_, inmate)) = trace.split_once(marker) else {
+        return vec!["the firmware's port-0x80 marker is missing from the trace".into()];
+    };
+    let pm = u64::from(pm_timer);
+    let mut bad = Vec::new();
+    let mut config_address = 0u64;
+    for line in inmate.lines().skip(1) {
+        if line.starts_with("cpu_set_apic_base") {
+            bad.push(format!("IA32_APIC_BASE write: {line}"));
+            continue;
+        }
+        let (write, rest) = if let Some(r) = line.strip_prefix("memory_region_ops_write ") {
+            (true, r)
+        } else if let Some(r) = line.strip_prefix("memory_region_ops_read ") {
+            (false, r)
+        } else {
+            continue;
+        };
+        let field = |key: &str| {
+            rest.split_whitespace()
+                .skip_while(|w| *w != key)
+                .nth(1)
+                .unwrap_or("")
+                .to_string()
+        };
+        // cpu -1: the access came from a device model, not the guest.
+        if field("cpu").starts_with('-') {
+            continue;
+        }
+        let hex = |s: String| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap_or(0);
+        let addr = hex(field("addr"));
+        let value = hex(field("value"));
+        let size: u64 = field("size").parse().unwrap_or(0);
+        let name = rest
+            .split("name '")
+            .nth(1)
+            .unwrap_or("")
+            .trim_end_matches('\'');
+        let end = addr + size;
+        if addr < 0x1_0000 {
+            let ok = (0x3f8..=0x400).contains(&end) && addr >= 0x3f8
+                || addr == 0xcf8 && size == 4
+                || addr >= 0xcfc && end <= 0xd00
+                || addr >= pm && end <= pm + 4
+                || addr == 0x80 && write && size == 1;
+            if !ok {
+                bad.push(format!("port I/O outside the cell: {line}"));
+            }
+            if addr == 0xcf8 && write {
+                config_address = value;
+            }
+            if addr >= 0xcfc && write {
+                let bdf = (config_address >> 8 & 0xffff) as u32;
+                if Some(bdf) != ivshmem_bdf {
+                    bad.push(format!(
+                        "PCI config write to {:02x}:{:02x}.{} (not the cell's device): {line}",
+                        bdf >> 8,
+                        bdf >> 3 & 0x1f,
+                        bdf & 7
+                    ));
+                }
+            }
+        } else if name.starts_with("msix-table") {
+            // Message address entries: 0xfee00000 | destination << 12; the
+            // cell's only CPU has APIC ID 0 in QEMU.
+            if write
+                && addr % 16 == 0
+                && value & 0xfff0_0000 == 0xfee0_0000
+                && value >> 12 & 0xff != 0
+            {
+                bad.push(format!("MSI-X aimed outside the cell: {line}"));
+            }
+        } else if !(name.starts_with("ivshmem") || name.starts_with("msix")) {
+            bad.push(format!("MMIO outside the cell's devices: {line}"));
+        }
+    }
+    bad
+}
+
+// ---------------------------------------------------------------------------
+// The network around it.
+
+struct Rig {
+    bridge: Proc,
+    cell: Cell,
+    server: Server,
+    ns: Netns,
+    dir: tempfile::TempDir,
+}
+
+const CMDLINE: &str = "ip=10.77.0.2/24 gw=10.77.0.1 stats=5";
+
+impl Rig {
+    fn start() -> Rig {
+        netns::require_root();
+        netns::ensure_base_tools();
+        let dir = tempfile::Builder::new()
+            .prefix("ivnet-jhrig")
+            .tempdir()
+            .unwrap();
+        let ns = Netns::new("jhcell");
+        let server = Server::start(dir.path(), &[]);
+        let mut cell = Cell::start(&server.socket, CMDLINE);
+        cell.wait_serial("platform: jailhouse cell", LINK_TIMEOUT);
+        let bridge = BridgeSpec {
+            name: "bridge".into(),
+            socket: server.socket.clone(),
+            netns: ns.name().into(),
+            tap: TAP.into(),
+            mtu: 16384,
+            extra: vec![],
+        }
+        .spawn_fresh(dir.path());
+        let mut rig = Rig {
+            bridge,
+            cell,
+            server,
+            ns,
+            dir,
+        };
+        let started = rig
+            .bridge
+            .wait_stderr("TAP, MTU", 1, Duration::from_secs(30));
+        assert!(started.is_ok(), "{started:?}\n{}", rig.logs());
+        let ok = netns::wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+            rig.ns.has_link(TAP)
+        });
+        assert!(ok.is_ok(), "no {TAP}\n{}", rig.logs());
+        rig.ns.add_addr(TAP, &format!("{HOST}/24"));
+        rig.wait_carrier(true);
+        rig
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "--- bridge ---\n{}\n--- server ---\n{}\n{}",
+            tail(&self.bridge.stderr()),
+            tail(&self.server.proc.stderr()),
+            self.cell.diagnostics()
+        )
+    }
+
+    fn wait_carrier(&self, on: bool) -> Duration {
+        self.ns
+            .wait_carrier(TAP, on, LINK_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+    }
+
+    fn ping(&self, count: u32) {
+        let count = count.to_string();
+        let out = self.ns.try_run(&[
+            "ping", "-n", "-q", "-c", &count, "-i", "0.2", "-W", "5", GUEST,
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success() && text.contains(" 0% packet loss"),
+            "ping failed:\n{text}\n{}",
+            self.logs()
+        );
+    }
+
+    fn udp_echo(&self) {
+        let sock = in_netns(self.ns.name(), || UdpSocket::bind("0.0.0.0:0").unwrap());
+        sock.connect((GUEST, 7)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = vec![0u8; 65536];
+        for size in [1usize, 100, 1472, 8000, 16356] {
+            let data = pattern(size, size as u64);
+            let mut got = None;
+            for _attempt in 0..3 {
+                sock.send(&data).unwrap();
+                if let Ok(n) = sock.recv(&mut buf) {
+                    got = Some(n);
+                    break;
+                }
+            }
+            let n = got.unwrap_or_else(|| panic!("no UDP echo of {size} bytes\n{}", self.logs()));
+            assert!(buf[..n] == data[..], "UDP echo of {size} bytes differs");
+        }
+    }
+
+    fn tcp_echo(&self, len: usize) {
+        let data = pattern(len, 42);
+        let mut stream = in_netns(self.ns.name(), || {
+            let addr =
+                std::net::SocketAddr::from((GUEST.parse::<std::net::Ipv4Addr>().unwrap(), 7));
+            std::net::TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+        })
+        .unwrap_or_else(|e| panic!("connect: {e}\n{}", self.logs()));
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut reader = stream.try_clone().unwrap();
+        let echoed = std::thread::scope(|s| {
+            let r = s.spawn(move || {
+                let mut got = Vec::with_capacity(len);
+                reader.read_to_end(&mut got).map(|_| got)
+            });
+            stream.write_all(&data).unwrap();
+            stream.shutdown(Shutdown::Write).unwrap();
+            r.join().unwrap()
+        })
+        .unwrap_or_else(|e| panic!("reading the TCP echo: {e}\n{}", self.logs()));
+        assert!(
+            echoed == data,
+            "TCP echo of {len} bytes differs\n{}",
+            self.logs()
+        );
+    }
+
+    /// Stops the cell's QEMU and fails on anything Jailhouse would have
+    /// made fatal.
+    fn stop_and_check(&mut self) {
+        self.cell.kill();
+        let bad = self.cell.violations();
+        assert!(
+            bad.is_empty(),
+            "{} accesses a Jailhouse cell may not make:\n{}\n{}",
+            bad.len(),
+            bad.iter().take(20).cloned().collect::<Vec<_>>().join("\n"),
+            self.cell.diagnostics()
+        );
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift).
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// The flat image boots from the reset entry, links with `ivnet-bridge`
+/// through `ivshmem-server`, answers ping, UDP and TCP echo, answers the
+/// comm-region messages, takes the link down on SHUTDOWN_REQUEST (the
+/// bridge's carrier drops) before approving it, and makes no access
+/// Jailhouse would kill it for; a restarted cell relinks.
+#[test]
+fn flat_image_runs_as_a_jailhouse_cell() {
+    let _serial = netns::serial();
+    let started = Instant::now();
+    let mut rig = Rig::start();
+    eprintln!("cell linked after {:?}", started.elapsed());
+    assert_eq!(rig.cell.cell_state(), CELL_RUNNING, "{}", rig.logs());
+    let serial = rig.cell.serial();
+    assert!(serial.contains("apic: X2Apic"), "{serial}");
+
+    rig.ping(3);
+    rig.udp_echo();
+    rig.tcp_echo(1 << 20);
+
+    // Informational and unknown messages.
+    let reply = send_message(&rig.cell.ram, MSG_RECONFIG_COMPLETED, LINK_TIMEOUT);
+    assert_eq!(reply, Some(REPLY_RECEIVED), "{}", rig.logs());
+    let reply = send_message(&rig.cell.ram, 0x77, LINK_TIMEOUT);
+    assert_eq!(reply, Some(REPLY_UNKNOWN), "{}", rig.logs());
+    rig.ping(1);
+
+    // SHUTDOWN_REQUEST: the link goes down first, then the approval.
+    let reply = send_message(&rig.cell.ram, MSG_SHUTDOWN_REQUEST, LINK_TIMEOUT);
+    assert_eq!(reply, Some(REPLY_REQUEST_APPROVED), "{}", rig.logs());
+    let down = rig.wait_carrier(false);
+    eprintln!("carrier off {down:?} after the approval");
+    let serial = rig.cell.serial();
+    let reset = serial.find("link: carrier off");
+    let approved = serial.find("comm: shutdown approved");
+    assert!(
+        reset.is_some() && approved.is_some() && reset < approved,
+        "the link must go down before the approval\n{serial}"
+    );
+    rig.stop_and_check();
+
+    // `cell load` + `cell start` again: a fresh cell relinks.
+    rig.cell = Cell::start(&rig.server.socket, CMDLINE);
+    rig.wait_carrier(true);
+    rig.ping(3);
+    rig.stop_and_check();
+    eprintln!("rig test done after {:?}", started.elapsed());
+    drop(rig.dir);
+}
+
+/// The trace checker flags what Jailhouse kills (so the rig test can fail).
+#[test]
+fn trace_checker_flags_fatal_accesses() {
+    let head = "memory_region_ops_write cpu 0 mr 0x1 addr 0x80 value 0xa5 size 1 name 'ioport80'\n";
+    let ok = [
+        "memory_region_ops_write cpu 0 mr 0x2 addr 0x3f8 value 0x41 size 1 name 'serial'",
+        "memory_region_ops_write cpu 0 mr 0x3 addr 0xcf8 value 0x80001800 size 4 name 'pci-conf-idx'",
+        "memory_region_ops_write cpu 0 mr 0x4 addr 0xcfc value 0x6 size 2 name 'pci-conf-data'",
+        "memory_region_ops_read cpu 0 mr 0x5 addr 0x608 value 0x1234 size 4 name 'acpi-tmr'",
+        "memory_region_ops_write cpu -1 mr 0x6 addr 0xfee00000 value 0x0 size 4 name 'apic-msi'",
+        "memory_region_ops_write cpu 0 mr 0x7 addr 0xc0001000 value 0xfee00000 size 4 name 'msix-table'",
+    ];
+    let trace = format!("{head}{}\n", ok.join("\n"));
+    assert_eq!(check_trace(&trace, 0x608, Some(0x18)), Vec::<String>::new());
+    let fatal = [
+        "memory_region_ops_write cpu 0 mr 0x8 addr 0x43 value 0xb0 size 1 name 'pit'",
+        "memory_region_ops_read cpu 0 mr 0x9 addr 0x61 value 0x0 size 1 name 'pcspk'",
+        "memory_region_ops_write cpu 0 mr 0xa addr 0x21 value 0xff size 1 name 'pic'",
+        "memory_region_ops_write cpu 0 mr 0xb addr 0xf4 value 0x10 size 4 name 'isa-debug-exit'",
+        "memory_region_ops_write cpu 0 mr 0x3 addr 0xcf8 value 0x8000f800 size 2 name 'pci-conf-idx'",
+        "memory_region_ops_write cpu 0 mr 0x3 addr 0xcf8 value 0x8000f800 size 4 name 'pci-conf-idx'",
+        "memory_region_ops_write cpu 0 mr 0x4 addr 0xcfc value 0x6 size 4 name 'pci-conf-data'",
+        "memory_region_ops_read cpu 0 mr 0xc addr 0xfee00020 value 0x0 size 4 name 'apic-msi'",
+        "memory_region_ops_write cpu 0 mr 0x7 addr 0xc0001000 value 0xfee01000 size 4 name 'msix-table'",
+        "cpu_set_apic_base 0x00000000fee00c00",
+    ];
+    let trace = format!("{head}{}\n", fatal.join("\n"));
+    let bad = check_trace(&trace, 0x608, Some(0x18));
+    // The 2-byte 0xcf8 write is one violation; the config write after the
+    // 4-byte one names 00:1f.0, another.
+    assert_eq!(bad.len(), fatal.len() - 1, "{bad:#?}");
+    assert_eq!(check_trace("", 0x608, None).len(), 1, "no marker");
+}
