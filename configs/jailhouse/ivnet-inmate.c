@@ -13,9 +13,24 @@
  * link with shmem_dev_id 0 (see ivnet-root-link.c.snippet) and the same
  * BDF. Two MSI-X vectors: 0 = state change, 1 = TX/RX doorbell.
  *
- * Not exercised here: no Jailhouse machine is available to the project's
- * tests; the values come from the ivshmem 2.0 specification and the
- * Jailhouse configs cited in shared/reference.
+ * The image: bare-metal-guest/build-images.sh builds ivnet-guest.bin, a flat
+ * binary linked at 0 (16-bit entry at 0, command-line buffer at 0x1000,
+ * everything below 0x100000). Load it with
+ *   jailhouse cell load ivnet-inmate ivnet-guest.bin -s "ip=..." -a 0x1000
+ * The test tests/tests/jailhouse_cell.rs reproduces `cell load` and
+ * `cell start` with this layout in QEMU; no real Jailhouse runs in the
+ * project's tests.
+ *
+ * Not JAILHOUSE_CELL_PASSIVE_COMMREG: the guest answers the hypervisor's
+ * messages (SHUTDOWN_REQUEST: it takes the ivshmem-net link to RESET, so the
+ * root cell's side sees the carrier drop at once, then approves;
+ * RECONFIG_COMPLETED: RECEIVED). msg_reply_timeout bounds the root CPU's
+ * wait (a loop count, not time: 10^9 turns of the hypervisor's poll loop,
+ * seconds on current CPUs; the guest answers within its 250 ms link tick)
+ * for a cell that cannot answer, e.g. one stopped with FAILED_COMM_REV,
+ * which the hypervisor does not count as terminal; on expiry the cell is
+ * suspended and marked failed. Without a timeout such a cell would make
+ * `jailhouse cell shutdown/destroy` spin forever.
  */
 #include <jailhouse/types.h>
 #include <jailhouse/cell-config.h>
@@ -33,7 +48,8 @@ struct {
 		.architecture = JAILHOUSE_X86,
 		.revision = JAILHOUSE_CONFIG_REVISION,
 		.name = "ivnet-inmate",
-		.flags = JAILHOUSE_CELL_PASSIVE_COMMREG,
+		.flags = 0,
+		.msg_reply_timeout = 1000000000,
 
 		.cpu_set_size = sizeof(config.cpus),
 		.num_memory_regions = ARRAY_SIZE(config.mem_regions),
@@ -71,6 +87,11 @@ struct {
 		},
 	},
 
+	/*
+	 * Every port the guest uses in a cell: COM1. PCI configuration
+	 * (0xcf8/0xcfc, 32-bit) and the ACPI PM timer (pm_timer_address) need
+	 * no entry; the guest touches no PIT, PIC, port 0x61 or 0xf4 there.
+	 */
 	.pio_regions = {
 		PIO_RANGE(0x3f8, 8), /* serial console */
 	},
