@@ -380,6 +380,11 @@ struct Cell {
 
 impl Cell {
     fn start(socket: &Path, cmdline: &str) -> Cell {
+        Self::start_with(Some(socket), cmdline, &comm_region_page())
+    }
+
+    /// A cell with an optional ivshmem link and the comm region `comm`.
+    fn start_with(socket: Option<&Path>, cmdline: &str, comm: &[u8]) -> Cell {
         let (qemu, data) = rig_qemu().as_ref().unwrap_or_else(|e| panic!("{e}"));
         let image = flat_image().as_ref().unwrap_or_else(|e| panic!("{e}"));
         let fw = firmware().as_ref().unwrap_or_else(|e| panic!("{e}"));
@@ -398,7 +403,7 @@ impl Cell {
         }
         img[CMDLINE_ADDRESS..end].copy_from_slice(&s);
         fs::write(dir.join("image.bin"), &img).unwrap();
-        fs::write(dir.join("comm.bin"), comm_region_page()).unwrap();
+        fs::write(dir.join("comm.bin"), comm).unwrap();
         let ram = SharedRam::create(&dir.join("ram"), RAM_SIZE);
 
         let mut cmd = Command::new(qemu);
@@ -427,14 +432,16 @@ impl Cell {
                 "loader,file={},addr={COMM_REGION:#x},force-raw=on",
                 dir.join("comm.bin").display()
             ))
-            .arg("-chardev")
-            .arg(format!("socket,path={},id=ivs", socket.display()))
-            .args(["-device", "ivshmem-doorbell,chardev=ivs,vectors=2"])
             .args(["-trace", "memory_region_ops_read"])
             .args(["-trace", "memory_region_ops_write"])
             .args(["-trace", "cpu_set_apic_base"])
             .arg("-D")
             .arg(dir.join("trace.log"));
+        if let Some(socket) = socket {
+            cmd.arg("-chardev")
+                .arg(format!("socket,path={},id=ivs", socket.display()))
+                .args(["-device", "ivshmem-doorbell,chardev=ivs,vectors=2"]);
+        }
         let process = QemuProcess::spawn(&mut cmd, dir, Accel::Tcg, "jailhouse cell").unwrap();
         Cell { process, ram }
     }
@@ -486,6 +493,28 @@ impl Cell {
 
     fn kill(&mut self) {
         self.process.kill();
+    }
+
+    /// Waits until the guest has stopped itself (`cell_state` terminal).
+    fn wait_cell_state(&mut self, timeout: Duration) -> u32 {
+        let ok = netns::wait_until(timeout, Duration::from_millis(20), || {
+            self.cell_state() != CELL_RUNNING || self.process.exit().is_some()
+        });
+        assert!(ok.is_ok(), "the cell did not stop\n{}", self.diagnostics());
+        self.cell_state()
+    }
+
+    /// Kills QEMU and fails on anything Jailhouse would have made fatal.
+    fn stop_and_check(&mut self) {
+        self.kill();
+        let bad = self.violations();
+        assert!(
+            bad.is_empty(),
+            "{} accesses a Jailhouse cell may not make:\n{}\n{}",
+            bad.len(),
+            bad.iter().take(20).cloned().collect::<Vec<_>>().join("\n"),
+            self.diagnostics()
+        );
     }
 }
 
@@ -703,18 +732,8 @@ impl Rig {
         );
     }
 
-    /// Stops the cell's QEMU and fails on anything Jailhouse would have
-    /// made fatal.
     fn stop_and_check(&mut self) {
-        self.cell.kill();
-        let bad = self.cell.violations();
-        assert!(
-            bad.is_empty(),
-            "{} accesses a Jailhouse cell may not make:\n{}\n{}",
-            bad.len(),
-            bad.iter().take(20).cloned().collect::<Vec<_>>().join("\n"),
-            self.cell.diagnostics()
-        );
+        self.cell.stop_and_check();
     }
 }
 
@@ -778,6 +797,69 @@ fn flat_image_runs_as_a_jailhouse_cell() {
     rig.stop_and_check();
     eprintln!("rig test done after {:?}", started.elapsed());
     drop(rig.dir);
+}
+
+const CELL_SHUT_DOWN: u32 = 2;
+const CELL_FAILED: u32 = 3;
+const CELL_FAILED_COMM_REV: u32 = 4;
+
+/// A self-test that passes ends the cell with SHUT_DOWN, one that panics
+/// with FAILED; neither touches `isa-debug-exit` (not even present here).
+#[test]
+fn exits_set_the_cell_state() {
+    let _serial = netns::serial();
+    for (cmdline, state, says) in [
+        (
+            "ip=10.77.0.2/24 selftest=boot",
+            CELL_SHUT_DOWN,
+            "selftest boot: ok",
+        ),
+        ("ip=10.77.0.2/24 selftest=panic", CELL_FAILED, "PANIC: "),
+    ] {
+        let mut cell = Cell::start_with(None, cmdline, &comm_region_page());
+        assert_eq!(
+            cell.wait_cell_state(LINK_TIMEOUT),
+            state,
+            "{cmdline}\n{}",
+            cell.diagnostics()
+        );
+        assert!(cell.serial().contains(says), "{}", cell.diagnostics());
+        cell.stop_and_check();
+    }
+}
+
+/// A `-s` string longer than the 1024-byte buffer runs into the bss, not
+/// the code: the guest boots, finds no NUL in the buffer and fails the cell.
+#[test]
+fn overlong_command_line_fails_the_cell() {
+    let _serial = netns::serial();
+    let long = format!("ip=10.77.0.2/24 {}", "x".repeat(100_000));
+    let mut cell = Cell::start_with(None, &long, &comm_region_page());
+    assert_eq!(
+        cell.wait_cell_state(LINK_TIMEOUT),
+        CELL_FAILED,
+        "{}",
+        cell.diagnostics()
+    );
+    let serial = cell.serial();
+    assert!(serial.contains("command line is too long"), "{serial}");
+    cell.stop_and_check();
+}
+
+/// A comm region of another ABI revision: FAILED_COMM_REV, nothing else.
+#[test]
+fn wrong_comm_region_revision_fails_with_comm_rev() {
+    let _serial = netns::serial();
+    let mut comm = comm_region_page();
+    comm[6..8].copy_from_slice(&3u16.to_le_bytes());
+    let mut cell = Cell::start_with(None, "ip=10.77.0.2/24", &comm);
+    assert_eq!(
+        cell.wait_cell_state(LINK_TIMEOUT),
+        CELL_FAILED_COMM_REV,
+        "{}",
+        cell.diagnostics()
+    );
+    cell.stop_and_check();
 }
 
 /// The trace checker flags what Jailhouse kills (so the rig test can fail).
