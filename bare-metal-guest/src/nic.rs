@@ -113,7 +113,8 @@ impl Nic {
         // volatile copies.
         let peer = unsafe { PeerSection::new(peer_ptr, peer_len) }.ok_or(NicError::BadSection)?;
         let mtu = usize::from(mtu);
-        let endpoint = Endpoint::new(own, peer, Config::with_mtu(mtu)).map_err(NicError::Geometry)?;
+        let endpoint =
+            Endpoint::new(own, peer, Config::with_mtu(mtu)).map_err(NicError::Geometry)?;
         println!(
             "nic: ivshmem-net on {:?} {} (peer {} -> {}, {} MSI-X vectors), mode {:?}, mtu {mtu}",
             device.profile, device.bdf, device.id, device.peer, device.vectors, mode
