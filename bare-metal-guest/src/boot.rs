@@ -65,7 +65,7 @@ jailhouse_reset16:
     // CS = DS = 0 at reset: offsets below 64 KiB are linear addresses. The
     // ticket is loaded from the image as 0 at every `cell load`.
     mov ax, 1
-    lock xadd word ptr [reset16_ticket], ax
+    lock xadd word ptr [jailhouse_cpu_tickets], ax
     test ax, ax
     jnz .Lpark16
     lgdt [reset16_gdt_ptr]        // 16-bit form: 24-bit base, below 1 MiB here
@@ -81,7 +81,8 @@ jailhouse_reset16:
     jmp .Lpark16
 
     .p2align 2
-reset16_ticket:
+    .global jailhouse_cpu_tickets     // read by the rig test: CPUs that entered
+jailhouse_cpu_tickets:
     .word 0
 reset16_gdt_ptr:
     .word boot_gdt_end - boot_gdt - 1

@@ -6,7 +6,8 @@
 //!   enables q35's ACPI PM timer at port 0x608, puts the local APIC in
 //!   x2APIC mode (an x2APIC host), marks the end of its own I/O with a write
 //!   to port 0x80, and enters the image at 0000:0000 in real mode with the
-//!   register state of Jailhouse's pseudo-SIPI (CR0 = CD|NW|ET, all else 0);
+//!   register state of Jailhouse's pseudo-SIPI (CR0 = CD|NW|ET, all else 0),
+//!   on every CPU (`num_cpus` of the comm region = QEMU's `-smp`);
 //! - the flat `ivnet-guest.bin` at 0, with the command line written at
 //!   0x1000 as `jailhouse cell load … -s "…" -a 0x1000` does;
 //! - a comm region at 0x100000 filled as `cell start` fills it
@@ -41,9 +42,9 @@
 //! keeps them without a trace event or any effect), other MSRs Jailhouse
 //! intercepts, RAM accesses outside the cell's 1 MiB (QEMU's RAM is 128 MiB;
 //! the linker script's ASSERT and the guest's page tables are what keep the
-//! footprint inside), the ticket scheme for more than one CPU (QEMU's APs
-//! wait for a SIPI instead of starting at 0), and caching effects of
-//! CR0.CD/NW and MTRR_DEF_TYPE.E.
+//! footprint inside), and caching effects of CR0.CD/NW and MTRR_DEF_TYPE.E.
+//! With two CPUs the firmware releases both into the image at once, as
+//! `cell start` does, so the CPU-ticket scheme is exercised.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -383,8 +384,10 @@ impl Cell {
         Self::start_with(Some(socket), cmdline, &comm_region_page())
     }
 
-    /// A cell with an optional ivshmem link and the comm region `comm`.
+    /// A cell with an optional ivshmem link and the comm region `comm`;
+    /// as many CPUs as the comm region's `num_cpus`.
     fn start_with(socket: Option<&Path>, cmdline: &str, comm: &[u8]) -> Cell {
+        let cpus = u16::from_le_bytes([comm[0x42], comm[0x43]]).max(1);
         let (qemu, data) = rig_qemu().as_ref().unwrap_or_else(|e| panic!("{e}"));
         let image = flat_image().as_ref().unwrap_or_else(|e| panic!("{e}"));
         let fw = firmware().as_ref().unwrap_or_else(|e| panic!("{e}"));
@@ -417,6 +420,7 @@ impl Cell {
                 dir.join("ram").display()
             ))
             .args(["-cpu", "max", "-accel", "tcg"])
+            .args(["-smp", &cpus.to_string()])
             .args(["-nodefaults", "-display", "none", "-no-reboot"])
             .arg("-serial")
             .arg(format!("file:{}", dir.join("serial.log").display()))
@@ -858,6 +862,45 @@ fn wrong_comm_region_revision_fails_with_comm_rev() {
         CELL_FAILED_COMM_REV,
         "{}",
         cell.diagnostics()
+    );
+    cell.stop_and_check();
+}
+
+/// Address of the image's CPU ticket counter (`jailhouse_cpu_tickets`).
+fn ticket_address() -> usize {
+    let elf = repo_root()
+        .join("bare-metal-guest/target/x86_64-unknown-none/release/ivnet-guest-jailhouse");
+    let syms = run(Command::new("nm").arg(&elf), "nm").unwrap();
+    let line = syms
+        .lines()
+        .find(|l| l.ends_with(" jailhouse_cpu_tickets"))
+        .unwrap_or_else(|| panic!("no jailhouse_cpu_tickets in {}", elf.display()));
+    usize::from_str_radix(line.split_whitespace().next().unwrap(), 16).unwrap()
+}
+
+/// With two CPUs, both start at the reset address (as at Jailhouse's `cell
+/// start`): both take a ticket, one boots (one banner), the other stays
+/// parked, and the self-test ends the cell normally.
+#[test]
+fn second_cpu_parks_at_the_reset_entry() {
+    let _serial = netns::serial();
+    let mut comm = comm_region_page();
+    comm[0x42..0x44].copy_from_slice(&2u16.to_le_bytes());
+    let mut cell = Cell::start_with(None, "ip=10.77.0.2/24 selftest=boot", &comm);
+    assert_eq!(
+        cell.wait_cell_state(LINK_TIMEOUT),
+        CELL_SHUT_DOWN,
+        "{}",
+        cell.diagnostics()
+    );
+    let tickets = ticket_address();
+    let word = cell.ram.read_u32(tickets & !3) >> (8 * (tickets & 3));
+    assert_eq!(word & 0xffff, 2, "CPUs that took a ticket");
+    let serial = cell.serial();
+    assert_eq!(
+        serial.matches("booting (reset entry").count(),
+        1,
+        "{serial}"
     );
     cell.stop_and_check();
 }
