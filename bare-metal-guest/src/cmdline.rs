@@ -13,7 +13,7 @@
 //! | `gw` | default gateway, inside the `ip` subnet | none |
 //! | `mac` | own Ethernet address, unicast | `02:00:` followed by the four `ip` octets |
 //! | `mode` | `event` (doorbell interrupts, `hlt` when idle) or `poll` (never sleeps, never asks for doorbells) | `event` |
-//! | `mtu` | IP MTU in bytes (`68..=16384`); frames are `mtu + 14` bytes | 16384 |
+//! | `mtu` | IP MTU in bytes (`68..=16384`); frames are `mtu + 14` bytes | the section's default (`min(16384, data area / 16)`, the reference rule) |
 //! | `stats` | seconds between counter lines on the serial console (`0` = off) | 5 |
 //! | `selftest` | run a platform self-test instead of the network services and exit (see [`SelfTest`]) | none |
 //!
@@ -28,8 +28,6 @@ use core::str::FromStr;
 pub const MAX_MTU: u16 = 16384;
 /// Smallest IP MTU (the IPv4 minimum).
 pub const MIN_MTU: u16 = 68;
-/// Default IP MTU, the ivshmem-net default.
-pub const DEFAULT_MTU: u16 = 16384;
 /// Default interval of the counters line on the serial console, in seconds.
 pub const DEFAULT_STATS_INTERVAL_S: u32 = 5;
 
@@ -145,8 +143,9 @@ pub struct GuestConfig {
     pub mac: MacAddress,
     /// Event or poll mode.
     pub mode: Mode,
-    /// IP MTU.
-    pub mtu: u16,
+    /// IP MTU; `None`: the section's default (`Geometry::default_mtu`),
+    /// known only once the device is up.
+    pub mtu: Option<u16>,
     /// Seconds between counter lines (0 = never).
     pub stats_interval_s: u32,
     /// Self-test to run instead of the services.
@@ -334,7 +333,7 @@ pub fn parse(line: &str) -> Result<GuestConfig, CmdlineError<'_>> {
         gateway,
         mac: mac.unwrap_or(MacAddress([0x02, 0x00, o[0], o[1], o[2], o[3]])),
         mode: mode.unwrap_or(Mode::Event),
-        mtu: mtu.unwrap_or(DEFAULT_MTU),
+        mtu,
         stats_interval_s: stats.unwrap_or(DEFAULT_STATS_INTERVAL_S),
         selftest,
     })
@@ -353,7 +352,7 @@ mod tests {
         assert_eq!(c.gateway, Some(Ipv4Addr::new(10, 77, 0, 1)));
         assert_eq!(c.mac, MacAddress([2, 0xaa, 0xbb, 0xcc, 0xdd, 0xee]));
         assert_eq!(c.mode, Mode::Poll);
-        assert_eq!(c.mtu, 1500);
+        assert_eq!(c.mtu, Some(1500));
         assert_eq!(c.stats_interval_s, 0);
         assert_eq!(c.selftest, Some(SelfTest::Boot));
     }
@@ -364,7 +363,7 @@ mod tests {
         assert_eq!(c.gateway, None);
         assert_eq!(c.mac, MacAddress([2, 0, 10, 77, 0, 2]));
         assert_eq!(c.mode, Mode::Event);
-        assert_eq!(c.mtu, DEFAULT_MTU);
+        assert_eq!(c.mtu, None);
         assert_eq!(c.stats_interval_s, DEFAULT_STATS_INTERVAL_S);
         assert_eq!(c.selftest, None);
     }

@@ -26,9 +26,8 @@
 
 use core::fmt;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU32, Ordering};
 
-use ivshmem::layout::PROTOCOL_NET;
+use ivnet_driver::{DeviceLink, LinkShapeError, PROTOCOL_NET, check_net_link};
 use ivshmem::pci::{self, Bar, Command, MsixCapability, MsixEntryField, PciError};
 use ivshmem::{
     Device, DeviceError, Ivshmem, JailhouseDevice, LayoutPage, Profile, QemuDevice,
@@ -52,9 +51,6 @@ const BAR_WINDOW: core::ops::Range<u64> = 0xC000_0000..0xFEC0_0000;
 /// identity mapping can cover on the machines the guest runs on; a clash
 /// would be reported as a mapping conflict.
 pub const STATE_ALIAS_VIRT: u64 = 0x0000_7f00_0000_0000;
-
-/// Doorbell vector for link-state changes (ivshmem-net: 0; data is 1).
-pub const VECTOR_STATE: u16 = 0;
 
 /// Why the device could not be brought up.
 #[derive(Clone, Copy, Debug)]
@@ -82,7 +78,7 @@ pub enum BringUpError {
     /// The MSI-X table does not lie inside its BAR.
     MsixTableOutsideBar,
     /// The link is not a two-peer ivshmem-net link.
-    NotTwoPeers(u16),
+    Link(LinkShapeError),
     /// Page-table mapping failed.
     Map(MapError),
 }
@@ -96,6 +92,12 @@ impl From<DeviceError> for BringUpError {
 impl From<PciError> for BringUpError {
     fn from(e: PciError) -> Self {
         BringUpError::Pci(e)
+    }
+}
+
+impl From<LinkShapeError> for BringUpError {
+    fn from(e: LinkShapeError) -> Self {
+        BringUpError::Link(e)
     }
 }
 
@@ -126,9 +128,7 @@ impl fmt::Display for BringUpError {
             BringUpError::MsixTableOutsideBar => {
                 write!(f, "the MSI-X table does not fit in its BAR")
             }
-            BringUpError::NotTwoPeers(n) => {
-                write!(f, "the link has {n} peers; ivshmem-net needs exactly 2")
-            }
+            BringUpError::Link(e) => write!(f, "{e}"),
             BringUpError::Map(e) => write!(f, "mapping: {e}"),
         }
     }
@@ -152,8 +152,6 @@ pub struct NicDevice {
     pub peer: u16,
     /// MSI-X vectors routed to this CPU.
     pub vectors: u16,
-    /// Read-write alias of the own state-table entry (QEMU profile).
-    own_state_alias: Option<NonNull<u32>>,
 }
 
 /// Allocates addresses for unassigned BARs.
@@ -214,11 +212,20 @@ fn setup_bar(
     Ok((address, size))
 }
 
+/// The error for a layout whose peer count `check_net_link` should have
+/// refused (an entry or section of peer 0 or 1 is missing).
+fn not_two_peers(layout: &SharedMemoryLayout) -> BringUpError {
+    BringUpError::Link(LinkShapeError::PeerCount {
+        max_peers: u32::from(layout.max_peers),
+    })
+}
+
+/// Maps the shared memory of a link `(own ID, peer ID)` checked by
+/// [`check_net_link`].
 fn map_shared_memory(
     base: u64,
     layout: &SharedMemoryLayout,
-    id: u16,
-    peer: u16,
+    (id, peer): (u16, u16),
 ) -> Result<(), BringUpError> {
     let l = layout;
     paging::map(
@@ -236,12 +243,8 @@ fn map_shared_memory(
         )?;
     }
     // Both offsets exist: id and peer are < max_peers (2).
-    let own = l
-        .output_section_offset(id)
-        .ok_or(BringUpError::NotTwoPeers(l.max_peers))?;
-    let theirs = l
-        .output_section_offset(peer)
-        .ok_or(BringUpError::NotTwoPeers(l.max_peers))?;
+    let own = l.output_section_offset(id).ok_or(not_two_peers(l))?;
+    let theirs = l.output_section_offset(peer).ok_or(not_two_peers(l))?;
     paging::map(
         base + own,
         l.output_section_size,
@@ -345,91 +348,90 @@ pub fn bring_up(apic_id: u32) -> Result<NicDevice, BringUpError> {
     paging::map(bar1, bar1_size, Kind::Mmio, "ivshmem MSI-X table (BAR1)")?;
     let bar0_ptr = NonNull::new(bar0 as *mut u8).ok_or(BringUpError::BadBar { index: 0 })?;
 
-    let (device, shm_base, wanted_vectors): (Device<'static>, u64, u32) = match profile {
-        Profile::QemuDoorbell => {
-            let (bar2, bar2_size) = bars[2];
-            let bar2_ptr =
-                NonNull::new(bar2 as *mut u8).ok_or(BringUpError::BadBar { index: 2 })?;
-            paging::map(
-                bar2,
-                0x1000,
-                Kind::SharedReadOnly,
-                "ivshmem layout page (read-only)",
-            )?;
-            // SAFETY: BAR2's first page is mapped (read-only) just above,
-            // which is all `read_layout_page` reads.
-            let page: LayoutPage = unsafe { qemu::read_layout_page(bar2_ptr, bar2_size)? };
-            let l = page.layout;
-            if l.max_peers != 2 {
-                return Err(BringUpError::NotTwoPeers(l.max_peers));
+    let (device, shm_base, wanted_vectors, (id, peer)): (Device<'static>, u64, u32, (u16, u16)) =
+        match profile {
+            Profile::QemuDoorbell => {
+                let (bar2, bar2_size) = bars[2];
+                let bar2_ptr =
+                    NonNull::new(bar2 as *mut u8).ok_or(BringUpError::BadBar { index: 2 })?;
+                paging::map(
+                    bar2,
+                    0x1000,
+                    Kind::SharedReadOnly,
+                    "ivshmem layout page (read-only)",
+                )?;
+                // SAFETY: BAR2's first page is mapped (read-only) just above,
+                // which is all `read_layout_page` reads.
+                let page: LayoutPage = unsafe { qemu::read_layout_page(bar2_ptr, bar2_size)? };
+                let l = page.layout;
+                // SAFETY: BAR0 is mapped uncached above, 256 bytes, 4-aligned,
+                // and only accessed as registers from now on.
+                let regs = unsafe { qemu::Registers::new(bar0_ptr) };
+                let link =
+                    check_net_link(page.protocol, u32::from(l.max_peers), regs.iv_position())?;
+                map_shared_memory(bar2, &l, link)?;
+                // SAFETY: the window at `bar2` is mapped for every region the
+                // device touches: the layout page (read) and the state table
+                // (atomic loads only: the one write, the own state, goes
+                // through the read-write alias installed below with
+                // `set_own_state_view` before anything is published). The
+                // memory is shared with peers and is never referenced as Rust
+                // data.
+                let dev = unsafe { QemuDevice::probe(regs, bar2_ptr, bar2_size, PROTOCOL_NET)? };
+                let vectors = dev.vectors();
+                (dev.into(), bar2, vectors, link)
             }
-            // SAFETY: BAR0 is mapped uncached above, 256 bytes, 4-aligned,
-            // and only accessed as registers from now on.
-            let regs = unsafe { qemu::Registers::new(bar0_ptr) };
-            let id = regs.iv_position();
-            let id16 = u16::try_from(id)
-                .ok()
-                .filter(|&i| i < 2)
-                .ok_or(BringUpError::Device(DeviceError::IdOutOfRange {
-                    id,
-                    max_peers: 2,
-                }))?;
-            map_shared_memory(bar2, &l, id16, 1 - id16)?;
-            // SAFETY: the window at `bar2` is mapped for every region the
-            // device touches: the layout page (read) and the state table
-            // (atomic loads only: `set_own_state`, the one write, is never
-            // called in this guest; see `NicDevice::set_own_state`). The
-            // memory is shared with peers and is never referenced as Rust
-            // data.
-            let dev = unsafe { QemuDevice::probe(regs, bar2_ptr, bar2_size, PROTOCOL_NET)? };
-            let vectors = dev.vectors();
-            (dev.into(), bar2, vectors)
-        }
-        Profile::Jailhouse => {
-            // SAFETY: BAR0 is mapped uncached above and only accessed as
-            // registers from now on.
-            let regs = unsafe { jailhouse::Registers::new(bar0_ptr) };
-            let bar2_size = uses_bar2.then_some(bars[2].1);
-            let dev = JailhouseDevice::probe(&cfg, regs, PROTOCOL_NET, bar2_size)?;
-            let base = match dev.location() {
-                SharedMemoryLocation::Physical(base) => base,
-                SharedMemoryLocation::Bar(_) => bars[2].0,
-            };
-            let l = dev.layout();
-            if l.max_peers != 2 {
-                return Err(BringUpError::NotTwoPeers(l.max_peers));
+            Profile::Jailhouse => {
+                // SAFETY: BAR0 is mapped uncached above and only accessed as
+                // registers from now on.
+                let regs = unsafe { jailhouse::Registers::new(bar0_ptr) };
+                let bar2_size = uses_bar2.then_some(bars[2].1);
+                let dev = JailhouseDevice::probe(&cfg, regs, PROTOCOL_NET, bar2_size)?;
+                let base = match dev.location() {
+                    SharedMemoryLocation::Physical(base) => base,
+                    SharedMemoryLocation::Bar(_) => bars[2].0,
+                };
+                let l = dev.layout();
+                let link =
+                    check_net_link(dev.protocol(), u32::from(l.max_peers), u32::from(dev.id()))?;
+                map_shared_memory(base, &l, link)?;
+                (dev.into(), base, u32::from(DOORBELL_VECTORS), link)
             }
-            map_shared_memory(base, &l, dev.id(), 1 - dev.id())?;
-            (dev.into(), base, u32::from(DOORBELL_VECTORS))
-        }
-    };
+        };
 
+    let mut device = device;
     let layout = device.layout();
-    let id = device.id();
-    let peer = device
-        .peer_id()
-        .ok_or(BringUpError::NotTwoPeers(layout.max_peers))?;
     let vectors = setup_msix(&mut cfg, &bars, wanted_vectors, apic_id)?;
     device.enable_interrupts();
 
-    let own_state_alias = match profile {
-        Profile::QemuDoorbell => {
-            let entry = shm_base
-                + layout
-                    .state_entry_offset(id)
-                    .ok_or(BringUpError::NotTwoPeers(layout.max_peers))?;
-            let page = entry & !0xfff;
-            paging::map_at(
-                STATE_ALIAS_VIRT,
-                page,
-                0x1000,
-                Kind::SharedReadWrite,
-                "own state-table entry (read-write alias)",
-            )?;
-            NonNull::new((STATE_ALIAS_VIRT + (entry - page)) as *mut u32)
-        }
-        Profile::Jailhouse => None,
-    };
+    if let Device::QemuDoorbell(qemu) = &mut device {
+        // No STATE register: the guest stores its own entry itself, through
+        // a one-page read-write alias (the identity mapping of the table
+        // stays read-only), with `ivshmem`'s one implementation of the
+        // protocol (`OwnStateEntry`: Release store, then vector 0).
+        let entry = shm_base
+            + layout
+                .state_entry_offset(id)
+                .ok_or(not_two_peers(&layout))?;
+        let page = entry & !0xfff;
+        paging::map_at(
+            STATE_ALIAS_VIRT,
+            page,
+            0x1000,
+            Kind::SharedReadWrite,
+            "own state-table entry (read-write alias)",
+        )?;
+        let alias = NonNull::new((STATE_ALIAS_VIRT + (entry - page)) as *mut u32).ok_or(
+            BringUpError::Map(MapError::BadRange {
+                start: STATE_ALIAS_VIRT,
+                len: 0x1000,
+            }),
+        )?;
+        // SAFETY: `alias` maps this peer's own entry (`id`) read-write for
+        // the guest's lifetime (the page tables are never torn down), and
+        // every party accesses the entry only atomically.
+        unsafe { qemu.set_own_state_view(alias) }?;
+    }
 
     println!(
         "ivshmem: {:?} id {id} peer {peer}, shared memory at {shm_base:#x}: state table +{:#x} ({:#x}), rw +{:#x} ({:#x}), output sections {:#x} bytes at +{:#x}, {vectors} MSI-X vectors -> APIC {apic_id}",
@@ -450,7 +452,6 @@ pub fn bring_up(apic_id: u32) -> Result<NicDevice, BringUpError> {
         id,
         peer,
         vectors,
-        own_state_alias,
     })
 }
 
@@ -481,53 +482,26 @@ impl NicDevice {
         (self.shm_base + self.layout.state_table_offset) as *const u32
     }
 
-    fn state_entry(&self, peer: u16) -> &AtomicU32 {
-        let off = self.layout.state_entry_offset(peer).expect("peer < 2");
-        let p = (self.shm_base + off) as *mut u32;
-        // SAFETY: the entry is inside the state table, mapped read-only for
-        // the guest's lifetime; it is 4-aligned (page-aligned table) and only
-        // ever accessed atomically (by the guest: loads only).
-        unsafe { AtomicU32::from_ptr(p) }
+    /// The device as the driver core's platform (`ivnet_driver::DeviceLink`:
+    /// the peer's entry read through the read-only table, the own state
+    /// through the STATE register or the alias, data doorbells on the
+    /// vectors routed here, the one-shot re-arm). `clock` returns monotonic
+    /// microseconds.
+    pub fn into_link(self, clock: fn() -> u64) -> Result<DeviceLink<'static>, LinkShapeError> {
+        let table =
+            NonNull::new(self.state_table().cast_mut()).ok_or(LinkShapeError::PeerCount {
+                max_peers: u32::from(self.layout.max_peers),
+            })?;
+        // SAFETY: `table` is the device's state table (at the layout's
+        // offset in the shared memory), page-aligned, mapped read-only for
+        // the guest's lifetime, with `max_peers` = 2 entries (checked by
+        // `check_net_link` in `bring_up`).
+        unsafe { DeviceLink::new(self.device, table, u32::from(self.vectors), clock) }
     }
 
-    /// `peer`'s state-table entry, loaded once (Acquire). Peer-written:
-    /// the caller validates it.
-    pub fn peer_state(&self) -> u32 {
-        self.state_entry(self.peer).load(Ordering::Acquire)
-    }
-
-    /// Publishes the own link state and wakes the peer on vector 0.
-    ///
-    /// Jailhouse: the STATE register (the hypervisor updates the read-only
-    /// table and interrupts the peer). QEMU: a Release store through the
-    /// read-write alias of the own entry, then a vector-0 doorbell — the
-    /// same protocol as `ivshmem::QemuDevice::set_own_state`, which the
-    /// guest cannot use because its identity mapping of the state table is
-    /// read-only.
-    pub fn set_own_state(&self, state: u32) {
-        match self.own_state_alias {
-            Some(alias) => {
-                // SAFETY: `alias` maps the own entry read-write (4-aligned,
-                // inside the page mapped by `bring_up` for the guest's
-                // lifetime); the entry is only accessed atomically.
-                let entry = unsafe { AtomicU32::from_ptr(alias.as_ptr()) };
-                entry.store(state, Ordering::Release);
-                // The doorbell write is ordered after the store by the
-                // fence in `ring`.
-                self.ring(VECTOR_STATE);
-            }
-            None => self.device.set_own_state(state),
-        }
-    }
-
-    /// Rings the peer's `vector`. Out-of-range vectors are refused by the
-    /// `ivshmem` crate, which is a driver bug: counted, not fatal.
+    /// Rings the peer's `vector` (self-tests). Out-of-range vectors are
+    /// refused by the `ivshmem` crate.
     pub fn ring(&self, vector: u16) -> bool {
         self.device.ring(self.peer, vector).is_ok()
-    }
-
-    /// Re-arms one-shot interrupts (Jailhouse); nothing on QEMU.
-    pub fn rearm(&self) {
-        self.device.rearm();
     }
 }

@@ -7,6 +7,7 @@
 //! |---|---|
 //! | `boot` | PVH note, Jailhouse 16-bit reset entry, 32→64-bit trampoline |
 //! | `serial` | 16550 console, `print!`/`println!` |
+//! | `logger` | the `log` facade on the console, with a byte budget |
 //! | `exit` | `isa-debug-exit` |
 //! | `cpu` | CPUID features, NX, TSC |
 //! | `gdt` | GDT and TSS with exception stacks |
@@ -36,6 +37,7 @@ mod exit;
 mod footprint;
 mod gdt;
 mod idt;
+mod logger;
 mod net;
 mod nic;
 mod paging;
@@ -103,6 +105,7 @@ fn read_start_info(start_info_paddr: u32) -> Result<&'static str, CmdlineError<'
 /// stack with the PVH start-info address.
 extern "C" fn rust_entry(start_info_paddr: u32) -> ! {
     serial::init();
+    logger::init();
     if start_info_paddr == boot::NO_START_INFO {
         println!(
             "ivnet-guest {} booting (reset entry at 0000:0000, Jailhouse layout)",

@@ -22,6 +22,7 @@
 //! never asks for doorbells.
 
 use core::fmt::{self, Write};
+
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use ivnet_guest::cmdline::{GuestConfig, Mode};
@@ -32,6 +33,7 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 use static_cell::ConstStaticCell;
 
 use crate::idt::{self, IRQ_COUNTERS};
+use crate::logger::{self, LineBuf};
 use crate::nic::{MAX_FRAME, Nic};
 use crate::{cpu, println, time};
 
@@ -268,47 +270,13 @@ impl Services {
                     now_us
                 }
             );
-            println!("{}", line.as_str());
+            // Asked for by whoever sends datagrams to the port: on the
+            // console only within the log budget.
+            log::info!(target: "stats", "{}", line.as_str());
             let _ = s.send_slice(line.as_bytes(), meta.endpoint);
             moved = true;
         }
         moved
-    }
-}
-
-/// A fixed-size text buffer for one counters line.
-struct LineBuf {
-    buf: [u8; 1024],
-    len: usize,
-}
-
-impl LineBuf {
-    fn new() -> Self {
-        LineBuf {
-            buf: [0; 1024],
-            len: 0,
-        }
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-
-    fn as_str(&self) -> &str {
-        // Only `write_str` fills the buffer, with whole `&str`s.
-        core::str::from_utf8(self.as_bytes()).unwrap_or("")
-    }
-}
-
-impl Write for LineBuf {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let room = self.buf.len() - self.len;
-        if s.len() > room {
-            return Err(fmt::Error);
-        }
-        self.buf[self.len..self.len + s.len()].copy_from_slice(s.as_bytes());
-        self.len += s.len();
-        Ok(())
     }
 }
 
@@ -323,7 +291,8 @@ impl fmt::Display for StatsLine<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ep = self.nic.endpoint();
         let s = self.nic.stats();
-        let d = self.nic.counters();
+        let d = self.nic.driver_counters();
+        let g = self.nic.counters();
         let c = self.services;
         let irq = &IRQ_COUNTERS;
         write!(
@@ -333,7 +302,9 @@ impl fmt::Display for StatsLine<'_> {
              tx_ring_full={} tx_completion_requests={} link_resets={} ring_errors={} rx_oversize={} \
              tcp_echo_conns={} tcp_echo_bytes={} tcp_discard_conns={} tcp_discard_bytes={} \
              udp_echo_dgrams={} udp_echo_bytes={} udp_echo_dropped={} tx_no_slot={} loop_rounds={} loop_sleeps={} \
-             stack_used={}",
+             stack_used={} data_vector={} doorbells_v0={} doorbells_v1={} doorbells_refused={} \
+             state_writes={} state_writes_refused={} carrier_ups={} carrier_downs={} protocol_faults={} \
+             backoff_waits={} log_suppressed={} tx_oversize={}",
             self.now_us / 1_000_000,
             self.now_us / 1000 % 1000,
             ep.local_state(),
@@ -344,14 +315,14 @@ impl fmt::Display for StatsLine<'_> {
             s.tx_frames,
             s.tx_bytes,
             s.tx_batches,
-            d.doorbells_rung,
+            d.doorbells_rung[0] + d.doorbells_rung[1],
             s.notifications_suppressed,
             irq.doorbell[0].load(Ordering::Relaxed),
             irq.doorbell[1].load(Ordering::Relaxed),
             irq.timer.load(Ordering::Relaxed),
             s.tx_ring_full,
             s.tx_completion_irq_requests,
-            s.link_resets,
+            d.link_resets,
             s.total_errors(),
             s.rx_dropped_oversize,
             c.tcp_echo_connections,
@@ -361,10 +332,22 @@ impl fmt::Display for StatsLine<'_> {
             c.udp_echo_datagrams,
             c.udp_echo_bytes,
             c.udp_echo_dropped,
-            d.tx_token_no_slot,
+            g.tx_token_no_slot,
             LOOP_COUNTERS.rounds.load(Ordering::Relaxed),
             LOOP_COUNTERS.sleeps.load(Ordering::Relaxed),
             crate::footprint::stack_used(),
+            self.nic.data_vector(),
+            d.doorbells_rung[0],
+            d.doorbells_rung[1],
+            d.doorbells_refused,
+            d.state_writes,
+            d.state_writes_refused,
+            d.carrier_ups,
+            d.carrier_downs,
+            d.protocol_faults,
+            d.backoff_waits,
+            d.log_suppressed + logger::dropped(),
+            g.tx_oversize,
         )
     }
 }
@@ -418,25 +401,27 @@ pub fn run(nic: &'static mut Nic, config: &GuestConfig) -> ! {
     let stats_interval_us = u64::from(config.stats_interval_s) * 1_000_000;
     let mut next_stats = time::now_us() + stats_interval_us;
     let mut next_link_tick = 0;
-    let mut events = 0u32;
-    nic.step_link(true);
     loop {
-        events |= idt::take_events();
+        // Interrupts only wake the loop: every round re-reads the peer's
+        // state entry (one load), so a vector-0 interrupt — on a one-vector
+        // device every interrupt, "state may have changed and data may be
+        // waiting" — and a data doorbell are handled alike.
+        let _ = idt::take_events();
         crate::platform::poll_messages(|| nic.shutdown());
         // One clock read per round: under nested KVM every RDTSC is a VM
-        // exit, so smoltcp gets this value for the whole round.
+        // exit, so smoltcp and the driver core get this value for the round.
         let now = time::now_us();
         let smol = smol_now(now);
+        nic.set_now(now);
         LOOP_COUNTERS.rounds.fetch_add(1, Ordering::Relaxed);
 
-        // Link state: on a vector-0 interrupt, on every tick, and whenever
-        // the peer's entry changed (one load).
-        let tick = now >= next_link_tick;
-        if tick {
+        // Link state: every round (the first publishes RESET). The tick
+        // bounds the sleep so that a lost vector-0 interrupt (QEMU drops
+        // doorbells to peers that are not connected yet) cannot stall it.
+        if now >= next_link_tick {
             next_link_tick = now + LINK_TICK_US;
         }
-        nic.step_link(tick || events & idt::event_doorbell(0) != 0);
-        events = 0;
+        nic.poll_link(now);
 
         // Data path, batched.
         nic.reclaim();
@@ -455,6 +440,8 @@ pub fn run(nic: &'static mut Nic, config: &GuestConfig) -> ! {
 
         if stats_interval_us > 0 && now >= next_stats {
             next_stats = now + stats_interval_us;
+            // Operator-requested (`stats=N`): printed directly, not subject
+            // to the log budget.
             println!(
                 "{}",
                 StatsLine {
@@ -469,11 +456,10 @@ pub fn run(nic: &'static mut Nic, config: &GuestConfig) -> ! {
             // More work waiting (or poll mode): poll again, no doorbells.
             continue;
         }
-        if nic.arm_rx_notify() {
-            // A frame slipped in while the event index was published.
+        // RX notify on, interrupt re-armed, then the final re-check.
+        if nic.prepare_sleep() {
             continue;
         }
-        nic.rearm();
 
         // Sleep until a doorbell or the next deadline.
         let mut delay_us = iface
@@ -490,6 +476,11 @@ pub fn run(nic: &'static mut Nic, config: &GuestConfig) -> ! {
             };
         }
         delay_us = delay_us.min(next_link_tick.saturating_sub(now));
+        if let Some(until) = nic.link_held_until() {
+            // The renegotiation backoff holds the handshake: no doorbell
+            // announces its end.
+            delay_us = delay_us.min(until.saturating_sub(now).max(1));
+        }
         if stats_interval_us > 0 {
             delay_us = delay_us.min(next_stats.saturating_sub(now));
         }
@@ -498,6 +489,6 @@ pub fn run(nic: &'static mut Nic, config: &GuestConfig) -> ! {
         }
         time::alarm_at(now, now.saturating_add(delay_us));
         LOOP_COUNTERS.sleeps.fetch_add(1, Ordering::Relaxed);
-        events = idt::wait_for_events();
+        let _ = idt::wait_for_events();
     }
 }

@@ -1,10 +1,14 @@
-//! The ivshmem-net NIC: an `ivnet_ring::Endpoint` over the device's two
-//! output sections, driven by doorbells, plus a `smoltcp` `phy::Device`.
+//! The ivshmem-net NIC: the driver core (`ivnet_driver::Driver`, which owns
+//! the ring endpoint and the link state machine) over the guest's device,
+//! plus a `smoltcp` `phy::Device`.
 //!
-//! The ring library decides *what* to write and *whether* to ring; this
-//! module carries its decisions out on the device (publish the own state,
-//! ring vector 0 for state changes and vector 1 for data) and keeps the
-//! counters an operator reads on the serial console.
+//! The driver core decides and acts through `ivnet_driver::DeviceLink`
+//! (the `ivshmem` device as its platform): RESET at start,
+//! the link steps, the data doorbell vector (1 with two or more MSI-X
+//! vectors, else 0), one doorbell decision per flush, protocol faults as
+//! counted resets with renegotiation backoff, rate-limited log records.
+//! This module keeps only the guest's part: handing frames to smoltcp and
+//! the guest-only counters.
 //!
 //! smoltcp's token model maps onto the ring as follows:
 //!
@@ -16,60 +20,57 @@
 //!   completion is published with the next [`Nic::flush`] (one Release
 //!   store and one doorbell decision per batch).
 //! - `transmit()` hands out a token only when a maximum-size frame fits;
-//!   the token writes the frame in place into the own section (zero-copy)
-//!   and queues it; it becomes visible to the peer at the next flush.
+//!   the token builds the frame in the guest's scratch buffer (no `&mut`
+//!   into shared memory either) and copies it into the own section with
+//!   the ring's `send`; it becomes visible to the peer at the next flush.
 
 use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
 
+use ivnet_driver::{Counters, DeviceLink, Driver, DriverConfig, LinkUpdate};
 use ivnet_guest::cmdline::Mode;
-use ivnet_ring::{
-    Config, Endpoint, LinkState, Notify, OwnSection, PeerSection, RingError, Stats, StepOutput,
-};
+use ivnet_ring::geometry::FRAME_HEADROOM;
+use ivnet_ring::{Config, Endpoint, OwnSection, PeerSection, Stats, TxError};
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
 use crate::device::NicDevice;
 use crate::println;
 
-/// Doorbell vector for data (new frames, completions).
-pub const VECTOR_DATA: u16 = 1;
-/// Ethernet header bytes on top of the IP MTU.
+/// Ethernet header bytes on top of the IP MTU (smoltcp's MTU is the frame
+/// without VLAN tag).
 pub const ETHERNET_HEADER: usize = 14;
-/// Largest frame the guest handles: the maximum IP MTU plus the Ethernet
-/// header and room for a VLAN tag (what the ring accepts).
-pub const MAX_FRAME: usize = ivnet_guest::cmdline::MAX_MTU as usize + 18;
+/// Largest frame the guest handles: the maximum IP MTU plus the ring's
+/// per-frame headroom (Ethernet header and a VLAN tag).
+pub const MAX_FRAME: usize = ivnet_guest::cmdline::MAX_MTU as usize + FRAME_HEADROOM;
 
-/// Guest-side counters (the ring keeps its own, see [`Stats`]).
+/// The main loop's clock reading for the current round, the driver core's
+/// clock (one RDTSC per round: under nested KVM every RDTSC is a VM exit).
+static ROUND_NOW_US: AtomicU64 = AtomicU64::new(0);
+
+fn round_now_us() -> u64 {
+    ROUND_NOW_US.load(Ordering::Relaxed)
+}
+
+/// Guest-only counters (the driver core and the ring keep theirs).
 #[derive(Clone, Copy, Debug, Default)]
-pub struct DriverCounters {
-    /// Doorbells actually written to the device, data vector.
-    pub doorbells_rung: u64,
-    /// State publications (each rings vector 0 on QEMU).
-    pub state_writes: u64,
-    /// Carrier transitions to on.
-    pub carrier_ups: u64,
-    /// Carrier transitions to off.
-    pub carrier_downs: u64,
+pub struct GuestCounters {
     /// TX tokens that found no slot (should stay 0: tokens are only handed
     /// out with a free slot).
     pub tx_token_no_slot: u64,
-    /// Frames smoltcp built larger than the slot it was given (dropped).
+    /// Frames smoltcp built larger than the link's maximum (dropped).
     pub tx_oversize: u64,
-    /// Data-path errors reported by the ring (peer protocol violations).
-    pub ring_errors: u64,
-    /// Doorbell writes the device refused (a driver bug if nonzero).
-    pub ring_refused: u64,
 }
 
 /// The NIC.
 pub struct Nic {
-    device: NicDevice,
-    endpoint: Endpoint,
+    driver: Driver<DeviceLink<'static>>,
     mode: Mode,
     mtu: usize,
-    counters: DriverCounters,
-    /// Own copy of the peer's state-table entry as last fed to the ring.
-    last_peer_raw: Option<u32>,
+    counters: GuestCounters,
+    /// When the renegotiation backoff lets the next handshake start: poll
+    /// the link by then (no doorbell comes for it).
+    link_held_until: Option<u64>,
     rx_buf: &'static mut [u8; MAX_FRAME],
     tx_scratch: &'static mut [u8; MAX_FRAME],
 }
@@ -81,6 +82,8 @@ pub enum NicError {
     BadSection,
     /// The section size does not give a usable ring for the MTU.
     Geometry(ivnet_ring::GeometryError),
+    /// The device does not carry an ivshmem-net link.
+    Link(ivnet_driver::LinkShapeError),
 }
 
 impl fmt::Display for NicError {
@@ -88,17 +91,21 @@ impl fmt::Display for NicError {
         match self {
             NicError::BadSection => write!(f, "output section pointer null or misaligned"),
             NicError::Geometry(e) => write!(f, "ring geometry: {e}"),
+            NicError::Link(e) => write!(f, "{e}"),
         }
     }
 }
 
 impl Nic {
-    /// Builds the endpoint over the device's sections. The link stays in
-    /// RESET until [`Nic::step_link`] runs.
+    /// Builds the endpoint and the driver core over the device's sections.
+    /// `mtu: None` takes the section's default (`Geometry::default_mtu`,
+    /// the reference rule). The
+    /// link stays in RESET until [`Nic::poll_link`] runs (its first call
+    /// publishes RESET).
     pub fn new(
         device: NicDevice,
         mode: Mode,
-        mtu: u16,
+        mtu: Option<u16>,
         rx_buf: &'static mut [u8; MAX_FRAME],
         tx_scratch: &'static mut [u8; MAX_FRAME],
     ) -> Result<Nic, NicError> {
@@ -112,20 +119,26 @@ impl Nic {
         // guest's lifetime; the ring only reads it through atomics and
         // volatile copies.
         let peer = unsafe { PeerSection::new(peer_ptr, peer_len) }.ok_or(NicError::BadSection)?;
-        let mtu = usize::from(mtu);
-        let endpoint =
-            Endpoint::new(own, peer, Config::with_mtu(mtu)).map_err(NicError::Geometry)?;
+        // `None`: the reference rule for the section (`Geometry::default_mtu`,
+        // at most 16384 = the guest's `MAX_MTU`, which its buffers hold).
+        let config = Config {
+            mtu: mtu.map(usize::from),
+        };
+        let endpoint = Endpoint::new(own, peer, config).map_err(NicError::Geometry)?;
+        let mtu = endpoint.mtu();
         println!(
             "nic: ivshmem-net on {:?} {} (peer {} -> {}, {} MSI-X vectors), mode {:?}, mtu {mtu}",
             device.profile, device.bdf, device.id, device.peer, device.vectors, mode
         );
+        let link = device.into_link(round_now_us).map_err(NicError::Link)?;
+        let driver = Driver::new(link, endpoint, DriverConfig::default());
+        println!("nic: data doorbells on vector {}", driver.data_vector());
         Ok(Nic {
-            device,
-            endpoint,
+            driver,
             mode,
             mtu,
-            counters: DriverCounters::default(),
-            last_peer_raw: None,
+            counters: GuestCounters::default(),
+            link_held_until: None,
             rx_buf,
             tx_scratch,
         })
@@ -133,136 +146,93 @@ impl Nic {
 
     /// The ring endpoint (geometry, state).
     pub fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
+        self.driver.endpoint()
     }
 
     /// Ring counters.
     pub fn stats(&self) -> &Stats {
-        self.endpoint.stats()
+        self.driver.endpoint().stats()
     }
 
-    /// Driver counters.
-    pub fn counters(&self) -> &DriverCounters {
+    /// Driver-core counters.
+    pub fn driver_counters(&self) -> Counters {
+        self.driver.counters()
+    }
+
+    /// Guest-only counters.
+    pub fn counters(&self) -> &GuestCounters {
         &self.counters
     }
 
-    fn ring(&mut self, vector: u16) {
-        if !self.device.ring(vector) {
-            self.counters.ring_refused += 1;
-        }
+    /// The vector data doorbells go to.
+    pub fn data_vector(&self) -> u16 {
+        self.driver.data_vector()
     }
 
-    fn apply(&mut self, out: StepOutput) {
-        if let Some(state) = out.write_state {
-            self.device.set_own_state(state.raw());
-            self.counters.state_writes += 1;
-        }
-        if let Some(e) = out.error {
-            println!("link: peer protocol error: {e}; resetting the link");
-        }
-        if let Some(on) = out.carrier {
-            if on {
-                self.counters.carrier_ups += 1;
-            } else {
-                self.counters.carrier_downs += 1;
-            }
-            println!(
-                "link: carrier {} (local {}, peer {})",
-                if on { "on" } else { "off" },
-                self.endpoint.local_state(),
-                self.endpoint
-                    .peer_state()
-                    .map_or("invalid", LinkState::name)
-            );
-        }
+    /// Starts a main-loop round: the clock the driver core reads.
+    pub fn set_now(&mut self, now_us: u64) {
+        ROUND_NOW_US.store(now_us, Ordering::Relaxed);
+    }
+
+    /// Reads the peer's state entry and steps the link (the first call
+    /// publishes RESET). Cheap (one load): the main loop calls it every
+    /// round, which covers vector-0 interrupts, data-path faults and lost
+    /// interrupts alike.
+    pub fn poll_link(&mut self, now_us: u64) {
+        let update = self.driver.poll_link(true);
+        self.apply(update, now_us);
     }
 
     /// Takes the link to RESET (cell shutdown) and tells the peer.
     pub fn shutdown(&mut self) {
-        let out = self.endpoint.shutdown();
-        self.apply(out);
+        let update = self.driver.shutdown();
+        self.apply(update, round_now_us());
     }
 
-    /// Reads the peer's state once and runs the link state machine. `force`
-    /// re-runs it even if the peer's entry did not change (after a vector-0
-    /// interrupt, after a data-path error, and periodically).
-    pub fn step_link(&mut self, force: bool) {
-        let raw = self.device.peer_state();
-        if !force && self.last_peer_raw == Some(raw) && !self.endpoint_faulted() {
-            return;
-        }
-        self.last_peer_raw = Some(raw);
-        let out = self.endpoint.on_peer_state(raw, true);
-        self.apply(out);
+    /// Notes what a link step changed. The carrier has no consumer in the
+    /// guest (smoltcp runs regardless; the driver logs the change); a
+    /// backoff hold-back becomes a wake-up deadline.
+    fn apply(&mut self, update: LinkUpdate, now_us: u64) {
+        let _ = update.carrier;
+        self.link_held_until = update.held_us.map(|h| now_us.saturating_add(h));
     }
 
-    fn endpoint_faulted(&self) -> bool {
-        self.endpoint.local_state() == LinkState::Run && !self.endpoint.running()
-    }
-
-    /// Reports and counts a data-path error (the peer broke the protocol)
-    /// and lets the state machine reset the link.
-    fn data_error(&mut self, e: RingError) {
-        self.counters.ring_errors += 1;
-        println!("link: peer protocol error: {e}; resetting the link");
-        self.step_link(true);
+    /// When the held-back handshake may start, if the backoff holds it.
+    pub fn link_held_until(&self) -> Option<u64> {
+        self.link_held_until
     }
 
     /// Processes TX completions.
     pub fn reclaim(&mut self) {
-        if self.endpoint.running()
-            && let Err(e) = self.endpoint.reclaim()
-        {
-            self.data_error(e);
+        if self.driver.running() {
+            self.driver.reclaim();
         }
     }
 
     /// Publishes completed RX frames and queued TX frames, ringing the peer
-    /// when its event index asks for it (at most one doorbell per flush).
+    /// on the data vector when its event index asks for it (at most one
+    /// doorbell per flush).
     pub fn flush(&mut self) {
-        let rx = self.endpoint.flush_rx();
-        let tx = self.endpoint.flush_tx();
-        if rx == Notify::Doorbell || tx == Notify::Doorbell {
-            self.ring(VECTOR_DATA);
-            self.counters.doorbells_rung += 1;
-        }
+        self.driver.flush();
     }
 
     /// Whether one more maximum-size frame can be queued now.
     pub fn can_transmit(&mut self) -> bool {
-        self.endpoint.tx_ready()
+        self.driver.endpoint_mut().tx_ready()
     }
 
     /// Whether received frames are waiting.
     pub fn rx_pending(&mut self) -> bool {
-        match self.endpoint.rx_pending() {
-            Ok(p) => p,
-            Err(e) => {
-                self.data_error(e);
-                false
-            }
-        }
+        self.driver.rx_pending()
     }
 
-    /// Leaves busy polling (event mode): publishes `avail_event` and
-    /// re-checks. Returns `true` if frames arrived meanwhile, i.e. polling
-    /// must go on. In poll mode the peer is never asked to ring.
-    pub fn arm_rx_notify(&mut self) -> bool {
-        if self.mode == Mode::Poll || !self.endpoint.running() {
-            return false;
-        }
-        match self.endpoint.enable_rx_notify() {
-            Ok(more) => more,
-            Err(e) => {
-                self.data_error(e);
-                false
-            }
-        }
-    }
-
-    /// Re-arms the device's interrupt (one-shot on Jailhouse).
-    pub fn rearm(&self) {
-        self.device.rearm();
+    /// Before sleeping (event mode): asks the peer for an RX doorbell,
+    /// re-arms the device interrupt, and only then re-checks the RX ring
+    /// and the peer's state entry (the core's `prepare_sleep`). Returns
+    /// `true` if there is work after all: poll again instead of sleeping.
+    pub fn prepare_sleep(&mut self) -> bool {
+        debug_assert!(self.mode == Mode::Event, "poll mode never sleeps");
+        self.driver.prepare_sleep()
     }
 
     /// The IP MTU.
@@ -285,35 +255,25 @@ impl phy::RxToken for NicRxToken<'_> {
 /// Permission to send one frame of up to MTU + 14 bytes.
 pub struct NicTxToken<'a> {
     endpoint: &'a mut Endpoint,
-    counters: &'a mut DriverCounters,
+    counters: &'a mut GuestCounters,
     scratch: &'a mut [u8; MAX_FRAME],
 }
 
 impl phy::TxToken for NicTxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        if len > self.endpoint.max_frame_len() {
-            // smoltcp never builds frames above the advertised MTU; if it
-            // did, the frame is built into scratch space and dropped.
-            self.counters.tx_oversize += 1;
-            let n = len.min(MAX_FRAME);
-            return f(&mut self.scratch[..n]);
+        // Built in the guest's scratch buffer (smoltcp wants a `&mut [u8]`,
+        // and none may point into shared memory), then copied into the own
+        // section by the ring.
+        let n = len.min(MAX_FRAME);
+        let r = f(&mut self.scratch[..n]);
+        match self.endpoint.send(&self.scratch[..n]) {
+            Ok(()) => {}
+            Err(TxError::TooLong { .. }) => self.counters.tx_oversize += 1,
+            // Empty frames are never built; `Full`/`LinkDown` only if the
+            // ring changed since the token was handed out.
+            Err(_) => self.counters.tx_token_no_slot += 1,
         }
-        match self.endpoint.tx_reserve(len) {
-            Ok(mut slot) => {
-                // No `&mut [u8]` into shared memory: build the frame in the
-                // scratch buffer, then copy it into the slot.
-                let r = f(&mut self.scratch[..len]);
-                // `len` fits the slot (reserved with this length).
-                if slot.write_at(0, &self.scratch[..len]).is_ok() {
-                    let _ = slot.commit(len);
-                }
-                r
-            }
-            Err(_) => {
-                self.counters.tx_token_no_slot += 1;
-                f(&mut self.scratch[..len])
-            }
-        }
+        r
     }
 }
 
@@ -322,23 +282,16 @@ impl phy::Device for Nic {
     type TxToken<'a> = NicTxToken<'a>;
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
-        if !self.endpoint.tx_ready() {
+        if !self.driver.endpoint_mut().tx_ready() {
             return None;
         }
-        let len = match self.endpoint.recv(&mut self.rx_buf[..]) {
-            Ok(Some(len)) => len,
-            Ok(None) => return None,
-            Err(e) => {
-                self.data_error(e);
-                return None;
-            }
-        };
+        let len = self.driver.recv(&mut self.rx_buf[..])?;
         Some((
             NicRxToken {
                 frame: &self.rx_buf[..len],
             },
             NicTxToken {
-                endpoint: &mut self.endpoint,
+                endpoint: self.driver.endpoint_mut(),
                 counters: &mut self.counters,
                 scratch: &mut *self.tx_scratch,
             },
@@ -346,11 +299,11 @@ impl phy::Device for Nic {
     }
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
-        if !self.endpoint.tx_ready() {
+        if !self.driver.endpoint_mut().tx_ready() {
             return None;
         }
         Some(NicTxToken {
-            endpoint: &mut self.endpoint,
+            endpoint: self.driver.endpoint_mut(),
             counters: &mut self.counters,
             scratch: &mut *self.tx_scratch,
         })
