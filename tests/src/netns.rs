@@ -699,6 +699,24 @@ pub fn write_file(path: &Path, text: &str) {
     f.write_all(text.as_bytes()).expect("write");
 }
 
+/// Asks a bridge started with `--stats-json` for its counters (SIGUSR1),
+/// waits for the report line it writes in reply, and returns it.
+pub fn signal_report(p: &Proc) -> serde_json::Value {
+    let reports = |p: &Proc| p.stdout().matches("\"reason\":\"signal\"").count();
+    let before = reports(p);
+    p.send_signal(libc::SIGUSR1);
+    let ok = wait_until(Duration::from_secs(10), Duration::from_millis(5), || {
+        reports(p) > before
+    });
+    assert!(
+        ok.is_ok(),
+        "{} wrote no report within 10 s of SIGUSR1:\n{}",
+        p.name,
+        tail(&p.stderr())
+    );
+    last_stats(&p.stdout(), "signal").expect("the report just counted")
+}
+
 /// Parses the last JSON stats line a bridge wrote to stdout with the given
 /// `reason` and returns it.
 pub fn last_stats(stdout: &str, reason: &str) -> Option<serde_json::Value> {

@@ -385,6 +385,9 @@ pub struct GuestConfig {
     pub memory: String,
     /// A name for the per-guest directory (helps when reading kept logs).
     pub name: String,
+    /// Let a reset reboot the guest (no `-no-reboot`), e.g. QMP's
+    /// `system_reset` (with `-no-reboot` QEMU exits instead).
+    pub reboot_on_reset: bool,
 }
 
 impl Default for GuestConfig {
@@ -397,6 +400,7 @@ impl Default for GuestConfig {
             vectors: 2,
             memory: "64M".into(),
             name: "guest".into(),
+            reboot_on_reset: false,
         }
     }
 }
@@ -558,9 +562,15 @@ impl Guest {
         let serial = dir.join("serial.log");
         let mut cmd = Command::new(QEMU);
         cmd.args(["-machine", "q35", "-m", &cfg.memory])
-            .args(["-nodefaults", "-display", "none", "-no-reboot"])
+            .args(["-nodefaults", "-display", "none"])
+            .args((!cfg.reboot_on_reset).then_some("-no-reboot"))
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))
+            .arg("-qmp")
+            .arg(format!(
+                "unix:{},server=on,wait=off",
+                dir.join(QMP_SOCKET).display()
+            ))
             .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
             .args(accel.args())
             .args(cfg.firmware.args())
@@ -680,5 +690,76 @@ impl Guest {
     /// Kills QEMU (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
         self.process.kill();
+    }
+
+    /// Runs one QMP command without arguments (e.g. `system_reset`) and
+    /// returns its result.
+    pub fn qmp(&mut self, command: &str) -> Result<serde_json::Value, String> {
+        self.process.qmp(command)
+    }
+}
+
+/// The QMP socket in a QEMU instance's directory.
+const QMP_SOCKET: &str = "qmp.sock";
+
+impl QemuProcess {
+    /// Runs one QMP command without arguments (e.g. `system_reset`) on the
+    /// socket at `dir/qmp.sock` (started with `-qmp unix:…,server=on,wait=off`)
+    /// and returns its `return` value. QEMU creates the socket while it
+    /// starts, so connecting is retried for a bounded time; events QEMU
+    /// sends in between are skipped.
+    pub fn qmp(&mut self, command: &str) -> Result<serde_json::Value, String> {
+        use std::io::{BufRead, BufReader, Write};
+        use std::os::unix::net::UnixStream;
+        const TIMEOUT: Duration = Duration::from_secs(30);
+        let path = self.dir.join(QMP_SOCKET);
+        let deadline = Instant::now() + TIMEOUT;
+        let stream = loop {
+            match UnixStream::connect(&path) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() > deadline || self.exit().is_some() => {
+                    let exit = self.exit();
+                    return Err(format!(
+                        "{} QMP {}: {e} (QEMU exit {exit:?})",
+                        self.what,
+                        path.display()
+                    ));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        stream
+            .set_read_timeout(Some(TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+        let mut reader = BufReader::new(stream);
+        // The reply to the command just sent: the next message with
+        // "return" or "error" (the greeting and events have neither).
+        let mut reply = || -> Result<serde_json::Value, String> {
+            loop {
+                let mut line = String::new();
+                match reader.read_line(&mut line) {
+                    Ok(0) => return Err("QMP: connection closed".into()),
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("QMP: {e}")),
+                }
+                let msg: serde_json::Value =
+                    serde_json::from_str(&line).map_err(|e| format!("QMP: {e}: {line}"))?;
+                if let Some(r) = msg.get("return") {
+                    return Ok(r.clone());
+                }
+                if let Some(e) = msg.get("error") {
+                    return Err(format!("QMP error: {e}"));
+                }
+            }
+        };
+        let mut result = serde_json::Value::Null;
+        for cmd in ["qmp_capabilities", command] {
+            writer
+                .write_all(format!("{{\"execute\":\"{cmd}\"}}\n").as_bytes())
+                .map_err(|e| format!("QMP: {e}"))?;
+            result = reply().map_err(|e| format!("{cmd}: {e}"))?;
+        }
+        Ok(result)
     }
 }

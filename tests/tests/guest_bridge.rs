@@ -30,8 +30,22 @@ struct Rig {
     dir: tempfile::TempDir,
 }
 
+/// How to set up a [`Rig`] beyond the defaults (two vectors, reboots end
+/// QEMU).
+#[derive(Default)]
+struct RigOptions {
+    /// MSI-X vectors (server `--vectors` and QEMU `vectors=`); 0 = 2.
+    vectors: u32,
+    /// QEMU reboots the guest on a reset instead of exiting.
+    reboot_on_reset: bool,
+}
+
 impl Rig {
     fn start(tag: &str) -> Rig {
+        Self::start_with(tag, RigOptions::default())
+    }
+
+    fn start_with(tag: &str, options: RigOptions) -> Rig {
         netns::require_root();
         netns::ensure_base_tools();
         let dir = tempfile::Builder::new()
@@ -39,11 +53,18 @@ impl Rig {
             .tempdir()
             .unwrap();
         let ns = Netns::new(tag);
-        let server = Server::start(dir.path(), &[]);
+        let vectors = if options.vectors == 0 {
+            2
+        } else {
+            options.vectors
+        };
+        let server = Server::start(dir.path(), &["--vectors", &vectors.to_string()]);
         let guest_config = GuestConfig {
             cmdline: format!("ip={GUEST}/24 gw={HOST} stats=5"),
             ivshmem_socket: Some(server.socket.clone()),
             name: tag.into(),
+            vectors,
+            reboot_on_reset: options.reboot_on_reset,
             ..GuestConfig::default()
         };
         let guest = Guest::start(&guest_config).unwrap();
@@ -53,7 +74,12 @@ impl Rig {
             netns: ns.name().into(),
             tap: TAP.into(),
             mtu: 16384,
-            extra: vec!["--stats-interval".into(), "5".into()],
+            extra: vec![
+                "--stats-interval".into(),
+                "5".into(),
+                "--mode".into(),
+                "event".into(),
+            ],
         };
         let bridge = bridge_spec.spawn_fresh(dir.path());
         let mut rig = Rig {
@@ -336,4 +362,101 @@ fn bridge_restart_relinks_without_a_guest_reboot() {
     assert!(rig.guest.is_running(), "{}", rig.logs());
     let stats = rig.guest_stats();
     assert!(stat(&stats, "link_resets") >= 2, "{stats}");
+}
+
+/// UDP echo of `count` datagrams of assorted sizes, one at a time, byte
+/// exact.
+fn udp_echo(rig: &Rig, count: usize) {
+    let sock = in_netns(rig.ns.name(), || UdpSocket::bind("0.0.0.0:0").unwrap());
+    sock.connect((GUEST, 7)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = vec![0u8; 65536];
+    for i in 0..count {
+        let size = 1 + (i * 7919) % 16356;
+        let data = pattern(size, i as u64 + 100);
+        sock.send(&data).unwrap();
+        let n = sock
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no echo of {size} bytes: {e}\n{}", rig.logs()));
+        assert!(buf[..n] == data[..], "echo of {size} bytes differs");
+    }
+}
+
+/// The guest restarts while its VM lives on: the QEMU QMP
+/// `system_reset` reboots it without closing QEMU's connection to the
+/// server, so the server writes no RESET into the guest's state-table entry
+/// and rings nobody — the entry still says RUN from the guest's previous
+/// life, and the bridge keeps its carrier. The new guest must publish RESET
+/// itself when its driver starts (as the reference driver does at probe);
+/// the bridge then drops the link, both sides renegotiate, and traffic
+/// flows again. Without that, the bridge stays in RUN and the new guest
+/// waits in RESET for good.
+#[test]
+fn guest_reset_with_a_stale_run_entry_relinks() {
+    let _serial = netns::serial();
+    let started = Instant::now();
+    let mut rig = Rig::start_with(
+        "greset",
+        RigOptions {
+            reboot_on_reset: true,
+            ..RigOptions::default()
+        },
+    );
+    assert_eq!(packets_received(&rig.ping(2, "0.2", 56)), 2);
+    let bridge_lines = rig.bridge.stderr().lines().count();
+    let carrier_ons = rig.guest.serial().matches("link: carrier on").count();
+
+    rig.guest.qmp("system_reset").unwrap();
+    let reset_at = Instant::now();
+    rig.guest
+        .wait_for_serial_count("booting (PVH", 2, LINK_TIMEOUT)
+        .unwrap();
+    let rebooted = reset_at.elapsed();
+    rig.guest
+        .wait_for_serial_count("link: carrier on", carrier_ons + 1, LINK_TIMEOUT)
+        .unwrap_or_else(|e| {
+            panic!(
+                "the rebooted guest did not relink (its stale RUN entry wedges the link?)\n{e}\n--- bridge:\n{}",
+                tail(&rig.bridge.stderr())
+            )
+        });
+    let up = rig.wait_carrier(true);
+    let relinked = reset_at.elapsed();
+    // The rebooted guest's ARP cache is empty, and smoltcp drops the reply
+    // that makes it ask; the carrier was off too briefly for the kernel to
+    // forget the guest's MAC. Forget it, so the host asks first and the
+    // guest learns the host's MAC from that request.
+    rig.ns.run(&["ip", "neigh", "flush", "dev", TAP]);
+    let out = rig.ping(3, "0.2", 56);
+    assert_eq!(packets_received(&out), 3, "{out}\n{}", rig.logs());
+    udp_echo(&rig, 20);
+
+    // The precondition: QEMU never left the server, so nobody but the new
+    // guest wrote its entry; the bridge saw it go to RESET and back to RUN.
+    let server_log = rig.server.proc.stderr();
+    assert!(
+        !server_log.contains(" left ("),
+        "the server saw a peer leave: the reset must keep QEMU connected\n{server_log}"
+    );
+    let bridge_log = rig.bridge.stderr();
+    let after: Vec<&str> = bridge_log.lines().skip(bridge_lines).collect();
+    let reset = after.iter().position(|l| l.contains("peer RESET"));
+    let run = reset.and_then(|r| {
+        after[r..]
+            .iter()
+            .position(|l| l.contains("-> RUN") || l.contains("carrier on"))
+    });
+    assert!(
+        reset.is_some() && run.is_some(),
+        "the bridge must see the guest's RESET and then relink:\n  {}",
+        after.join("\n  ")
+    );
+    let stats = rig.guest_stats();
+    assert_eq!(stat(&stats, "ring_errors"), 0, "{stats}");
+    assert!(rig.guest.is_running(), "{}", rig.logs());
+    eprintln!(
+        "guest reset: rebooted {rebooted:.1?}, relinked {relinked:.1?} after system_reset (bridge carrier on \
+         {up:.1?} after the guest's); {:.1?} in all",
+        started.elapsed()
+    );
 }

@@ -4,6 +4,7 @@
 //! ```text
 //! ivnet-echo-check tcp ADDR:PORT BYTES SEED [TIMEOUT_S]
 //! ivnet-echo-check udp ADDR:PORT COUNT MAX_SIZE SEED [TIMEOUT_S]
+//! ivnet-echo-check uio-states /dev/uioN MAP_INDEX MAP_SIZE
 //! ```
 //!
 //! - `tcp` connects, streams BYTES bytes of a seeded pseudo-random sequence
@@ -17,7 +18,12 @@
 //!   contents, one at a time, and requires each reply to be identical (a
 //!   lost datagram is retried up to 3 times, and counted).
 //!
-//! Both print one JSON line (`ok`, sizes, time, first mismatch) and exit 0
+//! - `uio-states` maps the UIO map MAP_INDEX (QEMU ivshmem-doorbell's BAR2,
+//!   MAP_SIZE bytes) read-only, parses ivnet's layout page at its start and
+//!   prints the state-table entries: `states S0 S1 ...` (e.g. to show that a
+//!   killed bridge left its entry in RUN).
+//!
+//! `tcp` and `udp` print one JSON line (`ok`, sizes, time, first mismatch) and exit 0
 //! only for an exact echo. Busybox's `nc` cannot do this: it has no way to
 //! compare what comes back with what was sent.
 
@@ -34,7 +40,8 @@ const CHUNK: usize = 64 * 1024;
 fn usage() -> ExitCode {
     eprintln!(
         "usage: ivnet-echo-check tcp ADDR:PORT BYTES SEED [TIMEOUT_S]\n       \
-         ivnet-echo-check udp ADDR:PORT COUNT MAX_SIZE SEED [TIMEOUT_S]"
+         ivnet-echo-check udp ADDR:PORT COUNT MAX_SIZE SEED [TIMEOUT_S]\n       \
+         ivnet-echo-check uio-states /dev/uioN MAP_INDEX MAP_SIZE"
     );
     ExitCode::from(2)
 }
@@ -162,11 +169,89 @@ fn udp(
     Ok((bytes, retries, start.elapsed().as_secs_f64()))
 }
 
+/// The state-table entries of the ivshmem window behind UIO map `index`
+/// (`size` bytes) of `node`.
+fn uio_states(node: &str, index: u64, size: u64) -> Result<Vec<u32>, String> {
+    use ivshmem::layout::LayoutPage;
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(node).map_err(|e| format!("{node}: {e}"))?;
+    let len = usize::try_from(size).map_err(|e| e.to_string())?;
+    // SAFETY: a fresh read-only shared mapping of the UIO map (the kernel
+    // selects map N by offset N pages); it is only read with volatile loads
+    // below and unmapped before returning.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            (index * 4096) as libc::off_t,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(format!(
+            "mmap {node} map{index}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let base = base.cast::<u8>();
+    let read_u32 = |offset: u64| -> Option<u32> {
+        (offset.is_multiple_of(4) && offset + 4 <= size).then(|| {
+            // SAFETY: aligned and inside the mapping (checked above).
+            unsafe {
+                base.wrapping_add(offset as usize)
+                    .cast::<u32>()
+                    .read_volatile()
+            }
+        })
+    };
+    let mut page = [0u8; LayoutPage::ENCODED_LEN];
+    for (i, b) in page.iter_mut().enumerate() {
+        // SAFETY: the layout page is the first bytes of the mapping, which
+        // is at least a page long (UIO maps are page-granular).
+        *b = unsafe { base.wrapping_add(i).read_volatile() };
+    }
+    let result = LayoutPage::parse(&page, size)
+        .map_err(|e| format!("layout page: {e}"))
+        .and_then(|layout| {
+            (0..layout.layout.max_peers)
+                .map(|p| {
+                    layout
+                        .layout
+                        .state_entry_offset(p)
+                        .and_then(read_u32)
+                        .ok_or_else(|| format!("state entry of peer {p} outside the map"))
+                })
+                .collect()
+        });
+    // SAFETY: unmaps exactly the mapping made above; nothing refers to it.
+    unsafe { libc::munmap(base.cast(), len) };
+    result
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let Some(mode) = args.get(1).map(String::as_str) else {
         return usage();
     };
+    if mode == "uio-states" {
+        let num = |i: usize| args.get(i).and_then(|v| v.parse::<u64>().ok());
+        let (Some(node), Some(index), Some(size)) = (args.get(2), num(3), num(4)) else {
+            return usage();
+        };
+        return match uio_states(node, index, size) {
+            Ok(states) => {
+                let list: Vec<String> = states.iter().map(u32::to_string).collect();
+                println!("states {}", list.join(" "));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ivnet-echo-check: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let Some(addr) = args.get(2).and_then(|a| a.parse::<SocketAddr>().ok()) else {
         return usage();
     };
