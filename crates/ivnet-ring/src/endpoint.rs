@@ -56,7 +56,10 @@ pub struct StepOutput {
     pub write_state: Option<LinkState>,
     /// The carrier changed.
     pub carrier: Option<bool>,
-    /// A prepared or running link went back to RESET.
+    /// A prepared or running link went back to RESET because of the peer
+    /// (it reset, restarted, or wrote a bad state) or a protocol fault;
+    /// counted in [`Stats::link_resets`]. Never set by
+    /// [`Endpoint::shutdown`] or by taking the interface down.
     pub link_reset: bool,
     /// The peer protocol error behind this step, if any (already counted).
     pub error: Option<RingError>,

@@ -30,7 +30,8 @@
 //! | module | concern |
 //! |---|---|
 //! | [`geometry`] | where everything lives in a section (the driver's sizing formula, golden-tested) |
-//! | [`shm`] | raw, atomic access to the two sections — the only `unsafe` |
+//! | [`shm`] | bounds-checked access to the two sections (typed [`ShmError`]), the read-only load policy ([`shm::load_acquire_u32`] and friends) |
+//! | `vring` | the ring fields by name, in bounds for every index once the layout is fitted to the sections — the hot path's only way into shared memory |
 //! | `tx`, `rx` | the two queues, with validation of every peer-written value |
 //! | [`notify`] | the event-index rule and the doorbell decision type |
 //! | [`link`] | RESET / INIT / READY / RUN as a pure state machine |
@@ -50,11 +51,20 @@
 //! ## Memory ordering
 //!
 //! `avail.idx` and `used.idx` are published with Release stores and read
-//! with Acquire loads; descriptors and used elements are Relaxed atomics
-//! ordered by those; a `SeqCst` fence separates publishing an index from
-//! reading the peer's event index, and publishing an event index from
-//! re-reading the peer's index. Payload is copied after the Acquire that
-//! handed it over.
+//! with Relaxed loads followed by `fence(Acquire)` (the peer's section may
+//! be mapped read-only, where Rust promises only Relaxed loads to work: see
+//! [`shm`]); descriptors and used elements are Relaxed atomics ordered by
+//! those; a `SeqCst` fence separates publishing an index from reading the
+//! peer's event index, and publishing an event index from re-reading the
+//! peer's index. Payload is copied after the Acquire that handed it over.
+//!
+//! ## Bounded work
+//!
+//! Every call does work bounded by the queue length, whatever the peer
+//! writes: [`Endpoint::recv`] handles one frame per call (an oversize frame
+//! is dropped, counted, and the call returns), `reclaim` consumes at most
+//! the descriptors in flight, and the state machine applies at most four
+//! transitions per step.
 //!
 //! ## Use
 //!
@@ -77,6 +87,9 @@
 //! let mut buf = [0u8; 16384 + 18];
 //! while let Ok(Some(_len)) = ep.recv(&mut buf) { /* deliver */ }
 //! if ep.flush_rx() == Notify::Doorbell { ring_doorbell() }
+//! // Before sleeping: ask for a doorbell; `true` means frames are waiting
+//! // (`recv` returns `None` after dropping an oversize frame, too).
+//! if ep.enable_rx_notify() == Ok(true) { /* poll again */ }
 //! ```
 #![no_std]
 #![warn(missing_docs)]

@@ -246,8 +246,19 @@ pub fn fuzz_peer_bytes(data: &[u8]) {
                 Ok(())
             }
             9 => {
-                let len = usize::from(next().unwrap_or(0)) * 6 + 1;
-                let _ = victim.send(&frame[..len.min(1518)]);
+                let len = (usize::from(next().unwrap_or(0)) * 6 + 1).min(1518);
+                let how = next().unwrap_or(0);
+                if how & 1 == 0 {
+                    let _ = victim.send(&frame[..len]);
+                } else if let Ok(mut slot) = victim.tx_reserve(len) {
+                    // Zero-copy path with a fuzzed offset: writes outside
+                    // the slot must be refused, not performed.
+                    let offset = usize::from(how >> 1) * 16;
+                    let fits = offset + 8 <= slot.capacity();
+                    assert_eq!(slot.write_at(offset, &frame[..8]).is_ok(), fits);
+                    let _ = slot.write_at(0, &frame[..len]);
+                    let _ = slot.commit(len);
+                }
                 Ok(())
             }
             10 => {
@@ -265,6 +276,10 @@ pub fn fuzz_peer_bytes(data: &[u8]) {
                     assert!(f.len() <= SECTION);
                     let mut local = [0u8; 64];
                     f.copy_to(&mut local);
+                    // Reads with a fuzzed offset: refused outside the frame.
+                    let offset = usize::from(next().unwrap_or(0)) * 8;
+                    let fits = offset + 8 <= f.len();
+                    assert_eq!(f.read_at(offset, &mut local[..8]).is_ok(), fits);
                     f.release();
                     Ok(())
                 }

@@ -285,10 +285,10 @@ impl World {
 }
 
 proptest! {
-    // Unoptimised builds (plain `cargo test`) run fewer cases; the test
-    // command runs the release build with all of them.
+    // Unoptimised builds (plain `cargo test`, which the test command uses
+    // so that debug assertions are on) run fewer cases than `--release`.
     #![proptest_config(ProptestConfig {
-        cases: if cfg!(debug_assertions) { 16 } else { 96 },
+        cases: if cfg!(debug_assertions) { 32 } else { 96 },
         ..ProptestConfig::default()
     })]
 
