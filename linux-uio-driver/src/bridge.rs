@@ -1,18 +1,19 @@
 //! The bridge's event loop: one thread, one epoll set over the TAP, the
 //! backend's wakeup descriptors, a signalfd and a timerfd.
 //!
-//! Per wakeup:
-//! 1. link state: read the peer's entry once, step the state machine, publish
-//!    the own state and switch the TAP carrier as it says;
+//! Link state, doorbells, resets, backoff and their logging are the driver
+//! core's ([`ivnet_driver::Driver`]); the bridge owns the TAP, epoll,
+//! signals, the timer and the stats. Per wakeup:
+//! 1. link state: `poll_link`, then switch the TAP carrier as it says;
 //! 2. TX completions (`reclaim`);
-//! 3. RX in NAPI style: write frames from the peer's section straight to the
-//!    TAP until the ring is empty or the budget is spent, publish the
-//!    completions (one doorbell decision), and before sleeping re-enable the
-//!    RX doorbell and look again (`enable_rx_notify`);
-//! 4. TX: read TAP frames straight into reserved slots of the own section,
-//!    publish the batch once and decide on one doorbell. When the ring is
-//!    full, the TAP is taken out of the epoll set until completions free
-//!    space (backpressure instead of dropping).
+//! 3. RX: write frames from the peer's section straight to the TAP until the
+//!    ring is empty or the budget is spent;
+//! 4. TX: read TAP frames straight into reserved slots of the own section.
+//!    When the ring is full, the TAP is taken out of the epoll set until
+//!    completions free space (backpressure instead of dropping);
+//! 5. `flush`: both queues published, at most one data doorbell;
+//! 6. before sleeping, `prepare_sleep` (NAPI style: RX notify on, re-arm the
+//!    device interrupt, re-check) decides whether sleeping is safe.
 //!
 //! Frames are dropped only where the bridge cannot do otherwise, and each
 //! drop is counted by reason (see [`BridgeCounters`]).
@@ -20,7 +21,9 @@
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use ivnet_ring::{Config, Endpoint, LinkState, Notify, OwnSection, PeerSection, RingError};
+use ivnet_driver::{Driver, DriverConfig};
+use ivnet_ring::geometry::{FRAME_HEADROOM, MAX_MTU};
+use ivnet_ring::{Config, Endpoint, LinkState, OwnSection, PeerSection, RingError};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -30,16 +33,13 @@ use tracing::{debug, info, warn};
 
 use crate::backend::{Backend, BackendError};
 use crate::cli::Mode;
-use crate::stats::{BridgeCounters, Report, RingCounters};
+use crate::stats::{BridgeCounters, DriverCounters, Report, RingCounters};
 use crate::tap::Tap;
 
 const TOKEN_TAP: u64 = 1;
 const TOKEN_SIGNAL: u64 = 2;
 const TOKEN_TIMER: u64 = 3;
 const TOKEN_BACKEND: u64 = 16;
-
-/// Ethernet header plus one VLAN tag: what a frame may add to the MTU.
-pub const FRAME_OVERHEAD: usize = 18;
 
 /// Housekeeping period: re-reads the peer state and TX completions even if a
 /// notification was lost, and drives `--stats-interval`.
@@ -88,10 +88,10 @@ fn sys(what: &'static str) -> impl FnOnce(nix::Error) -> BridgeError {
 
 /// The running bridge.
 pub struct Bridge {
-    // `ep` holds raw pointers into memory `backend` maps: it is declared
-    // first so that it is dropped first.
-    ep: Endpoint,
-    backend: Box<dyn Backend>,
+    /// The driver core over the backend. Its endpoint holds raw pointers
+    /// into memory the backend maps; the driver drops the endpoint before
+    /// the backend.
+    driver: Driver<Box<dyn Backend>>,
     tap: Tap,
     cfg: LoopConfig,
     counters: BridgeCounters,
@@ -106,7 +106,12 @@ pub struct Bridge {
     tap_readable: bool,
     /// Frames from the peer may be waiting (doorbell, or budget exhausted).
     rx_pending: bool,
-    last_peer_state: u32,
+    /// The peer's state entry may have changed (seen at the re-check
+    /// before sleeping).
+    link_recheck: bool,
+    /// This side has left the link (shutdown): the peer's entry is no
+    /// longer watched.
+    left: bool,
     started: Instant,
     next_report: Option<Instant>,
     last_work: Instant,
@@ -140,6 +145,9 @@ impl Bridge {
             .ok_or_else(|| BridgeError::Ring("peer section is misaligned or empty".into()))?;
         let ep = Endpoint::new(own, peer, Config::with_mtu(cfg.mtu as usize))
             .map_err(|e| BridgeError::Ring(e.to_string()))?;
+        let backend_fds = backend.wakeup_fds();
+        let forced_poll = backend.forced_poll();
+        let driver = Driver::new(backend, ep, DriverConfig::default());
 
         let mut mask = SigSet::empty();
         for s in [
@@ -183,7 +191,6 @@ impl Bridge {
                 EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_TAP),
             )
             .map_err(sys("epoll add TAP"))?;
-        let backend_fds = backend.wakeup_fds();
         for (i, fd) in backend_fds.iter().enumerate() {
             // SAFETY: the backend owns `fd` and keeps it open while it lives;
             // the borrow ends with this call.
@@ -196,10 +203,8 @@ impl Bridge {
                 .map_err(sys("epoll add backend fd"))?;
         }
         let now = Instant::now();
-        let forced_poll = backend.forced_poll();
         Ok(Bridge {
-            backend,
-            ep,
+            driver,
             tap,
             next_report: (!cfg.stats_interval.is_zero()).then(|| now + cfg.stats_interval),
             cfg,
@@ -211,12 +216,13 @@ impl Bridge {
             tap_armed: true,
             tap_readable: true,
             rx_pending: true,
-            last_peer_state: u32::MAX,
+            link_recheck: false,
+            left: false,
             started: now,
             last_work: now,
             forced_poll,
             last_forced_poll: now,
-            discard: vec![0; 65536 + FRAME_OVERHEAD],
+            discard: vec![0; MAX_MTU + FRAME_HEADROOM],
             interface_up: true,
         })
     }
@@ -224,7 +230,7 @@ impl Bridge {
     /// Runs until SIGINT/SIGTERM; then leaves the link (state RESET) and
     /// switches the carrier off.
     pub fn run(&mut self) -> Result<(), BridgeError> {
-        self.step_link()?;
+        self.step_link();
         let mut events = [EpollEvent::empty(); 16];
         loop {
             let timeout = self.wait_timeout()?;
@@ -251,7 +257,7 @@ impl Bridge {
                     }
                     t if t >= TOKEN_BACKEND => {
                         let fd = self.backend_fds[(t - TOKEN_BACKEND) as usize];
-                        let wake = self.backend.on_wakeup(fd)?;
+                        let wake = self.driver.device_mut().on_wakeup(fd)?;
                         self.counters.doorbells_received += wake.doorbells;
                         link_event = true;
                         self.rx_pending = true;
@@ -266,8 +272,8 @@ impl Bridge {
                 link_event = true;
                 self.rx_pending = true;
             }
-            if link_event {
-                self.step_link()?;
+            if link_event || std::mem::take(&mut self.link_recheck) {
+                self.step_link();
             }
             let worked = self.pump()?;
             if worked {
@@ -277,32 +283,36 @@ impl Bridge {
     }
 
     /// How long epoll may sleep: not at all while there is work or while
-    /// polling; otherwise until a descriptor fires (after re-enabling the
-    /// RX doorbell, which may reveal work that arrived meanwhile).
+    /// polling; otherwise until a descriptor fires, once the driver core has
+    /// re-enabled notifications, re-armed the interrupt and re-checked
+    /// (which may reveal work that arrived meanwhile); at most until a
+    /// held-back handshake may start or a forced poll is due.
     fn wait_timeout(&mut self) -> Result<EpollTimeout, BridgeError> {
         let busy = match self.cfg.mode {
             Mode::Poll => true,
             Mode::Hybrid => self.last_work.elapsed() < self.cfg.busy_poll,
             Mode::Event => false,
         };
-        if busy || self.rx_pending || (self.tap_readable && self.tap_armed && self.ep.running()) {
+        if busy || self.rx_pending || (self.tap_readable && self.tap_armed && self.driver.running())
+        {
             return Ok(EpollTimeout::ZERO);
         }
-        if self.ep.running() {
-            match self.ep.enable_rx_notify() {
-                Ok(false) => {}
-                // Frames arrived between the last poll and re-enabling.
-                Ok(true) => {
-                    self.rx_pending = true;
-                    return Ok(EpollTimeout::ZERO);
-                }
-                Err(e) => {
-                    self.peer_error(e)?;
-                    return Ok(EpollTimeout::ZERO);
-                }
-            }
+        let more = self.driver.prepare_sleep();
+        self.sync_carrier();
+        if more {
+            self.rx_pending = true;
+            self.link_recheck = true;
+            return Ok(EpollTimeout::ZERO);
         }
-        if let Some(period) = self.forced_poll {
+        let held = self
+            .driver
+            .backoff_remaining_us()
+            .map(Duration::from_micros);
+        let limit = match (self.forced_poll, held) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(period) = limit {
             let ms = period.as_millis().clamp(1, u16::MAX as u128) as u16;
             return Ok(EpollTimeout::from(ms));
         }
@@ -351,88 +361,63 @@ impl Bridge {
         }
     }
 
-    /// Reads the peer state once and applies what the state machine says.
-    fn step_link(&mut self) -> Result<(), BridgeError> {
-        let peer = self.backend.peer_state();
-        let before = self.ep.local_state();
-        let out = self.ep.on_peer_state(peer, self.interface_up);
-        if let Some(state) = out.write_state {
-            self.backend.publish_state(state.raw())?;
-            self.counters.state_doorbells_sent += 1;
-        }
-        let after = self.ep.local_state();
-        if before != after || peer != self.last_peer_state {
-            info!(
-                "link: local {} -> {}, peer {}",
-                before.name(),
-                after.name(),
-                LinkState::from_raw(peer)
-                    .map_or_else(|| format!("{peer} (unknown)"), |s| s.name().to_owned())
-            );
-        }
-        self.last_peer_state = peer;
-        if let Some(on) = out.carrier {
-            match self.tap.set_carrier(on) {
-                Ok(()) => {
-                    self.counters.carrier_changes += 1;
-                    let status = if on { "link up" } else { "link down" };
-                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(status)]);
-                    info!(
-                        "{}: carrier {}",
-                        self.tap.name(),
-                        if on {
-                            "on (link up)"
-                        } else {
-                            "off (link down)"
-                        }
-                    );
-                }
-                Err(e) => warn!("{}: cannot switch carrier: {e}", self.tap.name()),
-            }
-        }
-        if self.ep.running() {
+    /// Steps the link (the driver core reads the peer's entry once,
+    /// publishes, counts and logs) and switches the TAP carrier as it says.
+    fn step_link(&mut self) {
+        let update = self.driver.poll_link(self.interface_up);
+        self.apply_carrier(update.carrier);
+        if self.driver.running() {
             self.rx_pending = true;
         }
-        Ok(())
     }
 
-    /// A data-path error from the peer: count it; the endpoint is faulted
-    /// and asks for RESET on the next step.
-    fn peer_error(&mut self, e: RingError) -> Result<(), BridgeError> {
-        self.counters.peer_errors += 1;
-        warn!("peer protocol error: {e}; resetting the link");
-        self.step_link()
+    /// Applies a carrier change the driver core made inside a data-path
+    /// call.
+    fn sync_carrier(&mut self) {
+        let change = self.driver.take_carrier_change();
+        self.apply_carrier(change);
     }
 
-    fn ring(&mut self, n: Notify) -> Result<(), BridgeError> {
-        if n.needs_doorbell() {
-            self.backend.ring_data()?;
-            self.counters.doorbells_sent += 1;
+    fn apply_carrier(&mut self, change: Option<bool>) {
+        let Some(on) = change else { return };
+        match self.tap.set_carrier(on) {
+            Ok(()) => {
+                let status = if on { "link up" } else { "link down" };
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(status)]);
+            }
+            Err(e) => warn!("{}: cannot switch carrier: {e}", self.tap.name()),
         }
-        Ok(())
+    }
+
+    /// A data-path error from the peer: the driver core counts and logs it
+    /// and resets the link.
+    fn peer_error(&mut self, e: RingError) {
+        let update = self.driver.data_error(e);
+        self.apply_carrier(update.carrier);
     }
 
     /// One round of RX and TX; returns whether any frame moved.
     fn pump(&mut self) -> Result<bool, BridgeError> {
-        if !self.ep.running() {
+        if self.driver.running() {
+            self.driver.reclaim();
+            self.sync_carrier();
+        }
+        if !self.driver.running() {
             self.rx_pending = false;
             self.drain_tap_link_down();
             return Ok(false);
         }
-        if let Err(e) = self.ep.reclaim() {
-            self.peer_error(e)?;
-            return Ok(false);
-        }
-        let rx = self.pump_rx()?;
+        let rx = self.pump_rx();
         let tx = self.pump_tx()?;
+        self.driver.flush();
         Ok(rx + tx > 0)
     }
 
-    fn pump_rx(&mut self) -> Result<u32, BridgeError> {
+    fn pump_rx(&mut self) -> u32 {
         let mut moved = 0;
         self.rx_pending = false;
         while moved < self.cfg.budget {
-            match self.ep.rx_peek() {
+            match self.driver.endpoint_mut().rx_peek() {
                 Ok(Some(frame)) => {
                     // SAFETY: `frame.as_ptr()` points to `frame.len()` bytes
                     // inside the peer's section that the ring validated to lie
@@ -458,34 +443,30 @@ impl Bridge {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let n = self.ep.flush_rx();
-                    self.ring(n)?;
-                    self.peer_error(e)?;
-                    return Ok(moved);
+                    self.peer_error(e);
+                    return moved;
                 }
             }
         }
         if moved == self.cfg.budget {
             self.rx_pending = true;
         }
-        let n = self.ep.flush_rx();
-        self.ring(n)?;
-        Ok(moved)
+        moved
     }
 
     fn pump_tx(&mut self) -> Result<u32, BridgeError> {
         let mut moved = 0;
-        let capacity = self.cfg.mtu as usize + FRAME_OVERHEAD;
-        if !self.tap_armed && self.ep.tx_ready() {
+        let capacity = self.driver.endpoint().max_frame_len();
+        if !self.tap_armed && self.driver.endpoint_mut().tx_ready() {
             self.arm_tap(true)?;
         }
         while self.tap_readable && self.tap_armed && moved < self.cfg.budget {
-            if !self.ep.tx_ready() {
+            if !self.driver.endpoint_mut().tx_ready() {
                 self.counters.ring_full_events += 1;
                 self.arm_tap(false)?;
                 break;
             }
-            let Ok(mut slot) = self.ep.tx_reserve(capacity) else {
+            let Ok(mut slot) = self.driver.endpoint_mut().tx_reserve(capacity) else {
                 self.counters.ring_full_events += 1;
                 self.arm_tap(false)?;
                 break;
@@ -526,10 +507,6 @@ impl Bridge {
                     self.tap_readable = false;
                 }
             }
-        }
-        if moved > 0 {
-            let n = self.ep.flush_tx();
-            self.ring(n)?;
         }
         Ok(moved)
     }
@@ -576,18 +553,15 @@ impl Bridge {
     /// Leaves the link: RESET, carrier off, final report.
     pub fn shutdown(&mut self) {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-        let out = self.ep.shutdown();
-        if let Some(state) = out.write_state
-            && let Err(e) = self.backend.publish_state(state.raw())
-        {
-            warn!("cannot publish RESET: {e}");
-        }
+        let _ = self.driver.shutdown();
         let _ = self.tap.set_carrier(false);
+        self.left = true;
         self.report("exit");
     }
 
     fn report(&self, reason: &str) {
-        let s = self.ep.stats();
+        let d = self.driver.counters();
+        let s = self.driver.endpoint().stats();
         let ring = RingCounters {
             tx_frames: s.tx_frames,
             tx_bytes: s.tx_bytes,
@@ -596,18 +570,35 @@ impl Bridge {
             doorbells_requested: s.doorbells_requested,
             notifications_suppressed: s.notifications_suppressed,
             tx_ring_full: s.tx_ring_full,
-            link_resets: s.link_resets,
+            // Resets caused by the peer; leaving the link is not one.
+            link_resets: d.link_resets,
             peer_errors: s.total_errors(),
         };
+        // The peer's state as last read while this side was on the link;
+        // after leaving, nothing is watched and nothing is claimed.
+        let peer_state = (!self.left)
+            .then(|| self.driver.peer_state_raw())
+            .flatten()
+            .map(|raw| {
+                LinkState::from_raw(raw)
+                    .map_or_else(|| format!("{raw:#x}"), |s| s.name().to_owned())
+            });
         Report {
             reason,
             uptime_s: crate::stats::uptime(self.started),
             tap: self.tap.name(),
-            state: self.ep.local_state().name(),
-            peer_state: self.last_peer_state,
-            carrier: self.ep.carrier(),
-            bridge: self.counters,
+            state: self.driver.local_state().name(),
+            peer_state: peer_state.as_deref(),
+            carrier: self.driver.carrier() && !self.left,
+            bridge: BridgeCounters {
+                doorbells_sent: d.doorbells_rung.iter().sum(),
+                state_doorbells_sent: d.state_writes,
+                carrier_changes: d.carrier_ups + d.carrier_downs,
+                peer_errors: d.protocol_faults,
+                ..self.counters
+            },
             ring,
+            driver: DriverCounters::from(d),
         }
         .emit(self.cfg.stats_json);
     }

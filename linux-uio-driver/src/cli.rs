@@ -11,12 +11,7 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Parser, ValueEnum};
 
-/// Smallest MTU an Ethernet interface may have (`ETH_MIN_MTU`).
-pub const MIN_MTU: u32 = 68;
-/// Largest MTU a Linux interface may have (`ETH_MAX_MTU`).
-pub const MAX_MTU: u32 = 65535;
-/// ivshmem-net's default MTU (`IVSHM_NET_MTU_DEF`).
-pub const DEFAULT_MTU: u32 = 16384;
+use ivnet_ring::geometry::{MAX_MTU, MIN_MTU};
 
 /// Bridge one ivshmem-net link to a TAP interface.
 ///
@@ -70,10 +65,12 @@ pub struct Args {
     pub netns: Option<String>,
 
     /// Link MTU in bytes, 68..=65535 and at most a quarter of the ring's data
-    /// area. Both peers must use the same value.
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MTU,
+    /// area. Both peers must use the same value. Default: what the reference
+    /// driver picks for the link's output-section size (16384, or a quarter
+    /// of the data area on smaller sections).
+    #[arg(long, value_name = "BYTES",
           value_parser = clap::value_parser!(u32).range(MIN_MTU as i64..=MAX_MTU as i64))]
-    pub mtu: u32,
+    pub mtu: Option<u32>,
 
     /// MAC address of the TAP interface. Default: 02:69:76:6e:HH:LL, where
     /// HHLL is this peer's 16-bit ID on the link (stable across restarts;
@@ -251,7 +248,7 @@ mod tests {
             "--stats-json",
         ])
         .unwrap();
-        assert_eq!(a.mtu, 1500);
+        assert_eq!(a.mtu, Some(1500));
         assert_eq!(a.mode, Mode::Hybrid);
         assert_eq!(a.mac, Some(MacAddr([2, 0, 0, 0, 0, 1])));
         assert_eq!(a.stats_interval, Duration::from_millis(500));

@@ -74,21 +74,26 @@ fn run(args: &Args) -> Result<(), String> {
             backend.section_len()
         )
     })?;
-    if args.mtu as usize > geometry.max_mtu() {
-        return Err(format!(
-            "--mtu {} is too large for this link: its ring ({:#x}-byte output sections, {} entries, {:#x}-byte data \
-             area) carries an MTU of at most {} (a quarter of the data area)",
-            args.mtu,
-            backend.section_len(),
-            geometry.queue_len,
-            geometry.data_size,
-            geometry.max_mtu()
-        ));
-    }
+    // The reference rule when no MTU is given, so that a Linux ivshmem-net
+    // peer on the same section size agrees; an explicit one must fit.
+    let mtu = match args.mtu {
+        None => geometry.default_mtu() as u32,
+        Some(mtu) if mtu as usize > geometry.max_mtu() => {
+            return Err(format!(
+                "--mtu {mtu} is too large for this link: its ring ({:#x}-byte output sections, {} entries, \
+                 {:#x}-byte data area) carries an MTU of at most {} (a quarter of the data area)",
+                backend.section_len(),
+                geometry.queue_len,
+                geometry.data_size,
+                geometry.max_mtu()
+            ));
+        }
+        Some(mtu) => mtu,
+    };
     let mac = args
         .mac
         .unwrap_or_else(|| MacAddr::for_peer(backend.own_id()));
-    let tap = Tap::open(&args.tap, args.mtu, mac).map_err(|e| e.to_string())?;
+    let tap = Tap::open(&args.tap, mtu, mac).map_err(|e| e.to_string())?;
     info!(
         "{}: {} TAP, MTU {}, MAC {mac}, mode {:?}, own peer ID {} (other peer {})",
         tap.name(),
@@ -97,13 +102,13 @@ fn run(args: &Args) -> Result<(), String> {
         } else {
             "attached to existing"
         },
-        args.mtu,
+        mtu,
         args.mode,
         backend.own_id(),
         backend.peer_id()
     );
     let cfg = LoopConfig {
-        mtu: args.mtu,
+        mtu,
         budget: args.budget,
         mode: args.mode,
         busy_poll: match args.mode {

@@ -19,11 +19,13 @@ pub struct BridgeCounters {
     /// Frames written to the TAP interface. With `drop_tap_write` they add
     /// up to `ring.rx_frames`.
     pub tap_written_frames: u64,
-    /// Data doorbells this bridge rang at the peer.
+    /// Data doorbells this bridge rang at the peer (the driver core's
+    /// `doorbells_rung`, all vectors).
     pub doorbells_sent: u64,
     /// Interrupts/eventfd signals received (all vectors).
     pub doorbells_received: u64,
-    /// State-change notifications sent to the peer (vector 0).
+    /// State publications (each notifies the peer on vector 0; the driver
+    /// core's `state_writes`).
     pub state_doorbells_sent: u64,
     /// Times the TX ring was full and the bridge stopped reading the TAP.
     pub ring_full_events: u64,
@@ -33,10 +35,53 @@ pub struct BridgeCounters {
     pub drop_tap_write: u64,
     /// Frames read from the TAP that did not fit a ring slot (dropped).
     pub drop_oversize: u64,
-    /// Carrier changes of the TAP interface.
+    /// Carrier changes of the link (the driver core's ups + downs).
     pub carrier_changes: u64,
-    /// Errors of the peer detected by the ring (each resets the link).
+    /// Errors of the peer detected by the ring (each resets the link; the
+    /// driver core's `protocol_faults`).
     pub peer_errors: u64,
+}
+
+/// The driver core's counters ([`ivnet_driver::Counters`]), for reporting.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct DriverCounters {
+    /// Data doorbells rung, by vector (0, 1).
+    pub doorbells_rung: [u64; 2],
+    /// Data doorbells the device refused.
+    pub doorbells_refused: u64,
+    /// Own-state publications.
+    pub state_writes: u64,
+    /// Own-state publications the device refused.
+    pub state_writes_refused: u64,
+    /// Carrier transitions to on.
+    pub carrier_ups: u64,
+    /// Carrier transitions to off.
+    pub carrier_downs: u64,
+    /// Peer protocol violations.
+    pub protocol_faults: u64,
+    /// Link resets caused by the peer.
+    pub link_resets: u64,
+    /// Handshakes held back by the renegotiation backoff.
+    pub backoff_waits: u64,
+    /// Log messages dropped by the rate limiter.
+    pub log_suppressed: u64,
+}
+
+impl From<ivnet_driver::Counters> for DriverCounters {
+    fn from(c: ivnet_driver::Counters) -> Self {
+        DriverCounters {
+            doorbells_rung: c.doorbells_rung,
+            doorbells_refused: c.doorbells_refused,
+            state_writes: c.state_writes,
+            state_writes_refused: c.state_writes_refused,
+            carrier_ups: c.carrier_ups,
+            carrier_downs: c.carrier_downs,
+            protocol_faults: c.protocol_faults,
+            link_resets: c.link_resets,
+            backoff_waits: c.backoff_waits,
+            log_suppressed: c.log_suppressed,
+        }
+    }
 }
 
 /// Counters of the ring library's endpoint, copied out for reporting.
@@ -56,7 +101,8 @@ pub struct RingCounters {
     pub notifications_suppressed: u64,
     /// Times a send found the TX ring full.
     pub tx_ring_full: u64,
-    /// Link resets (handshake restarts).
+    /// Link resets caused by the peer (its RESET, a fault); leaving the
+    /// link ourselves is not counted.
     pub link_resets: u64,
     /// Protocol violations of the peer, all kinds.
     pub peer_errors: u64,
@@ -73,14 +119,17 @@ pub struct Report<'a> {
     pub tap: &'a str,
     /// Local link state (RESET, INIT, READY, RUN).
     pub state: &'a str,
-    /// The peer's state-table entry as last read.
-    pub peer_state: u32,
+    /// The peer's state as last read (its name, or the raw value in hex);
+    /// `None` before the first read and after this side left the link.
+    pub peer_state: Option<&'a str>,
     /// Whether the TAP carrier is on.
     pub carrier: bool,
     /// Bridge counters.
     pub bridge: BridgeCounters,
     /// Ring counters.
     pub ring: RingCounters,
+    /// Driver-core counters.
+    pub driver: DriverCounters,
 }
 
 impl Report<'_> {
@@ -99,11 +148,11 @@ impl Report<'_> {
             tracing::info!(
                 "stats ({}): tap {} state {} peer {} carrier {} | tx {} frames {} bytes, rx {} frames {} bytes | \
                  doorbells sent {} received {} suppressed {} | ring full {} | drops: link-down {} tap-write {} \
-                 oversize {} | link resets {} peer errors {} | uptime {:.1}s",
+                 oversize {} | link resets {} peer errors {} backoff waits {} | uptime {:.1}s",
                 self.reason,
                 self.tap,
                 self.state,
-                self.peer_state,
+                self.peer_state.unwrap_or("-"),
                 if self.carrier { "on" } else { "off" },
                 r.tx_frames,
                 r.tx_bytes,
@@ -118,6 +167,7 @@ impl Report<'_> {
                 b.drop_oversize,
                 r.link_resets,
                 r.peer_errors,
+                self.driver.backoff_waits,
                 self.uptime_s,
             );
         }

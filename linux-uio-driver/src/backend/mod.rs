@@ -1,37 +1,34 @@
 //! Where the link's memory is and how to ring the peer.
 //!
-//! A backend hands the bridge two sections (its own output section,
-//! writable, and the peer's, read-only), reads the peer's state-table entry,
-//! publishes the bridge's own state, rings the peer's data vector, and turns
+//! A backend is the bridge's platform for the driver core: it implements
+//! [`LinkDevice`] (read the peer's state entry, publish the own state, ring
+//! a vector, re-arm, time) and, beyond it, hands the bridge two sections
+//! (its own output section, writable, and the peer's, read-only) and turns
 //! its wakeup file descriptors into "something may have changed". It knows
-//! nothing about rings or frames.
+//! nothing about rings, frames, link states or which vector to ring: that
+//! is [`ivnet_driver::Driver`]'s.
 //!
-//! | backend | memory | own state | doorbell | wakeup |
-//! |---|---|---|---|---|
-//! | [`server`] | memfd from ivnet's ivshmem-server | own state entry + vector 0 | peer eventfd | own eventfds |
-//! | [`uio`] Jailhouse | `uio_ivshmem` maps | STATE register | DOORBELL register | `/dev/uioN`, one-shot, re-armed via INT_CONTROL |
-//! | [`uio`] QEMU | BAR2 of ivshmem-doorbell via a generic UIO driver | own state entry + vector 0 | BAR0 doorbell | `/dev/uioN`, re-armed via irqcontrol |
+//! | backend | memory | own state | doorbell | wakeup | re-arm |
+//! |---|---|---|---|---|---|
+//! | [`server`] | memfd from ivnet's ivshmem-server | `OwnStateEntry` + vector 0 | peer eventfd | own eventfds | nothing |
+//! | [`uio`] Jailhouse | `uio_ivshmem` maps | STATE register | DOORBELL register | `/dev/uioN` | INT_CONTROL (one-shot) |
+//! | [`uio`] QEMU | BAR2 of ivshmem-doorbell via a generic UIO driver | `OwnStateEntry` + vector 0 | BAR0 doorbell | `/dev/uioN` | irqcontrol |
 
 use std::io;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
+use ivnet_driver::LinkDevice;
+use ivnet_ring::LinkState;
+
 pub mod server;
 pub mod uio;
 
-/// ivshmem-net's vector for state changes.
-pub const STATE_VECTOR: u16 = 0;
-/// ivshmem-net's vector for TX/RX when the device has at least two vectors.
-pub const DATA_VECTOR: u16 = 1;
-
-/// Which vector carries data doorbells on a device with `vectors` vectors
-/// (ivshmem-net: vector 1 with MSI-X and two or more vectors, else 0).
-pub fn data_vector(vectors: u32) -> u16 {
-    if vectors >= 2 {
-        DATA_VECTOR
-    } else {
-        STATE_VECTOR
-    }
+/// Monotonic microseconds (the clock every backend gives the driver core).
+pub fn monotonic_us() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always available");
+    (t.tv_sec() as u64) * 1_000_000 + (t.tv_nsec() as u64) / 1000
 }
 
 /// What a wakeup meant.
@@ -52,6 +49,9 @@ pub enum BackendError {
     /// The device or link does not have the shape ivshmem-net needs.
     #[error("{0}")]
     Unsupported(String),
+    /// A doorbell the device cannot carry.
+    #[error("doorbell: {0}")]
+    Doorbell(ivshmem::DeviceError),
     /// Talking to the server.
     #[error("ivshmem-server: {0}")]
     Server(String),
@@ -66,8 +66,9 @@ pub enum BackendError {
     },
 }
 
-/// One side of an ivshmem link as the bridge sees it.
-pub trait Backend {
+/// One side of an ivshmem link as the bridge sees it: the driver core's
+/// platform ([`LinkDevice`]) plus memory and wakeups.
+pub trait Backend: LinkDevice<Error = BackendError> {
     /// One line for the log: device, IDs, sizes.
     fn describe(&self) -> String;
     /// This peer's ID.
@@ -80,22 +81,44 @@ pub trait Backend {
     fn own_section(&self) -> *mut u8;
     /// The peer's output section (read-only, valid while the backend lives).
     fn peer_section(&self) -> *const u8;
-    /// The peer's state-table entry, read once.
-    fn peer_state(&self) -> u32;
-    /// Publishes the own state (and notifies the peer on vector 0).
-    fn publish_state(&mut self, state: u32) -> Result<(), BackendError>;
-    /// Rings the peer's data vector.
-    fn ring_data(&mut self) -> Result<(), BackendError>;
     /// Descriptors to wait on (readable = wakeup).
     fn wakeup_fds(&self) -> Vec<RawFd>;
-    /// Consumes the wakeup on `fd` and re-arms interrupts. The caller
-    /// re-reads shared memory afterwards, so an event that arrived before the
-    /// re-arm is not lost.
+    /// Consumes the wakeup on `fd`. Re-arming is [`LinkDevice::rearm`],
+    /// which the driver core calls before its final re-check.
     fn on_wakeup(&mut self, fd: RawFd) -> Result<Wake, BackendError>;
     /// A poll period the bridge must keep even in event mode because some
     /// doorbells cannot reach it (e.g. a UIO driver with fewer vectors than
     /// the link uses).
     fn forced_poll(&self) -> Option<Duration> {
         None
+    }
+}
+
+/// The driver core drives the bridge's backend through the box.
+impl LinkDevice for Box<dyn Backend> {
+    type Error = BackendError;
+
+    fn peer_state(&self) -> u32 {
+        (**self).peer_state()
+    }
+
+    fn publish_state(&mut self, state: LinkState) -> Result<(), BackendError> {
+        (**self).publish_state(state)
+    }
+
+    fn vectors(&self) -> u32 {
+        (**self).vectors()
+    }
+
+    fn ring(&mut self, vector: u16) -> Result<(), BackendError> {
+        (**self).ring(vector)
+    }
+
+    fn rearm(&mut self) {
+        (**self).rearm()
+    }
+
+    fn now_us(&self) -> u64 {
+        (**self).now_us()
     }
 }

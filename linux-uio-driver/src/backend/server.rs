@@ -5,7 +5,8 @@
 //! writes read-only.
 //!
 //! There is no STATE register: the own state goes into the own state-table
-//! entry, followed by a doorbell on the peer's vector 0. When a peer's
+//! entry, followed by a doorbell on the peer's vector 0
+//! ([`HostPeer::publish_state`], over `ivshmem::OwnStateEntry`). When a peer's
 //! connection closes, the server writes RESET into its entry and rings
 //! vector 0 of everyone left, which is how the bridge notices a peer that
 //! was killed.
@@ -14,11 +15,12 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::time::Duration;
 
-use ivshmem::layout::PROTOCOL_NET;
+use ivnet_driver::{LinkDevice, check_net_link, data_vector};
+use ivnet_ring::LinkState;
 use ivshmem_server::peer::{DoorbellError, Event, HostPeer};
 use tracing::{debug, info, warn};
 
-use super::{Backend, BackendError, STATE_VECTOR, Wake, data_vector};
+use super::{Backend, BackendError, Wake, monotonic_us};
 
 /// A host peer of ivshmem-server carrying one ivshmem-net link.
 pub struct ServerBackend {
@@ -37,46 +39,58 @@ impl ServerBackend {
         let peer =
             HostPeer::connect(path, timeout).map_err(|e| BackendError::Server(e.to_string()))?;
         let layout = *peer.layout();
-        let id = peer.id();
-        if layout.protocol != PROTOCOL_NET {
-            return Err(BackendError::Unsupported(format!(
-                "{}: the server's link speaks protocol {:#06x}, not ivshmem-net ({PROTOCOL_NET:#06x})",
-                path.display(),
-                layout.protocol
-            )));
-        }
-        if layout.layout.max_peers != 2 {
-            return Err(BackendError::Unsupported(format!(
-                "{}: the server's link has {} peers; ivshmem-net connects exactly 2",
-                path.display(),
-                layout.layout.max_peers
-            )));
-        }
-        if id > 1 {
-            return Err(BackendError::Unsupported(format!(
-                "{}: server assigned peer ID {id}",
-                path.display()
-            )));
-        }
+        let (_, peer_id) = check_net_link(
+            layout.protocol,
+            u32::from(layout.layout.max_peers),
+            u32::from(peer.id()),
+        )
+        .map_err(|e| BackendError::Unsupported(format!("{}: {e}", path.display())))?;
         let vector_fds = peer.vector_fds().iter().map(|fd| fd.as_raw_fd()).collect();
         let server_fd = peer.server_fd().map(|fd| fd.as_raw_fd());
         Ok(ServerBackend {
             path: path.display().to_string(),
-            peer_id: 1 - id,
+            peer_id,
             data_vector: data_vector(layout.vectors),
             vector_fds,
             server_fd,
             peer,
         })
     }
+}
 
-    fn doorbell(&self, vector: u16) -> Result<(), BackendError> {
+impl LinkDevice for ServerBackend {
+    type Error = BackendError;
+
+    fn peer_state(&self) -> u32 {
+        self.peer
+            .peer_state(self.peer_id)
+            .expect("peer ID < max peers")
+    }
+
+    fn publish_state(&mut self, state: LinkState) -> Result<(), BackendError> {
+        self.peer
+            .publish_state(state.raw())
+            .map_err(|e| BackendError::Server(e.to_string()))
+    }
+
+    fn vectors(&self) -> u32 {
+        self.peer.layout().vectors
+    }
+
+    fn ring(&mut self, vector: u16) -> Result<(), BackendError> {
         match self.peer.doorbell(self.peer_id, u32::from(vector)) {
             Ok(()) => Ok(()),
             // Like QEMU: ringing a peer that is not connected does nothing.
             Err(DoorbellError::UnknownPeer(_)) => Ok(()),
             Err(e) => Err(BackendError::Server(e.to_string())),
         }
+    }
+
+    /// Eventfds need no re-arming.
+    fn rearm(&mut self) {}
+
+    fn now_us(&self) -> u64 {
+        monotonic_us()
     }
 }
 
@@ -115,18 +129,6 @@ impl Backend for ServerBackend {
             .peer_section(self.peer_id)
             .expect("peer ID < max peers, not own ID")
             .0
-    }
-    fn peer_state(&self) -> u32 {
-        self.peer
-            .peer_state(self.peer_id)
-            .expect("peer ID < max peers")
-    }
-    fn publish_state(&mut self, state: u32) -> Result<(), BackendError> {
-        self.peer.set_own_state(state);
-        self.doorbell(STATE_VECTOR)
-    }
-    fn ring_data(&mut self) -> Result<(), BackendError> {
-        self.doorbell(self.data_vector)
     }
     fn wakeup_fds(&self) -> Vec<RawFd> {
         self.vector_fds

@@ -9,7 +9,8 @@
 //! Interrupts are one-shot: the hypervisor clears INT_CONTROL when it
 //! delivers one, so after each wakeup the bridge writes 1 to INT_CONTROL
 //! and only then re-reads shared memory (an event while disabled is dropped,
-//! not latched). The own state goes through the STATE register. When the
+//! not latched): [`LinkDevice::rearm`], called by the driver core before its
+//! final re-check. The own state goes through the STATE register. When the
 //! PCI configuration space is readable (CAP_SYS_ADMIN), the map sizes are
 //! cross-checked against the vendor capability.
 //!
@@ -26,23 +27,26 @@
 //! 4 KiB. QEMU enforces no permissions, so the bridge write-protects the
 //! layout page and the peer's section itself (`mprotect`). The own state is
 //! stored into the own state-table entry, followed by a doorbell on vector 0
-//! of the peer. Interrupts are re-enabled through the driver's `irqcontrol`.
+//! of the peer (`ivshmem::OwnStateEntry`). Interrupts are re-enabled through
+//! the driver's `irqcontrol`.
 
 use std::fs;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, Ordering, fence};
+use std::sync::atomic::{Ordering, fence};
 use std::time::Duration;
 
-use ivshmem::device::check_link;
+use ivnet_driver::{LinkDevice, STATE_VECTOR, check_net_link, data_vector, read_state_entry};
+use ivnet_ring::LinkState;
+use ivshmem::OwnStateEntry;
 use ivshmem::jailhouse::{self, IntControl, VendorCapability};
-use ivshmem::layout::{LAYOUT_PAGE_SIZE, LayoutPage, PROTOCOL_NET};
+use ivshmem::layout::{LAYOUT_PAGE_SIZE, LayoutPage};
 use ivshmem::pci::ConfigImage;
 use ivshmem::qemu;
 use tracing::{debug, warn};
 
-use super::{Backend, BackendError, STATE_VECTOR, Wake, data_vector};
+use super::{Backend, BackendError, Wake, monotonic_us};
 use crate::uio::{Access, PciIdentity, UioDevice, UioMap, msi_irq_count};
 
 /// Jailhouse ivshmem 2.0 PCI IDs.
@@ -95,46 +99,16 @@ fn qemu_registers(map: &UioMap) -> qemu::Registers<'_> {
     unsafe { qemu::Registers::new(base) }
 }
 
-/// Reads a `u32` state-table entry once (the table may be mapped read-only,
-/// so no `AtomicU32` is formed over it) and orders later reads after it.
-///
-/// # Safety
-/// `entry` must be 4-aligned and readable.
-unsafe fn read_state_entry(entry: *const u32) -> u32 {
-    // SAFETY: guaranteed by the caller; an aligned 32-bit load is single-copy
-    // atomic on every platform ivshmem exists on.
-    let v = unsafe { entry.read_volatile() };
-    fence(Ordering::Acquire);
-    v
-}
-
-/// Checks the link shape ivshmem-net needs: protocol 0x0001, two peers, an
-/// ID of 0 or 1. Returns (own ID, peer ID).
-fn check_net_link(
+/// The ivshmem-net link rule ([`check_net_link`]) with the device named in
+/// the error. Returns (own ID, peer ID).
+fn net_link(
     node: &Path,
     protocol: u16,
     max_peers: u32,
     id: u32,
 ) -> Result<(u16, u16), BackendError> {
-    if protocol != PROTOCOL_NET {
-        return Err(BackendError::Unsupported(format!(
-            "{}: the device speaks protocol {protocol:#06x}, not ivshmem-net ({PROTOCOL_NET:#06x})",
-            node.display()
-        )));
-    }
-    let (peers, id) = check_link(protocol, max_peers, id).map_err(|e| {
-        BackendError::Unsupported(format!(
-            "{}: {e} (ivshmem-net connects exactly 2 peers)",
-            node.display()
-        ))
-    })?;
-    if peers != 2 {
-        return Err(BackendError::Unsupported(format!(
-            "{}: the link has {peers} peers; ivshmem-net connects exactly 2",
-            node.display()
-        )));
-    }
-    Ok((id, 1 - id))
+    check_net_link(protocol, max_peers, id)
+        .map_err(|e| BackendError::Unsupported(format!("{}: {e}", node.display())))
 }
 
 /// Cross-checks the UIO maps against the vendor capability in the PCI
@@ -200,7 +174,7 @@ impl JailhouseUio {
         let r = jailhouse_registers(&regs);
         let protocol = (pci.class & 0xffff) as u16;
         let (max_peers, raw_id) = (r.max_peers(), r.id());
-        let (id, peer) = check_net_link(&node, protocol, max_peers, raw_id)?;
+        let (id, peer) = net_link(&node, protocol, max_peers, raw_id)?;
         let state_table = dev.map(dev.find_map("state_table")?, Access::ReadOnly)?;
         if state_table.len() < 8 {
             return Err(BackendError::Unsupported(format!(
@@ -293,6 +267,21 @@ impl Backend for JailhouseUio {
             .as_ptr()
             .wrapping_add(usize::from(self.peer) * self.section_len)
     }
+    fn wakeup_fds(&self) -> Vec<RawFd> {
+        vec![self.dev.as_raw_fd()]
+    }
+    fn on_wakeup(&mut self, _fd: RawFd) -> Result<Wake, BackendError> {
+        let doorbells = take_events(&self.dev, &mut self.last_count)?;
+        Ok(Wake {
+            doorbells,
+            membership: false,
+        })
+    }
+}
+
+impl LinkDevice for JailhouseUio {
+    type Error = BackendError;
+
     fn peer_state(&self) -> u32 {
         let entry = self
             .state_table
@@ -300,35 +289,40 @@ impl Backend for JailhouseUio {
             .wrapping_add(4 * usize::from(self.peer))
             .cast::<u32>();
         // SAFETY: the state table is page-aligned, at least 8 bytes (checked
-        // at open) and mapped readable while `self` lives.
+        // at open), mapped readable while `self` lives, and written only by
+        // the hypervisor.
         unsafe { read_state_entry(entry) }
     }
-    fn publish_state(&mut self, state: u32) -> Result<(), BackendError> {
+
+    fn publish_state(&mut self, state: LinkState) -> Result<(), BackendError> {
         // The hypervisor copies the value into the state table and rings
         // vector 0 of the peer; `set_state` fences first, so the section
         // contents written before are visible by then.
-        jailhouse_registers(&self.regs).set_state(state);
+        jailhouse_registers(&self.regs).set_state(state.raw());
         Ok(())
     }
-    fn ring_data(&mut self) -> Result<(), BackendError> {
+
+    fn vectors(&self) -> u32 {
+        self.vectors as u32
+    }
+
+    fn ring(&mut self, vector: u16) -> Result<(), BackendError> {
         // `ring` fences first: published indices are visible before the
         // interrupt arrives.
-        jailhouse_registers(&self.regs).ring(self.peer, self.data_vector);
+        jailhouse_registers(&self.regs).ring(self.peer, vector);
         Ok(())
     }
-    fn wakeup_fds(&self) -> Vec<RawFd> {
-        vec![self.dev.as_raw_fd()]
-    }
-    fn on_wakeup(&mut self, _fd: RawFd) -> Result<Wake, BackendError> {
-        let doorbells = take_events(&self.dev, &mut self.last_count)?;
+
+    fn rearm(&mut self) {
         // One-shot mode: the hypervisor cleared INT_CONTROL when it sent the
-        // interrupt. Re-arm before the caller re-reads shared memory.
+        // interrupt. The fence orders the re-arm before the driver's
+        // re-check of shared memory.
         jailhouse_registers(&self.regs).set_int_control(IntControl::ENABLE);
         fence(Ordering::SeqCst);
-        Ok(Wake {
-            doorbells,
-            membership: false,
-        })
+    }
+
+    fn now_us(&self) -> u64 {
+        monotonic_us()
     }
 }
 
@@ -347,6 +341,8 @@ pub struct QemuUio {
     /// bridge stores its state itself, while `window` maps the whole state
     /// table read-only.
     state_view: UioMap,
+    /// The own entry inside `state_view`.
+    own_state: OwnStateEntry,
     layout: LayoutPage,
     id: u16,
     peer: u16,
@@ -417,7 +413,7 @@ impl QemuUio {
             BackendError::Unsupported(format!("{}: layout page: {e}", node.display()))
         })?;
         let id = qemu_registers(&regs).iv_position();
-        let (id, peer) = check_net_link(
+        let (id, peer) = net_link(
             &node,
             layout.protocol,
             u32::from(layout.layout.max_peers),
@@ -425,10 +421,29 @@ impl QemuUio {
         )?;
         let irqs = msi_irq_count(&dev.pci_dir());
         let data_vector = data_vector(layout.vectors);
+        let own_off = layout
+            .layout
+            .state_entry_offset(id)
+            .expect("id < max_peers") as usize;
+        let own_entry = state_view
+            .as_mut_ptr()
+            .and_then(|p| NonNull::new(p.wrapping_add(own_off).cast::<u32>()))
+            .ok_or_else(|| {
+                BackendError::Unsupported(format!(
+                    "{}: BAR2 is not mapped writable",
+                    node.display()
+                ))
+            })?;
+        // SAFETY: the own entry lies in the page of `state_view` that stays
+        // read-write (see `protect`), 4-aligned in the validated layout;
+        // `state_view` lives in the same `QemuUio` as `own_state`, and every
+        // party accesses state words only atomically.
+        let own_state = unsafe { OwnStateEntry::new(own_entry) }.map_err(BackendError::Doorbell)?;
         let me = QemuUio {
             regs,
             window,
             state_view,
+            own_state,
             layout,
             id,
             peer,
@@ -516,13 +531,21 @@ impl QemuUio {
     }
 
     fn doorbell(&self, vector: u16) -> Result<(), BackendError> {
+        // Every peer of the link has the layout page's vectors; QEMU drops a
+        // ring beyond them: refuse it here, so it is not counted as rung.
+        if u32::from(vector) >= self.layout.vectors {
+            return Err(BackendError::Doorbell(
+                ivshmem::DeviceError::VectorOutOfRange {
+                    vector,
+                    max: (self.layout.vectors.saturating_sub(1)).min(u32::from(u16::MAX)) as u16,
+                },
+            ));
+        }
         // `ring` fences first: published indices are visible before the
         // interrupt arrives.
         qemu_registers(&self.regs)
             .ring(self.peer, vector)
-            .map_err(|e| {
-                BackendError::Unsupported(format!("{}: doorbell: {e}", self.dev.node().display()))
-            })
+            .map_err(BackendError::Doorbell)
     }
 }
 
@@ -569,42 +592,11 @@ impl Backend for QemuUio {
             .expect("peer < max_peers") as usize;
         self.window.as_ptr().wrapping_add(off)
     }
-    fn peer_state(&self) -> u32 {
-        // SAFETY: the entry lies inside the validated state table in the
-        // mapped window and is 4-aligned.
-        unsafe { read_state_entry(self.state_entry(self.peer)) }
-    }
-    fn publish_state(&mut self, state: u32) -> Result<(), BackendError> {
-        let off = self
-            .layout
-            .layout
-            .state_entry_offset(self.id)
-            .expect("id < max_peers") as usize;
-        let entry = self
-            .state_view
-            .as_mut_ptr()
-            .expect("the state view is mapped read-write")
-            .wrapping_add(off)
-            .cast::<u32>();
-        // SAFETY: the own entry is 4-aligned, inside the page of the state
-        // view that stays read-write, written only by this peer, and read by
-        // others only through atomic or volatile loads; no reference to it
-        // exists elsewhere.
-        let atomic = unsafe { AtomicU32::from_ptr(entry) };
-        atomic.store(state, Ordering::Release);
-        self.doorbell(STATE_VECTOR)
-    }
-    fn ring_data(&mut self) -> Result<(), BackendError> {
-        self.doorbell(self.data_vector)
-    }
     fn wakeup_fds(&self) -> Vec<RawFd> {
         vec![self.dev.as_raw_fd()]
     }
     fn on_wakeup(&mut self, _fd: RawFd) -> Result<Wake, BackendError> {
         let doorbells = take_events(&self.dev, &mut self.last_count)?;
-        // Generic UIO drivers mask the interrupt in their handler; unmask it
-        // before the caller re-reads shared memory.
-        let _ = self.dev.irqcontrol(1);
         Ok(Wake {
             doorbells,
             membership: false,
@@ -635,6 +627,40 @@ impl Backend for QemuUio {
     }
 }
 
+impl LinkDevice for QemuUio {
+    type Error = BackendError;
+
+    fn peer_state(&self) -> u32 {
+        // SAFETY: the entry lies inside the validated state table in the
+        // mapped window (read-only), is 4-aligned, and written only
+        // atomically by the peer or the server.
+        unsafe { read_state_entry(self.state_entry(self.peer)) }
+    }
+
+    fn publish_state(&mut self, state: LinkState) -> Result<(), BackendError> {
+        self.own_state
+            .publish(state.raw(), || self.doorbell(STATE_VECTOR))
+    }
+
+    fn vectors(&self) -> u32 {
+        self.layout.vectors
+    }
+
+    fn ring(&mut self, vector: u16) -> Result<(), BackendError> {
+        self.doorbell(vector)
+    }
+
+    fn rearm(&mut self) {
+        // Generic UIO drivers mask the interrupt in their handler; unmask it
+        // before the driver re-checks shared memory.
+        let _ = self.dev.irqcontrol(1);
+    }
+
+    fn now_us(&self) -> u64 {
+        monotonic_us()
+    }
+}
+
 /// Reads the UIO event counter (non-blocking) and returns how many
 /// interrupts arrived since the last read (all vectors are coalesced into
 /// one counter by the UIO drivers).
@@ -657,6 +683,7 @@ fn take_events(dev: &UioDevice, last_count: &mut Option<u32>) -> Result<u64, Bac
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ivshmem::layout::PROTOCOL_NET;
     use std::path::PathBuf;
 
     const SECTION: u64 = 0x4000;
@@ -748,15 +775,19 @@ mod tests {
         );
         assert_eq!(j.peer_state(), 2);
         assert_eq!(reg(&f, REG_INT_CONTROL), 1, "interrupts enabled at open");
-        j.publish_state(1).unwrap();
+        j.publish_state(LinkState::Init).unwrap();
         assert_eq!(reg(&f, REG_STATE), 1);
-        j.ring_data().unwrap();
+        assert_eq!(data_vector(j.vectors()), 1);
+        j.ring(1).unwrap();
         assert_eq!(reg(&f, REG_DOORBELL), 1, "vector 1 to peer 0");
-        // A wakeup re-arms the one-shot interrupt.
+        // A wakeup only consumes the event; the re-arm is the driver core's
+        // call, before its re-check.
         jailhouse_registers(&j.regs).set_int_control(IntControl::empty());
         let fd = j.wakeup_fds()[0];
         j.on_wakeup(fd).unwrap();
-        assert_eq!(reg(&f, REG_INT_CONTROL), 1, "re-armed after the event");
+        assert_eq!(reg(&f, REG_INT_CONTROL), 0, "not re-armed by the wakeup");
+        j.rearm();
+        assert_eq!(reg(&f, REG_INT_CONTROL), 1, "re-armed");
         assert!(j.describe().contains("Jailhouse"));
         drop(j);
         assert_eq!(reg(&f, REG_INT_CONTROL), 0, "interrupts off on close");
@@ -764,7 +795,8 @@ mod tests {
         // INTx (no MSI-X vectors): data goes on vector 0.
         let f = fake_jailhouse(0, 2, "0xff0001", 0, 0);
         let mut j = open_fake(&f).unwrap();
-        j.ring_data().unwrap();
+        assert_eq!(data_vector(j.vectors()), 0);
+        j.ring(0).unwrap();
         assert_eq!(reg(&f, REG_DOORBELL), 1 << 16, "vector 0 to peer 1");
     }
 
@@ -903,7 +935,7 @@ mod tests {
         assert_eq!(perms_at(q.state_view.as_ptr() as usize), "---s");
         assert_eq!(perms_at(q.state_view.as_ptr() as usize + 0x1000), "rw-s");
         assert_eq!(perms_at(q.state_view.as_ptr() as usize + 0x2000), "---s");
-        q.publish_state(2).unwrap();
+        q.publish_state(LinkState::Ready).unwrap();
         let image = fs::read(&f.node).unwrap();
         assert_eq!(
             u32::from_ne_bytes(image[0x1000 + 0x1004..0x1000 + 0x1008].try_into().unwrap()),
@@ -914,8 +946,15 @@ mod tests {
             0,
             "state change: vector 0 of peer 0"
         );
-        q.ring_data().unwrap();
+        assert_eq!(data_vector(q.vectors()), 1);
+        q.ring(1).unwrap();
         assert_eq!(reg(&f, QEMU_REG_DOORBELL), 1, "data: vector 1 of peer 0");
+        assert!(q.ring(2).is_err(), "the link has two vectors");
+        assert_eq!(
+            reg(&f, QEMU_REG_DOORBELL),
+            1,
+            "a refused ring left the device alone"
+        );
         assert_eq!(q.peer_state(), 0);
         // No MSI-X interrupts for vector 1 behind a generic UIO driver: poll.
         assert_eq!(q.forced_poll(), Some(Duration::from_millis(1)));
@@ -941,13 +980,14 @@ mod tests {
         let (r0, r2) = without_maps(&f);
         let mut q = open_fake_qemu(&f).unwrap();
         assert_eq!((q.own_id(), q.peer_id()), (0, 1));
-        q.publish_state(1).unwrap();
+        q.publish_state(LinkState::Init).unwrap();
         let bar2 = fs::read(&r2).unwrap();
         assert_eq!(
             u32::from_ne_bytes(bar2[0x1000..0x1004].try_into().unwrap()),
             1
         );
-        q.ring_data().unwrap();
+        assert_eq!(data_vector(q.vectors()), 0, "one vector: data on vector 0");
+        q.ring(0).unwrap();
         let bar0 = fs::read(&r0).unwrap();
         assert_eq!(
             u32::from_ne_bytes(bar0[0x0c..0x10].try_into().unwrap()),
