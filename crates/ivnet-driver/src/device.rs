@@ -3,8 +3,6 @@
 //! doorbell vector rule, and the one read of a peer-written state entry.
 
 use core::fmt;
-use core::sync::atomic::{Ordering, fence};
-
 use ivnet_ring::LinkState;
 
 /// ivshmem-net's protocol number (PCI class code / layout page).
@@ -40,8 +38,9 @@ pub trait LinkDevice {
     type Error: fmt::Display;
 
     /// Reads the peer's state-table entry once. The table is mapped
-    /// read-only on every platform: read it with [`read_state_entry`]
-    /// (Relaxed load, then an Acquire fence), never through a reference.
+    /// read-only on every platform: read it with
+    /// [`ivnet_ring::shm::load_acquire_u32`] (Relaxed load, then an Acquire
+    /// fence), never through a reference.
     fn peer_state(&self) -> u32;
 
     /// Publishes this peer's state and wakes the peer on vector 0
@@ -130,30 +129,6 @@ pub const fn check_net_link(
         return Err(LinkShapeError::IdOutOfRange { id });
     }
     Ok((id as u16, 1 - id as u16))
-}
-
-/// Reads a 32-bit state-table entry the peer or the hypervisor writes, once.
-///
-/// The table is mapped read-only (Jailhouse enforces it; ivnet's QEMU peers
-/// map it `PROT_READ`). Rust promises only that *Relaxed* atomic loads of
-/// small types work on read-only memory (an Acquire load may be compiled to
-/// a read-modify-write on some targets), so the load is Relaxed and the
-/// ordering comes from the Acquire fence after it: everything the peer
-/// wrote before its Release store of the state is visible to our reads
-/// that follow.
-///
-/// # Safety
-/// `entry` must be 4-aligned, mapped readable for as long as the call, and
-/// accessed by every writer only atomically (or by the hypervisor).
-pub unsafe fn read_state_entry(entry: *const u32) -> u32 {
-    // SAFETY: the caller guarantees alignment and that the entry is mapped
-    // and only accessed atomically; `AtomicU32` has the layout of `u32`, and
-    // the reference lives only for this one Relaxed load (no write through
-    // it, so a read-only mapping is fine).
-    let value = unsafe { core::sync::atomic::AtomicU32::from_ptr(entry.cast_mut()) }
-        .load(Ordering::Relaxed);
-    fence(Ordering::Acquire);
-    value
 }
 
 #[cfg(test)]

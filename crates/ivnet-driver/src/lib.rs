@@ -15,7 +15,7 @@
 //!
 //! | module | concern |
 //! |---|---|
-//! | [`device`] | [`LinkDevice`], the link-shape rule [`check_net_link`], [`data_vector`], [`read_state_entry`] |
+//! | [`device`] | [`LinkDevice`], the link-shape rule [`check_net_link`], [`data_vector`] |
 //! | [`driver`] | [`Driver`], [`Counters`], [`LinkUpdate`], [`DriverConfig`] |
 //! | [`profile`] | [`DeviceLink`]: `LinkDevice` for the `ivshmem` crate's Jailhouse and QEMU profiles (bare metal) |
 //! | [`backoff`] | renegotiation backoff after repeated faults |
@@ -26,7 +26,7 @@
 //! ```text
 //! trait LinkDevice {
 //!     type Error: Display;
-//!     fn peer_state(&self) -> u32;                        // read once: read_state_entry()
+//!     fn peer_state(&self) -> u32;                        // once: ivnet_ring::shm::load_acquire_u32
 //!     fn publish_state(&mut self, LinkState) -> Result<(), Error>;  // + vector-0 doorbell
 //!     fn vectors(&self) -> u32;                           // >= 2: data on vector 1, else 0
 //!     fn ring(&mut self, vector: u16) -> Result<(), Error>;  // Err = refused, not counted
@@ -77,7 +77,7 @@ pub mod ratelimit;
 pub use backoff::{Backoff, BackoffConfig};
 pub use device::{
     DATA_VECTOR, LinkDevice, LinkShapeError, PROTOCOL_NET, STATE_VECTOR, check_net_link,
-    data_vector, read_state_entry,
+    data_vector,
 };
 pub use driver::{Counters, Driver, DriverConfig, LinkUpdate};
 pub use profile::DeviceLink;

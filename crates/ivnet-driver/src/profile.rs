@@ -15,7 +15,9 @@ use core::ptr::NonNull;
 use ivnet_ring::LinkState;
 use ivshmem::{Device, DeviceError, Ivshmem};
 
-use crate::device::{LinkDevice, LinkShapeError, check_net_link, read_state_entry};
+use ivnet_ring::shm::load_acquire_u32;
+
+use crate::device::{LinkDevice, LinkShapeError, check_net_link};
 
 /// An ivshmem device carrying an ivshmem-net link.
 #[derive(Debug)]
@@ -88,7 +90,7 @@ impl LinkDevice for DeviceLink<'_> {
     fn peer_state(&self) -> u32 {
         // SAFETY: `new`'s contract: the entry is 4-aligned, mapped readable
         // for 'a, and written only atomically (by the hypervisor or the peer).
-        unsafe { read_state_entry(self.peer_entry.as_ptr()) }
+        unsafe { load_acquire_u32(self.peer_entry.as_ptr()) }
     }
 
     fn publish_state(&mut self, state: LinkState) -> Result<(), DeviceError> {

@@ -37,8 +37,9 @@ use std::ptr::NonNull;
 use std::sync::atomic::{Ordering, fence};
 use std::time::Duration;
 
-use ivnet_driver::{LinkDevice, STATE_VECTOR, check_net_link, data_vector, read_state_entry};
+use ivnet_driver::{LinkDevice, STATE_VECTOR, check_net_link, data_vector};
 use ivnet_ring::LinkState;
+use ivnet_ring::shm::load_acquire_u32;
 use ivshmem::OwnStateEntry;
 use ivshmem::jailhouse::{self, IntControl, VendorCapability};
 use ivshmem::layout::{LAYOUT_PAGE_SIZE, LayoutPage};
@@ -291,7 +292,7 @@ impl LinkDevice for JailhouseUio {
         // SAFETY: the state table is page-aligned, at least 8 bytes (checked
         // at open), mapped readable while `self` lives, and written only by
         // the hypervisor.
-        unsafe { read_state_entry(entry) }
+        unsafe { load_acquire_u32(entry) }
     }
 
     fn publish_state(&mut self, state: LinkState) -> Result<(), BackendError> {
@@ -634,7 +635,7 @@ impl LinkDevice for QemuUio {
         // SAFETY: the entry lies inside the validated state table in the
         // mapped window (read-only), is 4-aligned, and written only
         // atomically by the peer or the server.
-        unsafe { read_state_entry(self.state_entry(self.peer)) }
+        unsafe { load_acquire_u32(self.state_entry(self.peer)) }
     }
 
     fn publish_state(&mut self, state: LinkState) -> Result<(), BackendError> {
