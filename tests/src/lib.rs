@@ -2,6 +2,7 @@
 //! real network namespaces). Each module belongs to one layer of tests.
 #![allow(missing_docs)]
 
+pub mod hostile;
 pub mod linuxvm;
 pub mod netns;
 pub mod qemu;

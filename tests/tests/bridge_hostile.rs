@@ -6,9 +6,10 @@
 //! running, and come back when the peer restarts the handshake properly.
 
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use ivnet_e2e::netns::{self, BridgeSpec, Netns, Proc, Server, last_stats};
+use ivnet_e2e::hostile::{HostilePeer, bounds};
+use ivnet_e2e::netns::{self, BridgeSpec, Netns, Proc, Server};
 use ivnet_ring::Geometry;
 use ivshmem_server::HostPeer;
 
@@ -94,13 +95,7 @@ impl Peer {
 }
 
 fn stats(p: &Proc) -> serde_json::Value {
-    let before = p.stdout().matches("\"reason\":\"signal\"").count();
-    p.send_signal(libc::SIGUSR1);
-    let ok = netns::wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
-        p.stdout().matches("\"reason\":\"signal\"").count() > before
-    });
-    assert!(ok.is_ok(), "no report on SIGUSR1");
-    last_stats(&p.stdout(), "signal").unwrap()
+    netns::signal_report(p)
 }
 
 #[test]
@@ -173,4 +168,159 @@ fn hostile_peer_resets_the_link_and_the_bridge_recovers() {
         bridge.stderr()
     );
     assert_eq!(peer.bridge_state(), RESET, "the bridge leaves in RESET");
+}
+
+/// How long the scripted hostile peer acts.
+const HOSTILE_FOR: Duration = Duration::from_secs(20);
+
+/// A peer that, for [`HOSTILE_FOR`], writes random states, indices,
+/// descriptors and ring entries into its own section and rings both
+/// vectors (see `ivnet_e2e::hostile`) cannot make `ivnet-bridge` flood its
+/// log or flap the TAP carrier beyond the design's bounds (backoff capped at
+/// 1 s, rate-limited logs: `ivnet_e2e::hostile::bounds`); the bridge stays
+/// alive; and once the hostile peer is gone, a real `ivnet-bridge` as a
+/// good peer links within a bound and carries a ping.
+///
+/// Before the backoff and the log limiter, 100 s of such a peer made the
+/// bridge write 303,838 lines (31 MB) and flap the carrier 29,193 times.
+#[test]
+fn hostile_peer_for_20_s_keeps_logs_and_flaps_bounded_then_a_good_peer_links() {
+    let _serial = netns::serial();
+    netns::require_root();
+    netns::ensure_base_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Netns::new("hflood");
+    let ns_good = Netns::new("hgood");
+    let server = Server::start(dir.path(), &[]);
+    let spec = |name: &str, ns: &Netns| BridgeSpec {
+        name: name.into(),
+        socket: server.socket.clone(),
+        netns: ns.name().into(),
+        tap: TAP.into(),
+        mtu: 1500,
+        extra: vec!["--mode".into(), "event".into()],
+    };
+    let mut bridge = spec("bridge", &ns).spawn(dir.path());
+    bridge
+        .wait_stderr("TAP, MTU", 1, Duration::from_secs(20))
+        .unwrap();
+    ns.add_addr(TAP, "10.77.0.1/24");
+    let mut hostile = HostilePeer::connect(&server.socket);
+    let ok = netns::wait_until(Duration::from_secs(10), Duration::from_millis(2), || {
+        hostile.victim_state() == INIT
+    });
+    assert!(
+        ok.is_ok(),
+        "the bridge never reached INIT:\n{}",
+        bridge.stderr()
+    );
+    let before = stats(&bridge);
+    let log_before = bridge.stderr();
+
+    let started = Instant::now();
+    let counts = hostile.run_for(HOSTILE_FOR);
+    let acted = started.elapsed();
+    assert!(bridge.running(), "the bridge died:\n{}", tail_of(&bridge));
+    let after = stats(&bridge);
+    let log = bridge.stderr();
+    let window = &log[log_before.len()..];
+    let lines = window.lines().count() as u64;
+    let bytes = window.len() as u64;
+    let n = |v: &serde_json::Value, a: &str, b: &str| v[a][b].as_u64().unwrap();
+    let flaps = n(&after, "bridge", "carrier_changes") - n(&before, "bridge", "carrier_changes");
+    let errors = n(&after, "ring", "peer_errors") - n(&before, "ring", "peer_errors");
+    let resets = n(&after, "ring", "link_resets") - n(&before, "ring", "link_resets");
+    eprintln!(
+        "hostile peer (seed {}) for {acted:.1?}: {} writes, {} states, {} doorbells; bridge: {lines} log lines, \
+         {bytes} bytes, {flaps} carrier changes, {resets} link resets, {errors} peer errors; bounds: {} lines, \
+         {} bytes, {} carrier changes",
+        hostile.seed,
+        counts.writes,
+        counts.states,
+        counts.doorbells,
+        bounds::max_log_lines(acted),
+        bounds::max_log_bytes(acted),
+        bounds::max_carrier_changes(acted),
+    );
+    // The bounds are checked now and asserted at the end, so that one run
+    // also shows whether the good peer links.
+    let mut violations = Vec::new();
+    if flaps > bounds::max_carrier_changes(acted) {
+        violations.push(format!(
+            "{flaps} carrier changes, bound {}: the renegotiation backoff does not hold",
+            bounds::max_carrier_changes(acted)
+        ));
+    }
+    if lines > bounds::max_log_lines(acted) || bytes > bounds::max_log_bytes(acted) {
+        violations.push(format!(
+            "{lines} log lines / {bytes} bytes, bounds {} / {}: the log is not rate-limited; the last lines:\n{}",
+            bounds::max_log_lines(acted),
+            bounds::max_log_bytes(acted),
+            netns::tail(window)
+        ));
+    }
+    let non_transitions = window
+        .lines()
+        .filter(|l| {
+            l.split("link: local ")
+                .nth(1)
+                .and_then(|r| r.split(',').next())
+                .and_then(|r| r.split_once(" -> "))
+                .is_some_and(|(a, b)| a == b)
+        })
+        .count();
+    if non_transitions > 0 {
+        violations.push(format!(
+            "{non_transitions} non-transitions logged (\"link: local X -> X\")"
+        ));
+    }
+    assert!(
+        counts.doorbells > 0,
+        "the hostile peer rang no doorbell: the test did not test anything"
+    );
+    assert!(
+        errors > 0,
+        "the hostile peer provoked no protocol error: the test did not test anything"
+    );
+
+    // The hostile peer leaves (the server resets its entry and rings the
+    // bridge); a real bridge takes its place and must link at once.
+    let hostile_seed = hostile.seed;
+    hostile.leave();
+    let mut good = spec("good", &ns_good).spawn(dir.path());
+    good.wait_stderr("TAP, MTU", 1, Duration::from_secs(20))
+        .unwrap();
+    ns_good.add_addr(TAP, "10.77.0.2/24");
+    let joined = Instant::now();
+    for n in [&ns, &ns_good] {
+        n.wait_carrier(TAP, true, bounds::GOOD_PEER_LINK)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{e}\n--- bridge:\n{}\n--- good peer:\n{}",
+                    tail_of(&bridge),
+                    tail_of(&good)
+                )
+            });
+    }
+    let linked = joined.elapsed();
+    assert!(
+        ns.ping("10.77.0.2", 3, None),
+        "no ping over the relinked bridge\n{}\n{}",
+        tail_of(&bridge),
+        tail_of(&good)
+    );
+    eprintln!(
+        "good peer linked {linked:.1?} after it started; {:.1?} in all",
+        started.elapsed()
+    );
+    assert!(
+        violations.is_empty(),
+        "hostile peer for {acted:.1?} (seed {}):\n{}",
+        hostile_seed,
+        violations.join("\n")
+    );
+}
+
+fn tail_of(p: &Proc) -> String {
+    netns::tail(&p.stderr())
 }

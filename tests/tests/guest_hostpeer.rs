@@ -452,3 +452,146 @@ fn poll_and_event_modes_both_carry_traffic() {
         guest.kill();
     }
 }
+
+/// How long the scripted hostile peer acts against the guest.
+const HOSTILE_FOR: Duration = Duration::from_secs(20);
+
+/// The guest against a scripted hostile peer for [`HOSTILE_FOR`] (random
+/// states, indices, descriptors and ring entries in its section, doorbells
+/// on both vectors; see `ivnet_e2e::hostile`): the guest keeps running, its
+/// serial console output and its link resets stay within the design's
+/// bounds (`ivnet_e2e::hostile::bounds`: backoff capped at 1 s, rate-limited
+/// messages) — on Jailhouse that console is a 115200-baud UART (~11.5 KB/s)
+/// that a flood would stall the inmate on — and once the hostile peer has
+/// left, a good host peer links within a bound and gets ICMP echoes back.
+///
+/// Before the backoff and the limiter, such a peer made the guest write
+/// 1 MB to its console in 50 s.
+#[test]
+fn hostile_peer_for_20_s_keeps_console_and_resets_bounded_then_a_good_peer_links() {
+    use ivnet_e2e::hostile::{HostilePeer, bounds};
+    let server = IvshmemServer::start("ghostile").unwrap();
+    let mut hostile = HostilePeer::connect(&server.socket());
+    let mut guest = Guest::start(&GuestConfig {
+        cmdline: "ip=10.77.0.2/24 mac=02:00:00:00:00:02 stats=0".into(),
+        ivshmem_socket: Some(server.socket()),
+        name: "ghostile".into(),
+        ..GuestConfig::default()
+    })
+    .unwrap();
+    guest.wait_for_serial("net: ", BOOT_TIMEOUT).unwrap();
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    while hostile.victim_state() != LinkState::Init.raw() {
+        assert!(
+            Instant::now() < deadline && guest.is_running(),
+            "the guest never published INIT\n{}",
+            guest.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let console_before = guest.serial().len();
+
+    let started = Instant::now();
+    let counts = hostile.run_for(HOSTILE_FOR);
+    let acted = started.elapsed();
+    assert!(
+        guest.is_running(),
+        "the guest died\n{}",
+        guest.diagnostics()
+    );
+    let console = guest.serial();
+    let window = &console[console_before..];
+    let lines = window.lines().count() as u64;
+    let bytes = window.len() as u64;
+    let seed = hostile.seed;
+    eprintln!(
+        "hostile peer (seed {seed}) for {acted:.1?}: {} writes, {} states, {} doorbells; guest console: {lines} \
+         lines, {bytes} bytes ({:.0} B/s); bounds {} lines, {} bytes",
+        counts.writes,
+        counts.states,
+        counts.doorbells,
+        bytes as f64 / acted.as_secs_f64(),
+        bounds::max_log_lines(acted),
+        bounds::max_log_bytes(acted),
+    );
+    // Checked now, asserted at the end, so one run also shows whether a
+    // good peer links.
+    let mut violations = Vec::new();
+    if lines > bounds::max_log_lines(acted) || bytes > bounds::max_log_bytes(acted) {
+        violations.push(format!(
+            "console: {lines} lines / {bytes} bytes, bounds {} / {}: the guest's messages are not rate-limited; \
+             the last lines:\n{}",
+            bounds::max_log_lines(acted),
+            bounds::max_log_bytes(acted),
+            window.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+        ));
+    }
+
+    // On Jailhouse the console is a 115200-baud UART (8N1: 11,520 bytes/s)
+    // that the guest writes synchronously: its messages must leave it idle
+    // at least half of the time.
+    const UART_BYTES_PER_S: f64 = 115_200.0 / 10.0;
+    let rate = bytes as f64 / acted.as_secs_f64();
+    if rate > UART_BYTES_PER_S / 2.0 {
+        violations.push(format!(
+            "console: {rate:.0} bytes/s, more than half of a 115200-baud UART ({:.0} bytes/s)",
+            UART_BYTES_PER_S / 2.0
+        ));
+    }
+
+    // The hostile peer leaves; the server resets its entry and rings the
+    // guest. A good host peer joins and must link at once.
+    hostile.leave();
+    let mut host = HostLink::connect(&server);
+    host.step_link();
+    let joined = Instant::now();
+    let deadline = joined + bounds::GOOD_PEER_LINK;
+    while !host.ep.carrier() {
+        assert!(
+            Instant::now() < deadline && guest.is_running(),
+            "a good peer did not link within {:?} after the hostile one left: host {:?}, guest entry {:?}\n{}\n{}",
+            bounds::GOOD_PEER_LINK,
+            host.ep.local_state(),
+            host.peer.peer_state(host.guest),
+            violations.join("\n"),
+            guest.diagnostics()
+        );
+        host.wait(Duration::from_millis(20));
+    }
+    let linked = joined.elapsed();
+    host.send(&arp_request());
+    host.recv_until(&mut guest, BOOT_TIMEOUT, |f| {
+        f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2]
+    });
+    ping_guest(&mut host, &mut guest, 1, 1000);
+    let stats = guest_stats(&mut host, &mut guest, 43000);
+    let resets = stat(&stats, "link_resets");
+    let errors = stat(&stats, "ring_errors");
+    eprintln!(
+        "good peer linked {linked:.1?} after it joined; guest: {resets} link resets, {errors} ring errors; bound \
+         {} link-ups; {:.1?} in all",
+        bounds::max_link_ups(acted),
+        started.elapsed()
+    );
+    // Every link reset ends one link that got at least to READY: at most
+    // one per handshake, and the good peer's link adds one.
+    if resets > bounds::max_link_ups(acted) + 1 {
+        violations.push(format!(
+            "{resets} link resets, bound {}: the renegotiation backoff does not hold",
+            bounds::max_link_ups(acted) + 1
+        ));
+    }
+    assert!(
+        counts.doorbells > 0,
+        "the hostile peer rang no doorbell: the test did not test anything"
+    );
+    assert!(
+        errors > 0,
+        "the hostile peer provoked no protocol error: the test did not test anything\n{stats}"
+    );
+    assert!(
+        violations.is_empty(),
+        "hostile peer for {acted:.1?} (seed {seed}):\n{}",
+        violations.join("\n")
+    );
+}
