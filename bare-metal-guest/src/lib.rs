@@ -9,4 +9,5 @@
 #![warn(missing_docs)]
 
 pub mod cmdline;
+pub mod console_budget;
 pub mod exit_code;

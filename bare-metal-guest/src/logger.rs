@@ -16,8 +16,8 @@
 //! the operator) are printed directly and do not draw on the budget.
 
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicU64, Ordering};
 
+use ivnet_guest::console_budget::{Admit, ByteBudget};
 use log::{LevelFilter, Log, Metadata, Record};
 use spin::Mutex;
 
@@ -27,29 +27,16 @@ use crate::{println, time};
 pub const BYTES_PER_SECOND: u64 = 2048;
 /// Console bytes a burst of records may use at once.
 pub const BURST_BYTES: u64 = 4096;
-/// Longest record written (longer ones are cut; the counters line fits).
-const LINE_MAX: usize = 1024;
+/// Longest line written (longer ones are cut). The counters line is about
+/// 600 bytes of keys plus up to 20 digits per value: it fits, as it fits
+/// the stats socket's 2048-byte datagram.
+const LINE_MAX: usize = 2048;
 
-/// Token bucket of console bytes.
-struct Budget {
-    tokens: u64,
-    last_us: u64,
-    /// Records dropped since the last summary line.
-    unreported: u64,
-}
-
-static BUDGET: Mutex<Budget> = Mutex::new(Budget {
-    tokens: BURST_BYTES,
-    last_us: 0,
-    unreported: 0,
-});
-
-/// Records dropped for the console budget, in total.
-static DROPPED: AtomicU64 = AtomicU64::new(0);
+static BUDGET: Mutex<ByteBudget> = Mutex::new(ByteBudget::new(BYTES_PER_SECOND, BURST_BYTES));
 
 /// Records the console budget dropped so far.
 pub fn dropped() -> u64 {
-    DROPPED.load(Ordering::Relaxed)
+    BUDGET.lock().dropped()
 }
 
 struct SerialLogger;
@@ -75,32 +62,15 @@ impl Log for SerialLogger {
         let mut line = LineBuf::new();
         // A record longer than the buffer is cut (`write_str` keeps what fits).
         let _ = write!(line, "{}", record.args());
-        let cost = line.len as u64 + 1;
-        let now = time::now_us();
-        let mut b = BUDGET.lock();
-        let refill = now
-            .saturating_sub(b.last_us)
-            .saturating_mul(BYTES_PER_SECOND)
-            / 1_000_000;
-        if refill > 0 {
-            b.tokens = (b.tokens + refill).min(BURST_BYTES);
-            b.last_us = now;
+        // The line and its newline (the console adds a carriage return).
+        let cost = line.len as u64 + 2;
+        let verdict = BUDGET.lock().admit(time::now_us(), cost);
+        if let Admit::Write { dropped_before } = verdict {
+            if dropped_before > 0 {
+                println!("log: {dropped_before} messages dropped (console budget)");
+            }
+            println!("{}", line.as_str());
         }
-        const SUMMARY_COST: u64 = 64;
-        let summary = b.unreported > 0;
-        let need = cost + if summary { SUMMARY_COST } else { 0 };
-        if b.tokens < need {
-            b.unreported += 1;
-            DROPPED.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        b.tokens -= need;
-        let unreported = core::mem::take(&mut b.unreported);
-        drop(b);
-        if summary {
-            println!("log: {unreported} messages dropped (console budget)");
-        }
-        println!("{}", line.as_str());
     }
 
     fn flush(&self) {}

@@ -9,17 +9,26 @@
 //! | UDP echo | 7 | every datagram goes back to its sender, byte for byte |
 //! | TCP echo | 7 | everything received is sent back; closes after the client's FIN once all is echoed |
 //! | TCP discard | 9 | everything received is dropped (throughput sink) |
-//! | UDP stats | 7777 | any datagram: the counters line goes back and to the serial console |
+//! | UDP stats | 7777 | any datagram: the counters line goes back (and to the serial console, within the log budget) |
 //!
-//! The main loop is NAPI-style. An interrupt (doorbell or timer) wakes it;
-//! it then polls — TX completions, received frames through smoltcp, the
-//! services, transmission — and publishes each batch with one index store
-//! and at most one doorbell. While frames keep arriving it keeps polling
-//! without asking the peer for doorbells; when the ring is empty it
-//! publishes its event index, re-checks (a frame may have slipped in), and
-//! only then sleeps with `sti; hlt` until the next doorbell or the next
-//! smoltcp/link/statistics deadline. In `mode=poll` it never sleeps and
-//! never asks for doorbells.
+//! The main loop is NAPI-style, on the driver core (`ivnet_driver::Driver`,
+//! through [`Nic`]). An interrupt (doorbell or timer) wakes it; it then
+//! steps the link (one load of the peer's state entry, every round: a
+//! vector-0 interrupt — on a one-vector device, every interrupt — needs
+//! nothing more), polls — TX completions, received frames through smoltcp,
+//! the services, transmission — and publishes each batch with one index
+//! store and at most one doorbell on the core's data vector. While frames
+//! keep arriving it keeps polling without asking the peer for doorbells;
+//! when the ring is empty it publishes its event index, re-arms the
+//! interrupt, re-checks the ring and the peer's state (in that order, the
+//! core's `prepare_sleep`), and only then sleeps with `sti; hlt` until the
+//! next doorbell or the next smoltcp/link/backoff/statistics deadline. In
+//! `mode=poll` it never sleeps and never asks for doorbells.
+//!
+//! Console output: boot messages and the `stats=N` counters line are
+//! printed directly; everything a peer can trigger (the driver core's link,
+//! carrier, fault and backoff records, the counters line a UDP request
+//! asks for) goes through the `log` facade and its budget (`logger`).
 
 use core::fmt::{self, Write};
 
