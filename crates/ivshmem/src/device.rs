@@ -19,7 +19,7 @@
 
 use crate::error::DeviceError;
 use crate::jailhouse::JailhouseDevice;
-use crate::layout::{PROTOCOL_NET, SharedMemoryLayout};
+use crate::layout::SharedMemoryLayout;
 use crate::qemu::QemuDevice;
 
 /// The two kinds of ivshmem device ivnet runs on.
@@ -68,19 +68,11 @@ pub trait Ivshmem {
     /// This peer's ID, below [`Ivshmem::max_peers`].
     fn id(&self) -> u16;
 
-    /// Number of peers on the link, including this one.
+    /// Number of peers on the link, including this one. (How many a
+    /// protocol allows is the protocol layer's rule: ivshmem-net's two-peer
+    /// rule is `ivnet_driver::check_net_link`.)
     fn max_peers(&self) -> u16 {
         self.layout().max_peers
-    }
-
-    /// The peer on a two-peer link: `1 - id`. `None` when the link has more
-    /// than two peers.
-    fn peer_id(&self) -> Option<u16> {
-        if self.max_peers() == 2 {
-            1u16.checked_sub(self.id())
-        } else {
-            None
-        }
     }
 
     /// Protocol of the link (the class code on Jailhouse, the layout page on
@@ -113,18 +105,15 @@ pub trait Ivshmem {
     fn rearm(&self);
 }
 
-/// Checks the peer count and own ID every profile must satisfy: 2..=65535
-/// peers, at most 2 for ivshmem-net, own ID below the peer count. Returns the
-/// peer count and ID as `u16`.
-pub fn check_link(protocol: u16, max_peers: u32, id: u32) -> Result<(u16, u16), DeviceError> {
+/// Checks the peer count and own ID every ivshmem device must satisfy,
+/// whatever protocol it carries: 2..=65535 peers, own ID below the peer
+/// count. Returns the peer count and ID as `u16`. Protocol rules (two peers
+/// for ivshmem-net) belong to the protocol layer above.
+pub fn check_link(max_peers: u32, id: u32) -> Result<(u16, u16), DeviceError> {
     if max_peers < 2 {
         return Err(crate::layout::LayoutError::TooFewPeers(max_peers as u16).into());
     }
-    let limit = if protocol == PROTOCOL_NET {
-        u32::from(crate::layout::NET_MAX_PEERS)
-    } else {
-        u32::from(u16::MAX)
-    };
+    let limit = u32::from(u16::MAX);
     if max_peers > limit {
         return Err(DeviceError::TooManyPeers { max_peers, limit });
     }

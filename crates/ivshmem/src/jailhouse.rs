@@ -211,24 +211,23 @@ impl VendorCapability {
     /// Validates the capability together with the MAX_PEERS and ID
     /// registers and returns the layout.
     ///
-    /// - `protocol`: from [`identify`]; ivshmem-net allows only 2 peers.
     /// - `max_peers`, `id`: the MAX_PEERS and ID registers.
     /// - `bar2_size`: size of BAR2, needed when the capability has no Base
     ///   Address; ignored otherwise.
     ///
-    /// Checks: 2..=65535 peers (2 for ivshmem-net), ID below the peer count,
+    /// Checks: 2..=65535 peers (a protocol's own limit, such as
+    /// ivshmem-net's two, is the protocol layer's), ID below the peer count,
     /// non-zero state table and output sections, page-aligned sizes and base,
     /// a state table with room for every peer, and sections that fit the
     /// window (BAR2) or the physical address space (Base Address) without
     /// overflow.
     pub fn validate(
         &self,
-        protocol: u16,
         max_peers: u32,
         id: u32,
         bar2_size: Option<u64>,
     ) -> Result<SharedMemoryLayout, DeviceError> {
-        let (max_peers, _) = check_link(protocol, max_peers, id)?;
+        let (max_peers, _) = check_link(max_peers, id)?;
         let layout = self.layout(max_peers);
         if layout.state_table_size == 0 {
             return Err(LayoutError::ZeroSize(Region::StateTable).into());
@@ -436,7 +435,7 @@ impl<'a> JailhouseDevice<'a> {
         let capability = VendorCapability::find(cfg)?;
         let id = registers.id();
         let max_peers = registers.max_peers();
-        let layout = capability.validate(identity.protocol, max_peers, id, bar2_size)?;
+        let layout = capability.validate(max_peers, id, bar2_size)?;
         // validate() checked that the ID is below a u16 peer count.
         Ok(JailhouseDevice {
             registers,

@@ -30,7 +30,7 @@
 
 use core::marker::PhantomData;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU32, Ordering, fence};
+use core::sync::atomic::{Ordering, fence};
 
 use volatile::VolatilePtr;
 use volatile::access::{ReadOnly, WriteOnly};
@@ -276,11 +276,7 @@ impl<'a> QemuDevice<'a> {
                 expected: expected_protocol,
             });
         }
-        let (_, id) = check_link(
-            page.protocol,
-            u32::from(page.layout.max_peers),
-            registers.iv_position(),
-        )?;
+        let (_, id) = check_link(u32::from(page.layout.max_peers), registers.iv_position())?;
         // `parse` checked that the state table (offset + size, page-aligned)
         // lies inside the window, so the offset fits a usize on any target
         // that could map the window.
@@ -343,33 +339,6 @@ impl<'a> QemuDevice<'a> {
     /// inside BAR2. Access entries only atomically.
     pub const fn state_table(&self) -> NonNull<u32> {
         self.state_table
-    }
-
-    /// Loads `peer`'s state-table entry with Acquire ordering, or `None` if
-    /// there is no such peer. The value is peer-written: validate it.
-    pub fn peer_state(&self, peer: u16) -> Option<u32> {
-        if peer >= self.page.layout.max_peers {
-            return None;
-        }
-        Some(self.state_entry(peer).load(Ordering::Acquire))
-    }
-
-    /// The state-table entry of `peer` (< max_peers, checked by the callers)
-    /// as an atomic. A shared reference to an `AtomicU32` is sound over
-    /// memory that peers write concurrently, provided every access to it is
-    /// atomic, which ivnet's peers and server guarantee.
-    fn state_entry(&self, peer: u16) -> &AtomicU32 {
-        debug_assert!(peer < self.page.layout.max_peers);
-        // SAFETY: peer < max_peers, and the state table holds at least
-        // max_peers entries inside the window (the layout page parser checked
-        // state_table_size >= 4 * max_peers and that the table fits), so the
-        // pointer stays inside the mapping.
-        let ptr = unsafe { self.state_table.add(usize::from(peer)) };
-        // SAFETY: the entry is 4-aligned (the table is page-aligned in a
-        // 4-aligned window), valid for reads and writes for 'a (probe's
-        // contract, and &self cannot outlive 'a), and only ever accessed
-        // atomically, by this process and by the peers.
-        unsafe { AtomicU32::from_ptr(ptr.as_ptr()) }
     }
 }
 

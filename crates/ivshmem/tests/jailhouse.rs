@@ -35,8 +35,8 @@ fn validate(
     max_peers: u32,
     id: u32,
 ) -> Result<ivshmem::SharedMemoryLayout, DeviceError> {
-    let identity = jailhouse::identify(img)?;
-    VendorCapability::find(img)?.validate(identity.protocol, max_peers, id, None)
+    jailhouse::identify(img)?;
+    VendorCapability::find(img)?.validate(max_peers, id, None)
 }
 
 #[test]
@@ -78,7 +78,7 @@ fn default_cspace_of_a_net_link() {
     assert_eq!(cap.location(), SharedMemoryLocation::Physical(0x3f10_0000));
     assert!(!cap.one_shot(&img));
 
-    let layout = cap.validate(PROTOCOL_NET, 2, 1, None).unwrap();
+    let layout = cap.validate(2, 1, None).unwrap();
     assert_eq!(layout.state_table_offset, 0);
     assert_eq!(layout.output_section_offset(0), Some(0x1000));
     assert_eq!(layout.output_section_offset(1), Some(0x80000));
@@ -124,18 +124,13 @@ fn three_peer_demo_link() {
     assert_eq!(layout.output_section_offset(2), Some(0xe000));
     assert_eq!(layout.end(), 0x10000);
     assert_eq!(MsixCapability::find(&img).unwrap().unwrap().table_size, 16);
-    // The same sizes are refused for ivshmem-net, which connects 2 peers.
+    // The device layer has no per-protocol peer limit: ivshmem-net's two
+    // peers are checked above it (`ivnet_driver::check_net_link`).
     let img = jailhouse_cspace(JailhouseParams {
         protocol: PROTOCOL_NET,
         ..NET_LINK
     });
-    assert_eq!(
-        validate(&img, 3, 0),
-        Err(DeviceError::TooManyPeers {
-            max_peers: 3,
-            limit: 2
-        })
-    );
+    assert_eq!(validate(&img, 3, 0).unwrap().max_peers, 3);
 }
 
 #[test]
@@ -318,21 +313,16 @@ fn memory_in_bar2_when_there_is_no_base_address() {
     assert_eq!(cap.base_address, None);
     assert_eq!(cap.location(), SharedMemoryLocation::Bar(2));
     assert_eq!(
-        cap.validate(PROTOCOL_NET, 2, 0, None),
+        cap.validate(2, 0, None),
         Err(DeviceError::NoSharedMemoryWindow)
     );
     assert_eq!(
-        cap.validate(PROTOCOL_NET, 2, 0, Some(0)),
+        cap.validate(2, 0, Some(0)),
         Err(DeviceError::NoSharedMemoryWindow)
     );
+    assert_eq!(cap.validate(2, 0, Some(0x100000)).unwrap().end(), 0xff000);
     assert_eq!(
-        cap.validate(PROTOCOL_NET, 2, 0, Some(0x100000))
-            .unwrap()
-            .end(),
-        0xff000
-    );
-    assert_eq!(
-        cap.validate(PROTOCOL_NET, 2, 0, Some(0x80000)),
+        cap.validate(2, 0, Some(0x80000)),
         Err(DeviceError::Layout(LayoutError::DoesNotFit {
             end: 0xff000,
             window_size: 0x80000
@@ -428,20 +418,9 @@ fn bad_sizes() {
 #[test]
 fn peer_count_and_id() {
     let img = jailhouse_net();
-    assert_eq!(
-        validate(&img, 3, 0),
-        Err(DeviceError::TooManyPeers {
-            max_peers: 3,
-            limit: 2
-        })
-    );
-    assert_eq!(
-        validate(&img, 12, 0),
-        Err(DeviceError::TooManyPeers {
-            max_peers: 12,
-            limit: 2
-        })
-    );
+    // No per-protocol limit in the device layer (see above).
+    assert_eq!(validate(&img, 3, 0).unwrap().max_peers, 3);
+    assert_eq!(validate(&img, 12, 11).unwrap().max_peers, 12);
     assert_eq!(
         validate(&img, 1, 0),
         Err(DeviceError::Layout(LayoutError::TooFewPeers(1)))
@@ -531,8 +510,8 @@ fn device_over_fake_bar0() {
     let bar = bar0(1, 2);
     let dev = JailhouseDevice::probe(&img, registers(&bar), PROTOCOL_NET, None).unwrap();
     assert_eq!(
-        (dev.profile(), dev.id(), dev.max_peers(), dev.peer_id()),
-        (Profile::Jailhouse, 1, 2, Some(0))
+        (dev.profile(), dev.id(), dev.max_peers()),
+        (Profile::Jailhouse, 1, 2)
     );
     assert_eq!(dev.protocol(), PROTOCOL_NET);
     assert_eq!(dev.location(), SharedMemoryLocation::Physical(0x3f10_0000));
@@ -579,12 +558,12 @@ fn device_over_fake_bar0() {
             max_peers: 2
         }
     );
-    let bar = bar0(0, 3);
+    let bar = bar0(0, 0x1_0000);
     assert_eq!(
         JailhouseDevice::probe(&img, registers(&bar), PROTOCOL_NET, None).unwrap_err(),
         DeviceError::TooManyPeers {
-            max_peers: 3,
-            limit: 2
+            max_peers: 0x1_0000,
+            limit: 0xffff
         }
     );
 }

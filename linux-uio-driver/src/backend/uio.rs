@@ -118,7 +118,6 @@ fn net_link(
 fn check_capability(
     pci_dir: &Path,
     node: &Path,
-    protocol: u16,
     max_peers: u32,
     id: u32,
     sizes: (u64, u64),
@@ -135,7 +134,7 @@ fn check_capability(
     };
     let image = ConfigImage::from_prefix(&config);
     let layout = VendorCapability::find(&image)
-        .and_then(|cap| cap.validate(protocol, max_peers, id, None))
+        .and_then(|cap| cap.validate(max_peers, id, None))
         .map_err(|e| {
             BackendError::Unsupported(format!("{}: vendor capability: {e}", node.display()))
         })?;
@@ -206,7 +205,6 @@ impl JailhouseUio {
         check_capability(
             &dev.pci_dir(),
             &node,
-            protocol,
             max_peers,
             raw_id,
             (state_table.len() as u64, out_info.size),
