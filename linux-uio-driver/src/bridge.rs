@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 
 use crate::backend::{Backend, BackendError};
 use crate::cli::Mode;
-use crate::stats::{BridgeCounters, DriverCounters, Report, RingCounters};
+use crate::stats::{BridgeCounters, Report, RingCounters};
 use crate::tap::Tap;
 
 const TOKEN_TAP: u64 = 1;
@@ -598,7 +598,7 @@ impl Bridge {
                 ..self.counters
             },
             ring,
-            driver: DriverCounters::from(d),
+            driver: d,
         }
         .emit(self.cfg.stats_json);
     }

@@ -42,48 +42,6 @@ pub struct BridgeCounters {
     pub peer_errors: u64,
 }
 
-/// The driver core's counters ([`ivnet_driver::Counters`]), for reporting.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
-pub struct DriverCounters {
-    /// Data doorbells rung, by vector (0, 1).
-    pub doorbells_rung: [u64; 2],
-    /// Data doorbells the device refused.
-    pub doorbells_refused: u64,
-    /// Own-state publications.
-    pub state_writes: u64,
-    /// Own-state publications the device refused.
-    pub state_writes_refused: u64,
-    /// Carrier transitions to on.
-    pub carrier_ups: u64,
-    /// Carrier transitions to off.
-    pub carrier_downs: u64,
-    /// Peer protocol violations.
-    pub protocol_faults: u64,
-    /// Link resets caused by the peer.
-    pub link_resets: u64,
-    /// Handshakes held back by the renegotiation backoff.
-    pub backoff_waits: u64,
-    /// Log messages dropped by the rate limiter.
-    pub log_suppressed: u64,
-}
-
-impl From<ivnet_driver::Counters> for DriverCounters {
-    fn from(c: ivnet_driver::Counters) -> Self {
-        DriverCounters {
-            doorbells_rung: c.doorbells_rung,
-            doorbells_refused: c.doorbells_refused,
-            state_writes: c.state_writes,
-            state_writes_refused: c.state_writes_refused,
-            carrier_ups: c.carrier_ups,
-            carrier_downs: c.carrier_downs,
-            protocol_faults: c.protocol_faults,
-            link_resets: c.link_resets,
-            backoff_waits: c.backoff_waits,
-            log_suppressed: c.log_suppressed,
-        }
-    }
-}
-
 /// Counters of the ring library's endpoint, copied out for reporting.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct RingCounters {
@@ -129,7 +87,7 @@ pub struct Report<'a> {
     /// Ring counters.
     pub ring: RingCounters,
     /// Driver-core counters.
-    pub driver: DriverCounters,
+    pub driver: ivnet_driver::Counters,
 }
 
 impl Report<'_> {

@@ -130,8 +130,13 @@ fn link_test(mtu: u32) {
     }
 
     // SIGTERM: RESET, TAP removed (the bridge created it), exit 0, and a
-    // final report without peer errors.
-    for (p, ns) in [(&mut pair.a, &pair.ns_a), (&mut pair.b, &pair.ns_b)] {
+    // final report without peer errors that claims nothing untrue: the
+    // side that left first saw no link reset (leaving is not one), and no
+    // side reports a peer state or a carrier after it left.
+    for (i, (p, ns)) in [(&mut pair.a, &pair.ns_a), (&mut pair.b, &pair.ns_b)]
+        .into_iter()
+        .enumerate()
+    {
         let st = p.stop(libc::SIGTERM, Duration::from_secs(10));
         assert!(
             st.is_some_and(|s| s.success()),
@@ -147,6 +152,12 @@ fn link_test(mtu: u32) {
         let stats = last_stats(&p.stdout(), "exit").expect("final stats line");
         assert_eq!(stats["ring"]["peer_errors"], 0, "{stats}");
         assert_eq!(stats["bridge"]["drop_oversize"], 0, "{stats}");
+        assert_eq!(stats["state"], "RESET", "{stats}");
+        assert_eq!(stats["carrier"], false, "{stats}");
+        assert!(stats["peer_state"].is_null(), "{stats}");
+        if i == 0 {
+            assert_eq!(stats["ring"]["link_resets"], 0, "{stats}");
+        }
         assert!(stats["ring"]["tx_bytes"].as_u64().unwrap() > GIB, "{stats}");
         assert!(stats["ring"]["rx_bytes"].as_u64().unwrap() > GIB, "{stats}");
         eprintln!("{}: {stats}", p.name);

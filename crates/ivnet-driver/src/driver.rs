@@ -21,6 +21,7 @@ pub struct DriverConfig {
 /// line. The ring's own counters (frames, bytes, errors by kind) are in
 /// [`Endpoint::stats`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Counters {
     /// Data doorbells written to the device, by vector (0 and 1).
     pub doorbells_rung: [u64; 2],
