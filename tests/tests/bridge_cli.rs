@@ -246,3 +246,36 @@ fn runtime_errors() {
         "carrier must be off after the bridge left"
     );
 }
+
+/// Without `--mtu` the bridge takes the reference driver's default for the
+/// link's section size (`Geometry::default_mtu`: 16384, or a quarter of the
+/// data area on small sections), so it starts on a 0xf000-byte section and
+/// agrees with a Linux ivshmem-net peer on 0x1f000 and 0x3f000.
+#[test]
+fn mtu_defaults_to_the_reference_rule() {
+    let _serial = netns::serial();
+    netns::require_root();
+    netns::ensure_base_tools();
+    let dir = tempfile::tempdir().unwrap();
+    for size in [0xf000usize, 0x1f000, 0x3f000, 0x7f000] {
+        let mtu = ivnet_ring::Geometry::for_section(size)
+            .unwrap()
+            .default_mtu();
+        let sub = dir.path().join(format!("{size:x}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        let server = Server::start(&sub, &["--output-section-size", &format!("{size:#x}")]);
+        let ns = Netns::new("mtu");
+        let mut cmd = Command::new(&netns::bins().bridge);
+        cmd.arg("--server")
+            .arg(&server.socket)
+            .args(["--netns", ns.name(), "--tap", "t0"])
+            .env("RUST_LOG", "info");
+        let mut p = netns::Proc::spawn(cmd, &sub, "bridge");
+        if let Err(e) = p.wait_stderr(&format!("TAP, MTU {mtu},"), 1, Duration::from_secs(20)) {
+            panic!("section {size:#x}: {e}\n{}", p.stderr());
+        }
+        let st = p.stop(libc::SIGTERM, Duration::from_secs(10));
+        assert!(st.is_some_and(|s| s.success()), "{st:?}\n{}", p.stderr());
+        eprintln!("section {size:#x}: MTU {mtu}");
+    }
+}
