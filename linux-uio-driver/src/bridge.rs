@@ -134,9 +134,9 @@ impl Bridge {
     pub fn new(backend: Box<dyn Backend>, tap: Tap, cfg: LoopConfig) -> Result<Self, BridgeError> {
         let len = backend.section_len();
         // SAFETY: the backend maps its own output section read-write for
-        // `len` bytes and keeps it mapped for its lifetime; `backend` is
-        // moved into the `Bridge` together with `ep`, which is declared (and
-        // so dropped) before it. Only this process writes the section.
+        // `len` bytes and keeps it mapped for its lifetime; `backend` and
+        // `ep` are moved into one `Driver`, which drops the endpoint before
+        // the device. Only this process writes the section.
         let own = unsafe { OwnSection::new(backend.own_section(), len) }
             .ok_or_else(|| BridgeError::Ring("own section is misaligned or empty".into()))?;
         // SAFETY: as above for the peer's section, mapped readable for `len`

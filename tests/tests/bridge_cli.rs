@@ -248,9 +248,9 @@ fn runtime_errors() {
 }
 
 /// Without `--mtu` the bridge takes the reference driver's default for the
-/// link's section size (`Geometry::default_mtu`: 16384, or a quarter of the
-/// data area on small sections), so it starts on a 0xf000-byte section and
-/// agrees with a Linux ivshmem-net peer on 0x1f000 and 0x3f000.
+/// link's section size (`Geometry::default_mtu`: min(16384, data area /
+/// 16)), so it starts on a 0xf000-byte section and agrees with a Linux
+/// ivshmem-net peer on 0x1f000 and 0x3f000.
 #[test]
 fn mtu_defaults_to_the_reference_rule() {
     let _serial = netns::serial();

@@ -74,6 +74,9 @@ pub struct LinkUpdate {
 /// ```
 #[derive(Debug)]
 pub struct Driver<D: LinkDevice> {
+    /// Declared before `device`, so it is dropped first: the endpoint holds
+    /// raw pointers into memory the device (e.g. a UIO or host-peer
+    /// backend) may map and unmap on drop.
     endpoint: Endpoint,
     device: D,
     data_vector: u16,

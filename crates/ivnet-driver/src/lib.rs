@@ -58,6 +58,10 @@
 //!     // table: QemuDevice::set_own_state_view(alias of the own entry) first
 //! ```
 //!
+//! Drop order: the driver drops its endpoint before the device, so a
+//! device that owns the mappings (UIO, host peer) may unmap them on drop.
+//! Feature `serde`: `Serialize` for [`Counters`] (the bridge's JSON stats).
+//!
 //! Logging goes through the [`log`] facade (target `"ivnet"`), every record
 //! through the limiter; the bridge maps it into `tracing`, the guest
 //! implements `log::Log` over its serial port. Only real transitions are
