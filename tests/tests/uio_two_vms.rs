@@ -449,7 +449,11 @@ fn uio_bridge_in_linux_vm_links_to_bare_metal_guest_across_restart() {
         "{again} (carrier off {down:.1?} after the kill; phase done {up:.1?} after the restart)"
     );
 
-    // RESET, then RUN, in the bridge's log after the kill.
+    // RESET, then RUN, in the bridge's log after the kill. The driver core
+    // logs each step with the peer's state at that step: after a restart the
+    // bridge waits in INIT and goes INIT -> RUN seeing the guest in READY
+    // (its carrier-on line may not have reached the console by IVNET-DONE;
+    // the traffic of the phase shows both sides in RUN).
     let after: Vec<&str> = log
         .lines()
         .filter_map(|l| l.strip_prefix("bridge: "))
@@ -461,7 +465,7 @@ fn uio_bridge_in_linux_vm_links_to_bare_metal_guest_across_restart() {
     let run = reset.and_then(|r| {
         after[r..]
             .iter()
-            .position(|l| l.contains("link: ") && l.contains("-> RUN") && l.contains("peer RUN"))
+            .position(|l| l.contains("link: ") && l.contains("-> RUN"))
     });
     assert!(
         reset.is_some() && run.is_some(),
