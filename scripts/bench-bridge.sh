@@ -26,6 +26,8 @@ TAG=ivbench$$
 WORK=$(mktemp -d /tmp/ivnet-bench.XXXXXX)
 
 [ "$(id -u)" = 0 ] || { echo "run as root (network namespaces, TAP devices)" >&2; exit 1; }
+# shellcheck source=scripts/wait-for.sh
+source "$ROOT/scripts/wait-for.sh"
 need=()
 command -v ip >/dev/null || need+=(iproute2)
 command -v ping >/dev/null || need+=(iputils-ping)
@@ -54,25 +56,28 @@ ping_avg() {
         | awk -F'/' '/^rtt/ { printf "%.1f\n", $5 * 1000 }'
 }
 
+# iperf3_listening NS: whether an iperf3 server listens on its port in NS.
+iperf3_listening() {
+    [ -n "$(ip netns exec "$1" ss -Hltn 'sport = :5201')" ]
+}
+
 # tcp_gbit NS_CLIENT NS_SERVER DST -> Gbit/s received, client -> server
 tcp_gbit() {
     ip netns exec "$2" iperf3 -s -1 -D -I "$WORK/iperf.pid" >/dev/null
-    sleep 0.3
+    wait_for 10 "iperf3 server in $2" iperf3_listening "$2" || exit 1
     ip netns exec "$1" iperf3 -c "$3" -t "$DURATION" -J >"$WORK/iperf.json"
     python3 -c 'import json,sys; print("%.2f" % (json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"]/1e9))' "$WORK/iperf.json"
 }
 
-# snapshot PID OUTFILE: ask a bridge for its counters (SIGUSR1) and keep the
-# newest JSON line.
+# snapshot PID OUTFILE: ask a bridge for its counters (SIGUSR1) and print
+# the JSON line it answers with (complete lines only, newer than the signal).
 snapshot() {
     local before
-    before=$(grep -c '"reason":"signal"' "$2" 2>/dev/null || true)
+    before=$(count_lines '"reason":"signal"' "$2")
     kill -USR1 "$1"
-    for _ in $(seq 100); do
-        [ "$(grep -c '"reason":"signal"' "$2" 2>/dev/null || true)" -gt "$before" ] && break
-        sleep 0.01
-    done
-    grep '"reason":"signal"' "$2" | tail -1
+    wait_for 10 "bridge $1's counters after SIGUSR1" \
+        more_lines_than "$before" '"reason":"signal"' "$2" || exit 1
+    complete_lines "$2" | grep -F '"reason":"signal"' | tail -1
 }
 
 # per_frame BEFORE AFTER -> "tx doorbells/frame, rx wakeups/frame" over the interval
@@ -105,7 +110,7 @@ for MTU in $MTUS; do
     ip netns add "$TAG-a"; ip netns add "$TAG-b"
     "$SERVER" --socket "$WORK/s.sock" --ready-file "$WORK/ready" 2>"$WORK/server.err" &
     PIDS+=($!)
-    for _ in $(seq 200); do [ -e "$WORK/ready" ] && break; sleep 0.01; done
+    wait_for 10 "ivshmem-server readiness" test -e "$WORK/ready" || { cat "$WORK/server.err"; exit 1; }
     # shellcheck disable=SC2086
     "$BRIDGE" --server "$WORK/s.sock" --netns "$TAG-a" --tap ivn0 --mtu "$MTU" --mode "$MODE" --stats-json \
         $BRIDGE_ARGS >"$WORK/a.json" 2>"$WORK/a.err" &
@@ -114,17 +119,16 @@ for MTU in $MTUS; do
     "$BRIDGE" --server "$WORK/s.sock" --netns "$TAG-b" --tap ivn0 --mtu "$MTU" --mode "$MODE" --stats-json \
         $BRIDGE_ARGS >"$WORK/b.json" 2>"$WORK/b.err" &
     PID_B=$!; PIDS+=($PID_B)
+    tap_exists() { ip -n "$1" link show ivn0 >/dev/null 2>&1; }
+    carrier_on() { [ "$(ip netns exec "$1" cat /sys/class/net/ivn0/carrier 2>/dev/null)" = 1 ]; }
     for ns in "$TAG-a" "$TAG-b"; do
-        for _ in $(seq 500); do ip -n "$ns" link show ivn0 >/dev/null 2>&1 && break; sleep 0.01; done
+        wait_for 20 "TAP ivn0 in $ns" tap_exists "$ns" || { cat "$WORK/a.err" "$WORK/b.err"; exit 1; }
         ip -n "$ns" link set lo up
     done
     ip -n "$TAG-a" addr add 10.77.0.1/24 dev ivn0
     ip -n "$TAG-b" addr add 10.77.0.2/24 dev ivn0
     for ns in "$TAG-a" "$TAG-b"; do
-        for _ in $(seq 500); do
-            [ "$(ip netns exec "$ns" cat /sys/class/net/ivn0/carrier 2>/dev/null)" = 1 ] && break
-            sleep 0.01
-        done
+        wait_for 20 "carrier on ivn0 in $ns" carrier_on "$ns" || { cat "$WORK/a.err" "$WORK/b.err"; exit 1; }
     done
     ip netns exec "$TAG-a" ping -c 3 -i 0.05 -q 10.77.0.2 >/dev/null  # warm ARP/neighbour caches
     ip netns exec "$TAG-va" ping -c 3 -i 0.05 -q 10.77.0.12 >/dev/null

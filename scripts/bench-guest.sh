@@ -24,6 +24,8 @@ while [ $# -gt 0 ]; do
 done
 [ "$(id -u)" = 0 ] || { echo "bench-guest: needs root" >&2; exit 1; }
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/wait-for.sh
+source scripts/wait-for.sh
 scripts/install-deps.sh >/dev/null
 cargo build --release -q -p ivshmem-server -p ivnet-bridge
 (cd bare-metal-guest && cargo build --release -q)
@@ -58,7 +60,7 @@ start_link() {  # $1 = mode
   rm -f "$work"/*
   target/release/ivshmem-server -S "$work/s.sock" --ready-file "$work/ready" 2>/dev/null &
   pids+=($!)
-  for _ in $(seq 100); do [ -e "$work/ready" ] && break; sleep 0.05; done
+  wait_for 10 "ivshmem-server readiness" test -e "$work/ready" || exit 1
   qemu-system-x86_64 -machine q35 "${qemu_accel[@]}" -m 64M -nodefaults -display none -no-reboot \
     -bios /usr/share/qemu/qboot.rom -serial "file:$work/guest.log" \
     -device isa-debug-exit,iobase=0xf4,iosize=0x04 -kernel "$guest" \
@@ -71,15 +73,13 @@ start_link() {  # $1 = mode
     --stats-json >"$work/bridge.json" 2>"$work/bridge.log" &
   bridge=$!
   pids+=($bridge)
-  for _ in $(seq 100); do ip -n "$ns" link show ivnet0 >/dev/null 2>&1 && break; sleep 0.05; done
+  wait_for 20 "TAP ivnet0 in $ns" tap_exists || { cat "$work/bridge.log"; exit 1; }
   ip -n "$ns" addr add 10.77.0.1/24 dev ivnet0
   ip -n "$ns" link set ivnet0 up
-  for _ in $(seq 600); do
-    [ "$(ip netns exec "$ns" cat /sys/class/net/ivnet0/carrier 2>/dev/null)" = 1 ] && return 0
-    sleep 0.1
-  done
-  echo "link did not come up" >&2; exit 1
+  wait_for 60 "carrier on ivnet0 (link up)" carrier_on || { cat "$work/bridge.log"; exit 1; }
 }
+tap_exists() { ip -n "$ns" link show ivnet0 >/dev/null 2>&1; }
+carrier_on() { [ "$(ip netns exec "$ns" cat /sys/class/net/ivnet0/carrier 2>/dev/null)" = 1 ]; }
 
 # Guest counters through its UDP stats port (7777) as "key=value" words.
 guest_stats() {
@@ -92,12 +92,19 @@ for _ in range(5):
         print(s.recvfrom(4096)[0].decode()); break
     except socket.timeout:
         pass
+else:
+    raise SystemExit("bench-guest: the guest did not answer on its UDP stats port")
 EOF
 }
 field() { tr ' ' '\n' | sed -n "s/^$1=//p" | head -n1; }
 
-bridge_stats() {  # prints the last JSON line after SIGUSR1
-  kill -USR1 "$bridge"; sleep 0.3; tail -n1 "$work/bridge.json"
+bridge_stats() {  # prints the JSON line the bridge answers SIGUSR1 with
+  local before
+  before=$(count_lines '"reason":"signal"' "$work/bridge.json")
+  kill -USR1 "$bridge"
+  wait_for 10 "the bridge's counters after SIGUSR1" \
+    more_lines_than "$before" '"reason":"signal"' "$work/bridge.json" || exit 1
+  complete_lines "$work/bridge.json" | grep -F '"reason":"signal"' | tail -n1
 }
 
 udp_blast() {  # $1 = payload bytes; prints datagrams sent

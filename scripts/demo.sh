@@ -34,6 +34,8 @@ case "$mode" in event|poll) ;; *) echo "demo: --mode must be event or poll" >&2;
 
 cd "$(dirname "$0")/.."
 root=$PWD
+# shellcheck source=scripts/wait-for.sh
+source scripts/wait-for.sh
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 say "installing what is missing"
@@ -67,8 +69,8 @@ say "starting ivshmem-server"
 target/release/ivshmem-server -S "$work/ivshmem.sock" --ready-file "$work/ready" \
   2>"$work/server.log" &
 pids+=($!)
-for _ in $(seq 100); do [ -e "$work/ready" ] && break; sleep 0.05; done
-[ -e "$work/ready" ] || { cat "$work/server.log"; echo "demo: server did not start" >&2; exit 1; }
+wait_for 10 "ivshmem-server readiness ($work/ready)" test -e "$work/ready" \
+  || { cat "$work/server.log"; exit 1; }
 echo "listening on $work/ivshmem.sock (1 MiB window: layout page, state table, 2 x 0x7f000 sections)"
 
 # QEMU: KVM when it works (nested here), TCG otherwise. qboot boots in well
@@ -110,18 +112,15 @@ target/release/ivnet-bridge --server "$work/ivshmem.sock" --tap ivnet0 --netns "
   --mode "$bridge_mode" 2>"$work/bridge.log" &
 bridge=$!
 pids+=($bridge)
-for _ in $(seq 100); do ip -n "$ns" link show ivnet0 >/dev/null 2>&1 && break; sleep 0.05; done
+tap_exists() { ip -n "$ns" link show ivnet0 >/dev/null 2>&1; }
+wait_for 20 "TAP ivnet0 in $ns" tap_exists || { cat "$work/bridge.log"; exit 1; }
 ip -n "$ns" addr add 10.77.0.1/24 dev ivnet0
 ip -n "$ns" link set ivnet0 up
 ip -n "$ns" link set lo up
 
-printf 'waiting for carrier'
-for _ in $(seq 600); do
-  [ "$(ip netns exec "$ns" cat /sys/class/net/ivnet0/carrier 2>/dev/null)" = 1 ] && break
-  printf '.'; sleep 0.1
-done
-echo
-if [ "$(ip netns exec "$ns" cat /sys/class/net/ivnet0/carrier 2>/dev/null)" != 1 ]; then
+echo "waiting for carrier"
+carrier_on() { [ "$(ip netns exec "$ns" cat /sys/class/net/ivnet0/carrier 2>/dev/null)" = 1 ]; }
+if ! wait_for 60 "carrier on ivnet0" carrier_on; then
   echo "demo: the link did not come up; logs:" >&2
   tail -n 20 "$work/guest.log" "$work/bridge.log" >&2
   exit 1
@@ -129,16 +128,24 @@ fi
 echo "link is up: both peers in RUN"
 
 say "ping 10.77.0.2 from netns $ns"
-ip netns exec "$ns" ping -c "$count" -i 0.2 10.77.0.2
-status=$?
+status=0
+ip netns exec "$ns" ping -c "$count" -i 0.2 10.77.0.2 || status=$?
 
 say "counters"
+# Counters from after the ping: the bridge answers SIGUSR1 with one
+# "stats (signal)" line; the guest prints a "stats:" line every 2 s
+# (stats=2). Wait for the new lines, not for a fixed time.
+bridge_reports=$(count_lines 'stats (signal)' "$work/bridge.log")
+guest_reports=$(count_lines 'stats: ' "$work/guest.log")
 kill -USR1 "$bridge"
-sleep 2.5
+wait_for 10 "the bridge's counters line after SIGUSR1" \
+  more_lines_than "$bridge_reports" 'stats (signal)' "$work/bridge.log" || exit 1
+wait_for 10 "the guest's next counters line" \
+  more_lines_than "$guest_reports" 'stats: ' "$work/guest.log" || exit 1
 echo "-- ivnet-bridge:"
-grep -i 'stats\|frames\|doorbell' "$work/bridge.log" | tail -n 3
+complete_lines "$work/bridge.log" | grep -F 'stats (signal)' | tail -n 1
 echo "-- bare-metal guest (serial console):"
-grep -i 'stats\|frames\|doorbell' "$work/guest.log" | tail -n 2
+complete_lines "$work/guest.log" | grep -F 'stats: ' | tail -n 1
 
 if [ "$keep" = 1 ]; then
   say "running; Ctrl-C to stop"

@@ -11,3 +11,51 @@
 pub mod cmdline;
 pub mod console_budget;
 pub mod exit_code;
+
+#[cfg(test)]
+#[path = "../fuzz/cmdline_oracle.rs"]
+mod cmdline_oracle;
+
+/// Replays the checked-in corpus of the `cmdline` fuzz target
+/// (fuzz/corpus/cmdline) through its checks, then seeded random lines.
+#[cfg(test)]
+mod fuzz_replay {
+    use super::cmdline_oracle::check;
+
+    #[test]
+    fn replay_cmdline_corpus() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/cmdline");
+        let mut count = 0;
+        for entry in std::fs::read_dir(dir).expect("corpus directory") {
+            let path = entry.unwrap().path();
+            eprintln!("replaying {}", path.display());
+            check(&std::fs::read(&path).unwrap());
+            count += 1;
+        }
+        assert!(count > 0, "empty corpus");
+    }
+
+    /// Lines made of the command line's own vocabulary, so that most of
+    /// them get past the first word.
+    #[test]
+    fn seeded_random_lines() {
+        const PIECES: &[&str] = &[
+            "ip=", "gw=", "mac=", "mode=", "mtu=", "stats=", "selftest=", "10.77.0.2", "/24",
+            "/0", "/32", ".", ":", "02", "ff", "0a", "event", "poll", "16384", "68", "1500",
+            "65536", "boot", "doorbell", " ", "\t", "=", "-1", "é",
+        ];
+        let mut seed = 0x5eed_c0de_1234_5678u64;
+        for _ in 0..20_000 {
+            let mut line = String::new();
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let mut s = seed;
+            for _ in 0..(s % 24) {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                line.push_str(PIECES[((s >> 33) as usize) % PIECES.len()]);
+            }
+            check(line.as_bytes());
+        }
+    }
+}

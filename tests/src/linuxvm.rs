@@ -842,7 +842,7 @@ impl LinuxVm {
         let deadline = Instant::now() + timeout;
         loop {
             let running = self.is_running();
-            let log = self.serial();
+            let log = self.process.serial_lines();
             if log.matches(needle).count() >= count {
                 return Ok(log);
             }

@@ -461,6 +461,17 @@ impl Proc {
         })
     }
 
+    /// The `--stats-json` reports on stdout whose `reason` is `reason`,
+    /// oldest first. Only complete lines count: a report being written is
+    /// not JSON yet (its `"reason"` field, the first, may already be there).
+    pub fn reports(&self, reason: &str) -> Vec<serde_json::Value> {
+        self.stdout()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["reason"] == reason)
+            .collect()
+    }
+
     /// Number of open descriptors (`/proc/PID/fd`).
     pub fn fd_count(&self) -> usize {
         fs::read_dir(format!("/proc/{}/fd", self.pid()))
@@ -700,21 +711,26 @@ pub fn write_file(path: &Path, text: &str) {
 }
 
 /// Asks a bridge started with `--stats-json` for its counters (SIGUSR1),
-/// waits for the report line it writes in reply, and returns it.
+/// waits for the report line it writes in reply, and returns it: a
+/// `"signal"` report beyond those complete before the signal, so that an
+/// older one cannot pass for the answer (and a line still being written,
+/// whose `"reason"` comes first, is not counted).
 pub fn signal_report(p: &Proc) -> serde_json::Value {
-    let reports = |p: &Proc| p.stdout().matches("\"reason\":\"signal\"").count();
-    let before = reports(p);
+    let before = p.reports("signal").len();
     p.send_signal(libc::SIGUSR1);
+    let mut report = None;
     let ok = wait_until(Duration::from_secs(10), Duration::from_millis(5), || {
-        reports(p) > before
+        report = p.reports("signal").into_iter().nth(before);
+        report.is_some()
     });
-    assert!(
-        ok.is_ok(),
-        "{} wrote no report within 10 s of SIGUSR1:\n{}",
-        p.name,
-        tail(&p.stderr())
-    );
-    last_stats(&p.stdout(), "signal").expect("the report just counted")
+    match (ok, report) {
+        (Ok(()), Some(report)) => report,
+        _ => panic!(
+            "{} wrote no report within 10 s of SIGUSR1:\n{}",
+            p.name,
+            tail(&p.stderr())
+        ),
+    }
 }
 
 /// Parses the last JSON stats line a bridge wrote to stdout with the given

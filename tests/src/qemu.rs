@@ -499,6 +499,19 @@ impl QemuProcess {
             .unwrap_or_default()
     }
 
+    /// The complete lines of the serial console so far: QEMU writes each
+    /// byte as the emulated UART sends it, so the file often ends in the
+    /// middle of a line (`IVNET-DONE o`). Waits match and parse only what
+    /// this returns; once QEMU has exited, everything is complete.
+    pub fn serial_lines(&mut self) -> String {
+        let running = self.exit().is_none();
+        let mut log = self.serial();
+        if running {
+            log.truncate(log.rfind('\n').map_or(0, |i| i + 1));
+        }
+        log
+    }
+
     /// QEMU's own error output so far.
     pub fn qemu_stderr(&self) -> String {
         fs::read_to_string(self.dir.join("qemu.stderr")).unwrap_or_default()
@@ -645,13 +658,13 @@ impl Guest {
     ) -> Result<String, String> {
         let deadline = Instant::now() + timeout;
         loop {
-            let log = self.serial();
+            let log = self.process.serial_lines();
             if log.matches(needle).count() >= times {
                 return Ok(log);
             }
             if !self.is_running() {
                 // One last read: the line may have landed just before exit.
-                let log = self.serial();
+                let log = self.process.serial_lines();
                 if log.matches(needle).count() >= times {
                     return Ok(log);
                 }

@@ -44,13 +44,7 @@ fn bulk_both_ways(pair: &BridgedPair, bytes: u64, tag: &str) {
 
 /// Asks a bridge for its counters (SIGUSR1) and returns the report.
 fn snapshot(p: &Proc) -> serde_json::Value {
-    let before = p.stdout().matches("\"reason\":\"signal\"").count();
-    p.send_signal(libc::SIGUSR1);
-    let ok = netns::wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
-        p.stdout().matches("\"reason\":\"signal\"").count() > before
-    });
-    assert!(ok.is_ok(), "{} did not report on SIGUSR1", p.name);
-    last_stats(&p.stdout(), "signal").unwrap()
+    netns::signal_report(p)
 }
 
 fn link_test(mtu: u32) {

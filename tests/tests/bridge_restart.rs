@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use ivnet_e2e::netns::{self, ADDR_B, BridgedPair, Proc, TAP, last_stats, tail};
+use ivnet_e2e::netns::{self, ADDR_B, BridgedPair, Proc, TAP, tail};
 
 /// Starts an endless-ish transfer A -> B and returns (receiver, sender).
 fn start_transfer(pair: &BridgedPair, bytes: u64, seed: u64, port: u16, tag: &str) -> (Proc, Proc) {
@@ -39,10 +39,8 @@ fn kill_9_mid_transfer_then_restart() {
     let (mut recv, mut send) = start_transfer(&pair, 64 << 30, 1, 5101, "doomed");
     // Wait until data is really flowing through the bridges.
     let flowing = netns::wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
-        pair.b.send_signal(libc::SIGUSR1);
-        std::thread::sleep(Duration::from_millis(20));
-        last_stats(&pair.b.stdout(), "signal")
-            .and_then(|s| s["ring"]["rx_bytes"].as_u64())
+        netns::signal_report(&pair.b)["ring"]["rx_bytes"]
+            .as_u64()
             .is_some_and(|b| b > 64 << 20)
     });
     assert!(flowing.is_ok(), "transfer did not start\n{}", pair.logs());
@@ -80,11 +78,7 @@ fn kill_9_mid_transfer_then_restart() {
     assert_exact(&mut send, &pair);
     assert_exact(&mut recv, &pair);
 
-    pair.a.send_signal(libc::SIGUSR1);
-    let _ = netns::wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
-        last_stats(&pair.a.stdout(), "signal").is_some()
-    });
-    let s = last_stats(&pair.a.stdout(), "signal").expect("survivor reports on SIGUSR1");
+    let s = netns::signal_report(&pair.a);
     assert!(s["ring"]["link_resets"].as_u64().unwrap() >= 1, "{s}");
     assert_eq!(s["ring"]["peer_errors"], 0, "{s}");
 }
@@ -150,11 +144,7 @@ fn thousand_flaps_do_not_leak() {
         "ping after the flaps failed\n{}",
         pair.logs()
     );
-    pair.a.send_signal(libc::SIGUSR1);
-    let _ = netns::wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
-        last_stats(&pair.a.stdout(), "signal").is_some()
-    });
-    let s = last_stats(&pair.a.stdout(), "signal").expect("survivor reports on SIGUSR1");
+    let s = netns::signal_report(&pair.a);
     let resets = s["ring"]["link_resets"].as_u64().unwrap();
     assert!(
         resets >= (FLAPS + WARMUP) as u64,
