@@ -5,13 +5,18 @@
 #
 #   scripts/install-deps.sh          packages + the bare-metal Rust target
 #   scripts/install-deps.sh --miri   also the nightly toolchain with Miri
+#   scripts/install-deps.sh --fuzz   also nightly and cargo-fuzz, for the
+#                                    coverage-guided runs of the fuzz targets
+#                                    (the test command only replays corpora)
 set -euo pipefail
 
 want_miri=0
+want_fuzz=0
 for arg in "$@"; do
   case "$arg" in
     --miri) want_miri=1 ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    --fuzz) want_fuzz=1 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "install-deps: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -59,4 +64,9 @@ if [ "$want_miri" = 1 ]; then
   fi
   rustup component list --installed --toolchain nightly | grep -q '^miri' \
     || rustup component add --toolchain nightly miri rust-src
+fi
+
+if [ "$want_fuzz" = 1 ]; then
+  rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+  command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz
 fi

@@ -86,7 +86,10 @@ pub fn check(data: &[u8]) {
                 }
             };
             if let Some(s) = quoted {
-                assert!(inside(line, s), "error quotes {s:?}, not a piece of the line");
+                assert!(
+                    inside(line, s),
+                    "error quotes {s:?}, not a piece of the line"
+                );
                 assert!(!s.chars().any(|c| c.is_ascii_whitespace()));
             }
         }

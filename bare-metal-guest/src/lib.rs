@@ -40,9 +40,35 @@ mod fuzz_replay {
     #[test]
     fn seeded_random_lines() {
         const PIECES: &[&str] = &[
-            "ip=", "gw=", "mac=", "mode=", "mtu=", "stats=", "selftest=", "10.77.0.2", "/24",
-            "/0", "/32", ".", ":", "02", "ff", "0a", "event", "poll", "16384", "68", "1500",
-            "65536", "boot", "doorbell", " ", "\t", "=", "-1", "é",
+            "ip=",
+            "gw=",
+            "mac=",
+            "mode=",
+            "mtu=",
+            "stats=",
+            "selftest=",
+            "10.77.0.2",
+            "/24",
+            "/0",
+            "/32",
+            ".",
+            ":",
+            "02",
+            "ff",
+            "0a",
+            "event",
+            "poll",
+            "16384",
+            "68",
+            "1500",
+            "65536",
+            "boot",
+            "doorbell",
+            " ",
+            "\t",
+            "=",
+            "-1",
+            "é",
         ];
         let mut seed = 0x5eed_c0de_1234_5678u64;
         for _ in 0..20_000 {
@@ -52,7 +78,9 @@ mod fuzz_replay {
             seed ^= seed << 17;
             let mut s = seed;
             for _ in 0..(s % 24) {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 line.push_str(PIECES[((s >> 33) as usize) % PIECES.len()]);
             }
             check(line.as_bytes());

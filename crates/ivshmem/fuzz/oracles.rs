@@ -67,16 +67,13 @@ impl FakeWindow {
     }
     fn write_bytes(&self, offset: usize, bytes: &[u8]) {
         assert!(offset + bytes.len() <= self.len * 8);
-        // SAFETY: in bounds (asserted); the source is a Rust slice, not this
-        // allocation, so the ranges do not overlap.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                self.base().as_ptr().add(offset),
-                bytes.len(),
-            )
-        }
+        let dst = self.base().as_ptr().wrapping_add(offset);
+        // SAFETY: `dst..dst + bytes.len()` lies inside the allocation
+        // (asserted); the source is a Rust slice, not this allocation, so the
+        // ranges do not overlap.
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) }
     }
+
     fn write32(&self, offset: usize, value: u32) {
         self.write_bytes(offset, &value.to_ne_bytes());
     }
