@@ -73,7 +73,11 @@ fn seeded_mutations() {
         input.extend_from_slice(&((rng.next() % 3) as u32).to_le_bytes());
         input.extend_from_slice(&0x10_0000u64.to_le_bytes());
         input.extend_from_slice(&rng.bytes(8));
-        let mut image = if rng.next().is_multiple_of(2) { jailhouse } else { qemu };
+        let mut image = if rng.next().is_multiple_of(2) {
+            jailhouse
+        } else {
+            qemu
+        };
         for _ in 0..rng.next() % 8 {
             image[(rng.next() % 256) as usize] = rng.next() as u8;
         }
