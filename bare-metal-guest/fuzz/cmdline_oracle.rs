@@ -30,7 +30,9 @@ pub fn check(data: &[u8]) {
     match cmdline::parse(line) {
         Ok(c) => {
             assert!((1..=32).contains(&c.ip.prefix_len));
-            assert!((cmdline::MIN_MTU..=cmdline::MAX_MTU).contains(&c.mtu));
+            if let Some(mtu) = c.mtu {
+                assert!((cmdline::MIN_MTU..=cmdline::MAX_MTU).contains(&mtu));
+            }
             assert_eq!(c.mac.0[0] & 1, 0, "multicast MAC accepted");
             if let Some(g) = c.gateway {
                 assert!(c.ip.contains(g), "gateway outside the subnet accepted");
@@ -49,10 +51,13 @@ pub fn check(data: &[u8]) {
             };
             write!(
                 canonical,
-                " mac={} mode={mode} mtu={} stats={}",
-                c.mac, c.mtu, c.stats_interval_s
+                " mac={} mode={mode} stats={}",
+                c.mac, c.stats_interval_s
             )
             .unwrap();
+            if let Some(mtu) = c.mtu {
+                write!(canonical, " mtu={mtu}").unwrap();
+            }
             if let Some(t) = c.selftest {
                 write!(canonical, " selftest={}", t.name()).unwrap();
             }
