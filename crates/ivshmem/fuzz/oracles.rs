@@ -74,6 +74,13 @@ impl FakeWindow {
         unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) }
     }
 
+    fn read32(&self, offset: usize) -> u32 {
+        assert!(offset + 4 <= self.len * 8 && offset.is_multiple_of(4));
+        let src = self.base().as_ptr().wrapping_add(offset).cast::<u32>();
+        // SAFETY: 4-aligned (the base is 8-aligned) and inside the allocation
+        // (asserted).
+        unsafe { src.read_volatile() }
+    }
     fn write32(&self, offset: usize, value: u32) {
         self.write_bytes(offset, &value.to_ne_bytes());
     }
@@ -194,13 +201,14 @@ pub fn layout_page(data: &[u8]) -> Outcome {
                 let p = parsed.expect("probe accepted a page parse refused");
                 assert_eq!(p.protocol, PROTOCOL_NET);
                 assert_eq!(dev.layout(), p.layout);
-                assert_eq!(dev.layout().max_peers, 2, "ivshmem-net has two peers");
-                assert!(u32::from(dev.id()) == iv_position && iv_position < 2);
-                for peer in 0..=dev.layout().max_peers {
-                    // In-bounds reads of the state table (ASan checks it).
-                    let state = dev.peer_state(peer);
-                    assert_eq!(state.is_some(), peer < dev.layout().max_peers);
-                }
+                let id = dev.id();
+                assert!(u32::from(id) == iv_position && id < dev.max_peers());
+                // Publishing the own state writes exactly the own entry of
+                // the state table, inside the window.
+                let entry = p.layout.state_entry_offset(id).expect("own entry");
+                dev.set_own_state(0x5eed_0003);
+                assert_eq!(bar2.read32(entry as usize), 0x5eed_0003);
+                assert!(dev.ring(dev.max_peers(), 0).is_err());
             }
             Err(e) => assert!(!e.to_string().is_empty()),
         }
@@ -354,22 +362,19 @@ pub fn config_space(data: &[u8]) -> Outcome {
             assert!(u16::from(cap.offset) + u16::from(cap.length) <= 0x100);
             assert!(cap.length == 0x18 || cap.length >= 0x20);
             assert_eq!(cap.base_address.is_some(), cap.length >= 0x20);
-            for protocol in [PROTOCOL_NET, 0] {
-                match cap.validate(protocol, max_peers, id, bar2_size) {
-                    Ok(layout) => {
-                        assert!(u32::from(layout.max_peers) == max_peers && id < max_peers);
-                        assert!(protocol != PROTOCOL_NET || max_peers == 2);
-                        assert!(layout.output_section_size > 0);
-                        match cap.base_address {
-                            Some(base) => {
-                                assert_eq!(base % PAGE_SIZE, 0);
-                                check_layout(&layout, u64::MAX - base);
-                            }
-                            None => check_layout(&layout, bar2_size.expect("a window")),
+            match cap.validate(max_peers, id, bar2_size) {
+                Ok(layout) => {
+                    assert!(u32::from(layout.max_peers) == max_peers && id < max_peers);
+                    assert!(layout.output_section_size > 0);
+                    match cap.base_address {
+                        Some(base) => {
+                            assert_eq!(base % PAGE_SIZE, 0);
+                            check_layout(&layout, u64::MAX - base);
                         }
+                        None => check_layout(&layout, bar2_size.expect("a window")),
                     }
-                    Err(e) => assert!(!e.to_string().is_empty()),
                 }
+                Err(e) => assert!(!e.to_string().is_empty()),
             }
             let before = cap.one_shot(&cfg);
             cap.set_one_shot(&mut cfg, !before);
@@ -390,9 +395,12 @@ pub fn config_space(data: &[u8]) -> Outcome {
         Ok(dev) => {
             outcome.probed = true;
             assert_eq!(dev.protocol(), PROTOCOL_NET);
-            assert_eq!(dev.layout().max_peers, 2);
-            assert!(u32::from(dev.id()) == id && id < 2);
-            assert!(dev.ring(2, 0).is_err(), "ring beyond the peers accepted");
+            assert_eq!(u32::from(dev.max_peers()), max_peers);
+            assert!(u32::from(dev.id()) == id && id < max_peers);
+            assert!(
+                dev.ring(dev.max_peers(), 0).is_err(),
+                "ring beyond the peers accepted"
+            );
         }
         Err(e) => assert!(!e.to_string().is_empty()),
     }
