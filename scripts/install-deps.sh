@@ -42,6 +42,12 @@ missing=()
 for cmd in "${!pkg_for[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_for[$cmd]}")
 done
+# Build dependencies of the QEMU with the ivshmem 2.0 device, built by the
+# tests on first use (tests/qemu-ivshmem2/build.sh; meson comes from PyPI).
+for pkg in ninja-build flex bison pkg-config libglib2.0-dev libpixman-1-dev \
+           libfdt-dev python3-venv dpkg-dev xz-utils qemu-system-data; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "install-deps: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -3,6 +3,7 @@
 #![allow(missing_docs)]
 
 pub mod hostile;
+pub mod ivshmem2;
 pub mod linuxvm;
 pub mod netns;
 pub mod qemu;
