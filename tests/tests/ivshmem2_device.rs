@@ -865,3 +865,88 @@ fn ivshmem2_and_ivshmem_doorbell_share_a_link() {
     assert_eq!(a.qt.readl(MSI_WORD + 4), MSI_DATA | 1);
     assert_eq!(b.counter("violations"), 0);
 }
+
+/// Runs the bare-metal guest (PVH, qboot, TCG) with the 2.0 device and
+/// `cmdline`; returns QEMU's exit status and the serial console.
+fn run_guest(qemu: &Path, server: &IvshmemServer, cmdline: &str) -> (Option<i32>, String) {
+    let image = ivnet_e2e::qemu::guest_image().unwrap();
+    let dir = unique_dir("guest");
+    let serial = dir.join("serial.log");
+    let mut cmd = Command::new(qemu);
+    cmd.args(["-machine", "q35", "-m", "64M", "-accel", "tcg"])
+        .args(["-nodefaults", "-display", "none", "-no-reboot"])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .args(["-bios", "/usr/share/qemu/qboot.rom"])
+        .arg("-kernel")
+        .arg(&image)
+        .args(["-append", cmdline])
+        .arg("-chardev")
+        .arg(format!("socket,path={},id=ivs", server.socket().display()))
+        .args(["-device", "ivshmem2,chardev=ivs,id=dev"]);
+    let mut process = QemuProcess::spawn(&mut cmd, dir, Accel::Tcg, "guest").unwrap();
+    let deadline = Instant::now() + ivnet_e2e::qemu::BOOT_TIMEOUT;
+    let status = loop {
+        if let Some(status) = process.exit() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "guest still running:\n{}\n{}",
+            process.serial(),
+            process.qemu_stderr()
+        );
+        // Waiting for the guest to exit through isa-debug-exit.
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (
+        status.code(),
+        format!(
+            "{}\n--- qemu stderr:\n{}",
+            process.serial(),
+            process.qemu_stderr()
+        ),
+    )
+}
+
+/// The bare-metal guest finds 110a:4106 (the Jailhouse profile), reads the
+/// vendor capability (sizes and base address), places BAR0/BAR1 itself
+/// (qboot leaves them), brings ivshmem up, and maps the state table and
+/// the peer's output section read-only: a store there faults in the guest.
+#[test]
+fn bare_metal_guest_runs_on_the_jailhouse_profile() {
+    use ivnet_e2e::qemu::ExitCode;
+    let Some(qemu) = qemu_binary_or_skip("bare_metal_guest_runs_on_the_jailhouse_profile") else {
+        return;
+    };
+    let server = IvshmemServer::start("ivs2-guest").unwrap();
+    let (code, log) = run_guest(&qemu, &server, "ip=10.77.0.2/24 selftest=boot");
+    assert_eq!(code, Some(ExitCode::Success.qemu_status()), "{log}");
+    assert!(log.contains("ivshmem Jailhouse"), "{log}");
+    assert!(
+        log.contains(&format!(
+            "shared memory at {DEFAULT_BASE:#x}: state table +0x0 (0x1000), rw +0x1000 (0x0), \
+             output sections 0x7f000 bytes at +0x1000, 2 MSI-X vectors"
+        )),
+        "{log}"
+    );
+    assert!(log.contains("selftest boot: ok"), "{log}");
+    for (test, region) in [
+        ("write-peer-section", "in peer's output section (read-only)"),
+        ("write-state-table", "in ivshmem state table (read-only)"),
+    ] {
+        let (code, log) = run_guest(&qemu, &server, &format!("ip=10.77.0.2/24 selftest={test}"));
+        assert_eq!(
+            code,
+            Some(ExitCode::PageFault.qemu_status()),
+            "{test}\n{log}"
+        );
+        assert!(
+            log.contains("(protection violation on write data access)") && log.contains(region),
+            "{test}\n{log}"
+        );
+        // The guest's own page tables stopped the store: the device saw none.
+        assert!(!log.contains("WRITE VIOLATION"), "{test}\n{log}");
+    }
+}
