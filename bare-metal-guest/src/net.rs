@@ -36,10 +36,11 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use ivnet_guest::cmdline::{GuestConfig, Mode};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet, SocketStorage};
+use smoltcp::phy;
 use smoltcp::socket::{tcp, udp};
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
-use static_cell::ConstStaticCell;
+use static_cell::{ConstStaticCell, StaticCell};
 
 use crate::idt::{self, IRQ_COUNTERS};
 use crate::logger::{self, LineBuf};
@@ -362,11 +363,16 @@ impl fmt::Display for StatsLine<'_> {
 }
 
 /// Lets every socket transmit until none has anything more to send or the
-/// ring is full (one `poll_egress` sends at most one packet per socket).
+/// ring is full (one `poll_egress` sends at most one packet per socket, and
+/// at most one pending IPv4 fragment: while fragments remain, smoltcp's
+/// poll delay is zero, so the loop goes on while the NIC takes frames).
 fn egress(iface: &mut Interface, nic: &mut Nic, sockets: &mut SocketSet<'static>, now: Instant) {
     for _ in 0..EGRESS_ROUNDS {
         let r = iface.poll_egress(now, nic, sockets);
-        if r == smoltcp::iface::PollResult::None {
+        if r == smoltcp::iface::PollResult::None
+            && !(nic.can_transmit()
+                && iface.poll_delay(now, sockets) == Some(smoltcp::time::Duration::ZERO))
+        {
             break;
         }
     }
@@ -376,12 +382,22 @@ fn smol_now(us: u64) -> Instant {
     Instant::from_micros(us as i64)
 }
 
+/// The interface, in a static: with IPv4 fragmentation it carries a
+/// 16 KiB reassembly buffer and a 16 KiB fragmentation buffer, which the
+/// main stack should not hold. Not inlined, so the value built here leaves
+/// no copy in `run`'s frame.
+#[inline(never)]
+fn new_interface(mac: [u8; 6], device: &mut impl phy::Device) -> &'static mut Interface {
+    static IFACE: StaticCell<Interface> = StaticCell::new();
+    let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
+    config.random_seed = cpu::rdtsc();
+    IFACE.init(Interface::new(config, device, smol_now(time::now_us())))
+}
+
 /// Runs the network services forever.
 pub fn run(nic: &'static mut Nic, config: &GuestConfig) -> ! {
     let mac = config.mac.0;
-    let mut iface_config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
-    iface_config.random_seed = cpu::rdtsc();
-    let mut iface = Interface::new(iface_config, nic, smol_now(time::now_us()));
+    let iface = new_interface(mac, nic);
     let ip = config.ip;
     iface.update_ip_addrs(|addrs| {
         // The address list has room for this one address.
@@ -441,9 +457,9 @@ pub fn run(nic: &'static mut Nic, config: &GuestConfig) -> ! {
         {
             budget -= 1;
         }
-        egress(&mut iface, nic, &mut sockets, smol);
+        egress(iface, nic, &mut sockets, smol);
         if services.process(&mut sockets, nic, now) {
-            egress(&mut iface, nic, &mut sockets, smol);
+            egress(iface, nic, &mut sockets, smol);
         }
         nic.flush();
 
