@@ -38,7 +38,7 @@ pub fn check(data: &[u8]) {
                 assert!(c.ip.contains(g), "gateway outside the subnet accepted");
             }
             assert!(c.ip.contains(c.ip.address));
-            assert!(line.split_ascii_whitespace().count() <= 7, "a key twice");
+            assert!(line.split_ascii_whitespace().count() <= 8, "a key twice");
 
             let mut canonical = String::new();
             write!(canonical, "ip={}/{}", c.ip.address, c.ip.prefix_len).unwrap();
@@ -61,6 +61,9 @@ pub fn check(data: &[u8]) {
             if let Some(t) = c.selftest {
                 write!(canonical, " selftest={}", t.name()).unwrap();
             }
+            if c.nic == cmdline::NicKind::Virtio {
+                canonical.push_str(" nic=virtio");
+            }
             assert_eq!(cmdline::parse(&canonical), Ok(c), "{canonical}");
         }
         Err(e) => {
@@ -76,7 +79,8 @@ pub fn check(data: &[u8]) {
                 | CmdlineError::BadMode(s)
                 | CmdlineError::BadMtu(s)
                 | CmdlineError::BadStatsInterval(s)
-                | CmdlineError::BadSelfTest(s) => Some(s),
+                | CmdlineError::BadSelfTest(s)
+                | CmdlineError::BadNic(s) => Some(s),
                 CmdlineError::MissingIp => {
                     assert!(!line.contains("ip="), "ip= given but reported missing");
                     None

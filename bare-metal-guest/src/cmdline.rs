@@ -4,7 +4,7 @@
 //! list of `key=value` words separated by spaces:
 //!
 //! ```text
-//! ip=10.77.0.2/24 gw=10.77.0.1 mac=02:00:0a:4d:00:02 mode=event mtu=16384 stats=5
+//! ip=10.77.0.2/24 gw=10.77.0.1 mac=02:00:0a:4d:00:02 mode=event mtu=16384 stats=5 nic=ivnet
 //! ```
 //!
 //! | key | meaning | default |
@@ -15,6 +15,7 @@
 //! | `mode` | `event` (doorbell interrupts, `hlt` when idle) or `poll` (never sleeps, never asks for doorbells) | `event` |
 //! | `mtu` | IP MTU in bytes (`68..=16384`); frames are `mtu + 14` bytes | the section's default (`min(16384, data area / 16)`, the reference rule) |
 //! | `stats` | seconds between counter lines on the serial console (`0` = off) | 5 |
+//! | `nic` | `ivnet` (the ivshmem-net link) or `virtio` (a virtio-net PCI device, MTU 1500, for comparisons; `mtu` does not apply) | `ivnet` |
 //! | `selftest` | run a platform self-test instead of the network services and exit (see [`SelfTest`]) | none |
 //!
 //! Every malformed or unknown word is a typed [`CmdlineError`]: a typo must
@@ -39,6 +40,15 @@ pub enum Mode {
     Event,
     /// Busy polling: never sleeps and asks the peer not to ring.
     Poll,
+}
+
+/// Which NIC the services run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NicKind {
+    /// The ivshmem-net link (`ivshmem-doorbell` or Jailhouse ivshmem 2.0).
+    Ivnet,
+    /// A virtio-net PCI device (the comparison baseline).
+    Virtio,
 }
 
 /// A platform self-test, run instead of the network services. Each one ends
@@ -150,6 +160,8 @@ pub struct GuestConfig {
     pub stats_interval_s: u32,
     /// Self-test to run instead of the services.
     pub selftest: Option<SelfTest>,
+    /// Which NIC the services run on.
+    pub nic: NicKind,
 }
 
 /// Why a command line was rejected. Borrowed strings point into the command
@@ -184,6 +196,8 @@ pub enum CmdlineError<'a> {
     BadStatsInterval(&'a str),
     /// `selftest=` names no self-test.
     BadSelfTest(&'a str),
+    /// `nic=` is neither `ivnet` nor `virtio`.
+    BadNic(&'a str),
     /// The command line is not valid UTF-8 (reported by the loader glue).
     NotUtf8,
     /// The command line is longer than the guest's buffer.
@@ -196,7 +210,7 @@ impl fmt::Display for CmdlineError<'_> {
             CmdlineError::NotKeyValue(w) => write!(f, "`{w}` is not key=value"),
             CmdlineError::UnknownKey(k) => write!(
                 f,
-                "unknown key `{k}` (known: ip gw mac mode mtu stats selftest)"
+                "unknown key `{k}` (known: ip gw mac mode mtu stats selftest nic)"
             ),
             CmdlineError::DuplicateKey(k) => write!(f, "key `{k}` given twice"),
             CmdlineError::MissingIp => write!(f, "missing ip=a.b.c.d/len"),
@@ -209,6 +223,7 @@ impl fmt::Display for CmdlineError<'_> {
             CmdlineError::BadMac(v) => write!(f, "mac=`{v}` is not xx:xx:xx:xx:xx:xx"),
             CmdlineError::MulticastMac(m) => write!(f, "mac={m} is a multicast address"),
             CmdlineError::BadMode(v) => write!(f, "mode=`{v}` is neither `event` nor `poll`"),
+            CmdlineError::BadNic(v) => write!(f, "nic=`{v}` is neither `ivnet` nor `virtio`"),
             CmdlineError::BadMtu(v) => {
                 write!(f, "mtu=`{v}` is not a number in {MIN_MTU}..={MAX_MTU}")
             }
@@ -270,6 +285,7 @@ pub fn parse(line: &str) -> Result<GuestConfig, CmdlineError<'_>> {
     let mut mtu = None;
     let mut stats = None;
     let mut selftest = None;
+    let mut nic = None;
 
     fn set<'a, T>(slot: &mut Option<T>, key: &'a str, v: T) -> Result<(), CmdlineError<'a>> {
         if slot.replace(v).is_some() {
@@ -317,6 +333,14 @@ pub fn parse(line: &str) -> Result<GuestConfig, CmdlineError<'_>> {
                     .ok_or(CmdlineError::BadSelfTest(value))?;
                 set(&mut selftest, key, t)?
             }
+            "nic" => {
+                let n = match value {
+                    "ivnet" => NicKind::Ivnet,
+                    "virtio" => NicKind::Virtio,
+                    _ => return Err(CmdlineError::BadNic(value)),
+                };
+                set(&mut nic, key, n)?
+            }
             _ => return Err(CmdlineError::UnknownKey(key)),
         }
     }
@@ -336,6 +360,7 @@ pub fn parse(line: &str) -> Result<GuestConfig, CmdlineError<'_>> {
         mtu,
         stats_interval_s: stats.unwrap_or(DEFAULT_STATS_INTERVAL_S),
         selftest,
+        nic: nic.unwrap_or(NicKind::Ivnet),
     })
 }
 
@@ -345,7 +370,7 @@ mod tests {
 
     #[test]
     fn full_line() {
-        let c = parse("ip=10.77.0.2/24 gw=10.77.0.1 mac=02:aa:bb:cc:dd:ee mode=poll mtu=1500 stats=0 selftest=boot")
+        let c = parse("ip=10.77.0.2/24 gw=10.77.0.1 mac=02:aa:bb:cc:dd:ee mode=poll mtu=1500 stats=0 selftest=boot nic=virtio")
             .unwrap();
         assert_eq!(c.ip.address, Ipv4Addr::new(10, 77, 0, 2));
         assert_eq!(c.ip.prefix_len, 24);
@@ -355,6 +380,7 @@ mod tests {
         assert_eq!(c.mtu, Some(1500));
         assert_eq!(c.stats_interval_s, 0);
         assert_eq!(c.selftest, Some(SelfTest::Boot));
+        assert_eq!(c.nic, NicKind::Virtio);
     }
 
     #[test]
@@ -364,6 +390,7 @@ mod tests {
         assert_eq!(c.mac, MacAddress([2, 0, 10, 77, 0, 2]));
         assert_eq!(c.mode, Mode::Event);
         assert_eq!(c.mtu, None);
+        assert_eq!(c.nic, NicKind::Ivnet);
         assert_eq!(c.stats_interval_s, DEFAULT_STATS_INTERVAL_S);
         assert_eq!(c.selftest, None);
     }
@@ -407,6 +434,8 @@ mod tests {
                 MulticastMac(MacAddress([0xff; 6])),
             ),
             ("ip=10.77.0.2/24 mode=fast", BadMode("fast")),
+            ("ip=10.77.0.2/24 nic=e1000", BadNic("e1000")),
+            ("ip=10.77.0.2/24 nic=virtio nic=virtio", DuplicateKey("nic")),
             ("ip=10.77.0.2/24 mtu=67", BadMtu("67")),
             ("ip=10.77.0.2/24 mtu=16385", BadMtu("16385")),
             ("ip=10.77.0.2/24 stats=-1", BadStatsInterval("-1")),

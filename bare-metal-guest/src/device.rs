@@ -154,12 +154,19 @@ pub struct NicDevice {
     pub vectors: u16,
 }
 
-/// Allocates addresses for unassigned BARs.
-struct BarAllocator {
+/// Allocates addresses for unassigned BARs (in [`BAR_WINDOW`]).
+pub(crate) struct BarAllocator {
     next: u64,
 }
 
 impl BarAllocator {
+    /// An allocator at the start of the window.
+    pub(crate) const fn new() -> Self {
+        BarAllocator {
+            next: BAR_WINDOW.start,
+        }
+    }
+
     fn alloc(&mut self, index: u8, size: u64) -> Result<u64, BringUpError> {
         let err = BringUpError::NoBarSpace { index, size };
         // BARs are naturally aligned to their (power-of-two) size.
@@ -178,7 +185,7 @@ impl BarAllocator {
 
 /// Sizes BAR `index` and, if the firmware left it unassigned, places it.
 /// Returns its address and size. Memory decoding must be off.
-fn setup_bar(
+pub(crate) fn setup_bar(
     cfg: &mut PortConfigSpace,
     index: u8,
     alloc: &mut BarAllocator,
@@ -262,7 +269,7 @@ fn map_shared_memory(
 
 /// Programs MSI-X entries `0..n` to deliver `VECTOR_DOORBELL + i` to the
 /// local APIC `apic_id` (fixed delivery, edge), unmasked, then enables MSI-X.
-fn setup_msix(
+pub(crate) fn setup_msix(
     cfg: &mut PortConfigSpace,
     bars: &[(u64, u64); 6],
     wanted: u32,

@@ -19,6 +19,7 @@
 //! | `pci` | configuration space through ports 0xCF8/0xCFC, bus scan |
 //! | `device` | ivshmem bring-up: BARs, mappings, MSI-X, own state |
 //! | `nic` | the ivshmem-net NIC on `ivnet-ring`, smoltcp `phy::Device` |
+//! | `virtio_net` | the virtio-net NIC (`nic=virtio`, the comparison baseline), smoltcp `phy::Device` |
 //! | `net` | smoltcp interface, services, the NAPI-style main loop |
 //! | `footprint` | image size and stack high-water mark |
 //! | `selftest` | platform self-tests selected on the command line |
@@ -46,11 +47,12 @@ mod platform;
 mod selftest;
 mod serial;
 mod time;
+mod virtio_net;
 
 use core::fmt::Write;
 use core::panic::PanicInfo;
 
-use ivnet_guest::cmdline::{self, CmdlineError, GuestConfig};
+use ivnet_guest::cmdline::{self, CmdlineError, GuestConfig, Mode, NicKind};
 use ivnet_guest::exit_code::ExitCode;
 use pvh::start_info::reader::StartInfoReader;
 
@@ -161,6 +163,9 @@ extern "C" fn rust_entry(start_info_paddr: u32) -> ! {
 }
 
 fn run(config: &GuestConfig) -> ! {
+    if config.nic == NicKind::Virtio && config.selftest.is_none() {
+        run_virtio(config);
+    }
     let nic = match device::bring_up(apic::id()) {
         Ok(nic) => Some(nic),
         Err(device::BringUpError::NotFound)
@@ -192,6 +197,25 @@ fn run(config: &GuestConfig) -> ! {
         }
         (None, None) => unreachable!("bring_up failures without a self-test exit above"),
     }
+}
+
+/// `nic=virtio`: the same services on a virtio-net device (the baseline
+/// ivnet is measured against).
+fn run_virtio(config: &GuestConfig) -> ! {
+    static NIC: static_cell::StaticCell<virtio_net::VirtioNic> = static_cell::StaticCell::new();
+    let (rx_buf, tx_scratch) = net::frame_buffers();
+    let event_mode = config.mode == Mode::Event;
+    let nic = virtio_net::VirtioNic::bring_up(apic::id(), event_mode, rx_buf, tx_scratch)
+        .unwrap_or_else(|e| match e {
+            virtio_net::VirtioError::NotFound => fail(ExitCode::NoDevice, format_args!("{e}")),
+            e => fail(ExitCode::DeviceError, format_args!("virtio-net: {e}")),
+        });
+    println!(
+        "platform up: {}; stack used {} bytes",
+        footprint::Image,
+        footprint::stack_used()
+    );
+    net::run(NIC.init(nic), config)
 }
 
 #[panic_handler]

@@ -43,8 +43,8 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 use static_cell::{ConstStaticCell, StaticCell};
 
 use crate::idt::{self, IRQ_COUNTERS};
-use crate::logger::{self, LineBuf};
-use crate::nic::{MAX_FRAME, Nic};
+use crate::logger::LineBuf;
+use crate::nic::MAX_FRAME;
 use crate::{cpu, println, time};
 
 /// Echo and discard port numbers (RFC 862, RFC 863).
@@ -101,6 +101,42 @@ static STATS_TX_META: ConstStaticCell<[udp::PacketMetadata; STATS_PACKETS]> =
 /// The NIC's frame buffers (taken once, by `main`).
 pub fn frame_buffers() -> (&'static mut [u8; MAX_FRAME], &'static mut [u8; MAX_FRAME]) {
     (RX_BUF.take(), TX_SCRATCH.take())
+}
+
+/// What the main loop needs from a NIC besides smoltcp's `phy::Device`:
+/// one implementation per NIC (`nic::Nic` for ivshmem-net,
+/// `virtio_net::VirtioNic`), the services and the loop are shared.
+pub trait NetDevice: phy::Device {
+    /// The NIC's name on the counters line (`nic=`).
+    const NAME: &'static str;
+    /// Starts a main-loop round (the clock the NIC may read).
+    fn set_now(&mut self, now_us: u64);
+    /// Steps the link, if the NIC has link state of its own.
+    fn poll_link(&mut self, now_us: u64);
+    /// Takes the link down (cell shutdown).
+    fn shutdown(&mut self);
+    /// When a held-back link step must run (no interrupt announces it).
+    fn link_held_until(&self) -> Option<u64>;
+    /// Processes transmit completions.
+    fn reclaim(&mut self);
+    /// Publishes the round's receive completions and queued frames, with
+    /// at most one notification per queue.
+    fn flush(&mut self);
+    /// Whether one more frame can be queued now.
+    fn can_transmit(&mut self) -> bool;
+    /// Whether received frames are waiting.
+    fn rx_pending(&mut self) -> bool;
+    /// Before sleeping (event mode): re-arm interrupts, then re-check;
+    /// `true` = work arrived, poll again.
+    fn prepare_sleep(&mut self) -> bool;
+    /// The IP MTU.
+    fn mtu(&self) -> usize;
+    /// The NIC's part of the boot line (queues, buffers).
+    fn write_link(&self, w: &mut dyn Write) -> fmt::Result;
+    /// The NIC's `key=value` words of the counters line, each preceded by a
+    /// space; must include `rx_frames`, `tx_frames` and `notifications`
+    /// (doorbells or kicks sent to the other side).
+    fn write_counters(&self, w: &mut dyn Write) -> fmt::Result;
 }
 
 /// Main-loop counters (rounds of polling, sleeps with `hlt`).
@@ -193,7 +229,12 @@ impl Services {
 
     /// Serves every socket once. Returns whether any data moved (then the
     /// caller polls again to transmit it).
-    fn process(&mut self, sockets: &mut SocketSet<'static>, nic: &Nic, now_us: u64) -> bool {
+    fn process<N: NetDevice>(
+        &mut self,
+        sockets: &mut SocketSet<'static>,
+        nic: &N,
+        now_us: u64,
+    ) -> bool {
         let mut moved = false;
 
         // TCP echo: move received bytes to the send buffer as room allows.
@@ -290,51 +331,36 @@ impl Services {
     }
 }
 
-/// The counters line, one line of `key=value` words.
-struct StatsLine<'a> {
-    nic: &'a Nic,
+/// The counters line, one line of `key=value` words: the NIC's, the
+/// services', the main loop's and the interrupts'.
+struct StatsLine<'a, N> {
+    nic: &'a N,
     services: &'a ServiceCounters,
     now_us: u64,
 }
 
-impl fmt::Display for StatsLine<'_> {
+impl<N: NetDevice> fmt::Display for StatsLine<'_, N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ep = self.nic.endpoint();
-        let s = self.nic.stats();
-        let d = self.nic.driver_counters();
-        let g = self.nic.counters();
         let c = self.services;
         let irq = &IRQ_COUNTERS;
+        let nic_irqs: u64 = irq.doorbell.iter().map(|d| d.load(Ordering::Relaxed)).sum();
         write!(
             f,
-            "stats: t={}.{:03}s link={}/{} carrier={} rx_frames={} rx_bytes={} tx_frames={} tx_bytes={} \
-             tx_batches={} doorbells_rung={} doorbells_suppressed={} irq_state={} irq_data={} irq_timer={} \
-             tx_ring_full={} tx_completion_requests={} link_resets={} ring_errors={} rx_oversize={} \
-             tcp_echo_conns={} tcp_echo_bytes={} tcp_discard_conns={} tcp_discard_bytes={} \
-             udp_echo_dgrams={} udp_echo_bytes={} udp_echo_dropped={} tx_no_slot={} loop_rounds={} loop_sleeps={} \
-             stack_used={} data_vector={} doorbells_v0={} doorbells_v1={} doorbells_refused={} \
-             state_writes={} state_writes_refused={} carrier_ups={} carrier_downs={} protocol_faults={} \
-             backoff_waits={} log_suppressed={} tx_oversize={}",
+            "stats: t={}.{:03}s nic={}",
             self.now_us / 1_000_000,
             self.now_us / 1000 % 1000,
-            ep.local_state(),
-            ep.peer_state().map_or("?", |p| p.name()),
-            u8::from(ep.carrier()),
-            s.rx_frames,
-            s.rx_bytes,
-            s.tx_frames,
-            s.tx_bytes,
-            s.tx_batches,
-            d.doorbells_rung[0] + d.doorbells_rung[1],
-            s.notifications_suppressed,
+            N::NAME
+        )?;
+        self.nic.write_counters(f)?;
+        write!(
+            f,
+            " irq_state={} irq_data={} irq_timer={} interrupts={nic_irqs} \
+             tcp_echo_conns={} tcp_echo_bytes={} tcp_discard_conns={} tcp_discard_bytes={} \
+             udp_echo_dgrams={} udp_echo_bytes={} udp_echo_dropped={} loop_rounds={} loop_sleeps={} \
+             stack_used={}",
             irq.doorbell[0].load(Ordering::Relaxed),
             irq.doorbell[1].load(Ordering::Relaxed),
             irq.timer.load(Ordering::Relaxed),
-            s.tx_ring_full,
-            s.tx_completion_irq_requests,
-            d.link_resets,
-            s.total_errors(),
-            s.rx_dropped_oversize,
             c.tcp_echo_connections,
             c.tcp_echo_bytes,
             c.tcp_discard_connections,
@@ -342,22 +368,9 @@ impl fmt::Display for StatsLine<'_> {
             c.udp_echo_datagrams,
             c.udp_echo_bytes,
             c.udp_echo_dropped,
-            g.tx_token_no_slot,
             LOOP_COUNTERS.rounds.load(Ordering::Relaxed),
             LOOP_COUNTERS.sleeps.load(Ordering::Relaxed),
             crate::footprint::stack_used(),
-            self.nic.data_vector(),
-            d.doorbells_rung[0],
-            d.doorbells_rung[1],
-            d.doorbells_refused,
-            d.state_writes,
-            d.state_writes_refused,
-            d.carrier_ups,
-            d.carrier_downs,
-            d.protocol_faults,
-            d.backoff_waits,
-            d.log_suppressed + logger::dropped(),
-            g.tx_oversize,
         )
     }
 }
@@ -366,7 +379,12 @@ impl fmt::Display for StatsLine<'_> {
 /// ring is full (one `poll_egress` sends at most one packet per socket, and
 /// at most one pending IPv4 fragment: while fragments remain, smoltcp's
 /// poll delay is zero, so the loop goes on while the NIC takes frames).
-fn egress(iface: &mut Interface, nic: &mut Nic, sockets: &mut SocketSet<'static>, now: Instant) {
+fn egress<N: NetDevice>(
+    iface: &mut Interface,
+    nic: &mut N,
+    sockets: &mut SocketSet<'static>,
+    now: Instant,
+) {
     for _ in 0..EGRESS_ROUNDS {
         let r = iface.poll_egress(now, nic, sockets);
         if r == smoltcp::iface::PollResult::None
@@ -395,7 +413,7 @@ fn new_interface(mac: [u8; 6], device: &mut impl phy::Device) -> &'static mut In
 }
 
 /// Runs the network services forever.
-pub fn run(nic: &'static mut Nic, config: &GuestConfig) -> ! {
+pub fn run<N: NetDevice>(nic: &'static mut N, config: &GuestConfig) -> ! {
     let mac = config.mac.0;
     let iface = new_interface(mac, nic);
     let ip = config.ip;
@@ -410,17 +428,17 @@ pub fn run(nic: &'static mut Nic, config: &GuestConfig) -> ! {
     let mut sockets = SocketSet::new(&mut SOCKETS.take()[..]);
     let mut services = Services::new(&mut sockets);
 
-    let geometry = *nic.endpoint().geometry();
+    let mut link = LineBuf::new();
+    let _ = nic.write_link(&mut link);
     println!(
-        "net: {}/{} mac {} mtu {} mode {:?}; ring: queue {} entries, data area {:#x} bytes; \
+        "net: {}/{} mac {} mtu {} mode {:?}; {}; \
          services: icmp echo, udp echo {ECHO_PORT}, tcp echo {ECHO_PORT}, tcp discard {DISCARD_PORT}, udp stats {STATS_PORT}",
         ip.address,
         ip.prefix_len,
         config.mac,
         nic.mtu(),
         config.mode,
-        geometry.queue_len,
-        geometry.data_size,
+        link.as_str(),
     );
 
     let stats_interval_us = u64::from(config.stats_interval_s) * 1_000_000;

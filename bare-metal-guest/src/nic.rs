@@ -35,7 +35,8 @@ use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Med
 use smoltcp::time::Instant;
 
 use crate::device::NicDevice;
-use crate::println;
+use crate::net::NetDevice;
+use crate::{logger, println};
 
 /// Ethernet header bytes on top of the IP MTU (smoltcp's MTU is the frame
 /// without VLAN tag).
@@ -319,5 +320,104 @@ impl phy::Device for Nic {
         checksum.ipv4 = Checksum::Both;
         caps.checksum = checksum;
         caps
+    }
+}
+
+/// The main loop's view (`net::run`): the inherent methods above, plus the
+/// ring's part of the boot and counters lines.
+impl NetDevice for Nic {
+    const NAME: &'static str = "ivnet";
+
+    fn set_now(&mut self, now_us: u64) {
+        Nic::set_now(self, now_us)
+    }
+
+    fn poll_link(&mut self, now_us: u64) {
+        Nic::poll_link(self, now_us)
+    }
+
+    fn shutdown(&mut self) {
+        Nic::shutdown(self)
+    }
+
+    fn link_held_until(&self) -> Option<u64> {
+        Nic::link_held_until(self)
+    }
+
+    fn reclaim(&mut self) {
+        Nic::reclaim(self)
+    }
+
+    fn flush(&mut self) {
+        Nic::flush(self)
+    }
+
+    fn can_transmit(&mut self) -> bool {
+        Nic::can_transmit(self)
+    }
+
+    fn rx_pending(&mut self) -> bool {
+        Nic::rx_pending(self)
+    }
+
+    fn prepare_sleep(&mut self) -> bool {
+        Nic::prepare_sleep(self)
+    }
+
+    fn mtu(&self) -> usize {
+        Nic::mtu(self)
+    }
+
+    fn write_link(&self, w: &mut dyn fmt::Write) -> fmt::Result {
+        let g = self.endpoint().geometry();
+        write!(
+            w,
+            "ring: queue {} entries, data area {:#x} bytes",
+            g.queue_len, g.data_size
+        )
+    }
+
+    fn write_counters(&self, w: &mut dyn fmt::Write) -> fmt::Result {
+        let ep = self.endpoint();
+        let s = self.stats();
+        let d = self.driver_counters();
+        let g = self.counters();
+        let doorbells = d.doorbells_rung[0] + d.doorbells_rung[1];
+        write!(
+            w,
+            " link={}/{} carrier={} rx_frames={} rx_bytes={} tx_frames={} tx_bytes={} \
+             tx_batches={} doorbells_rung={doorbells} notifications={doorbells} doorbells_suppressed={} \
+             tx_ring_full={} tx_completion_requests={} link_resets={} ring_errors={} rx_oversize={} \
+             tx_no_slot={} data_vector={} doorbells_v0={} doorbells_v1={} doorbells_refused={} \
+             state_writes={} state_writes_refused={} carrier_ups={} carrier_downs={} protocol_faults={} \
+             backoff_waits={} log_suppressed={} tx_oversize={}",
+            ep.local_state(),
+            ep.peer_state().map_or("?", |p| p.name()),
+            u8::from(ep.carrier()),
+            s.rx_frames,
+            s.rx_bytes,
+            s.tx_frames,
+            s.tx_bytes,
+            s.tx_batches,
+            s.notifications_suppressed,
+            s.tx_ring_full,
+            s.tx_completion_irq_requests,
+            d.link_resets,
+            s.total_errors(),
+            s.rx_dropped_oversize,
+            g.tx_token_no_slot,
+            self.data_vector(),
+            d.doorbells_rung[0],
+            d.doorbells_rung[1],
+            d.doorbells_refused,
+            d.state_writes,
+            d.state_writes_refused,
+            d.carrier_ups,
+            d.carrier_downs,
+            d.protocol_faults,
+            d.backoff_waits,
+            d.log_suppressed + logger::dropped(),
+            g.tx_oversize,
+        )
     }
 }

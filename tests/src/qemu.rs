@@ -388,6 +388,8 @@ pub struct GuestConfig {
     /// Let a reset reboot the guest (no `-no-reboot`), e.g. QMP's
     /// `system_reset` (with `-no-reboot` QEMU exits instead).
     pub reboot_on_reset: bool,
+    /// More QEMU arguments (e.g. a `virtio-net-pci` device and its netdev).
+    pub extra_args: Vec<String>,
 }
 
 impl Default for GuestConfig {
@@ -401,6 +403,7 @@ impl Default for GuestConfig {
             memory: "64M".into(),
             name: "guest".into(),
             reboot_on_reset: false,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -599,6 +602,7 @@ impl Guest {
                     cfg.vectors
                 ));
         }
+        cmd.args(&cfg.extra_args);
         let process = QemuProcess::spawn(&mut cmd, dir, accel, "guest")?;
         Ok(Guest { process })
     }

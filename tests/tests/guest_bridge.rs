@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 use ivnet_e2e::netns::{self, BridgeSpec, Netns, Proc, Server, tail};
 use ivnet_e2e::qemu::{Guest, GuestConfig, in_netns};
 
+mod guest_common;
+use guest_common::{fragmented_udp_echo, pattern, stat};
+
 const HOST: &str = "10.77.0.1";
 const GUEST: &str = "10.77.0.2";
 const TAP: &str = "ivg0";
@@ -172,28 +175,6 @@ impl Rig {
     }
 }
 
-/// A counter value from the guest's `key=value` stats line.
-fn stat(line: &str, key: &str) -> u64 {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{key}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in {line}"))
-}
-
-/// Deterministic pseudo-random bytes (xorshift), so mismatches are
-/// reproducible.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn packets_received(ping_output: &str) -> u32 {
     ping_output
         .split(',')
@@ -272,32 +253,6 @@ fn fragmented_ping_and_udp_echo_at_mtu_1500() {
     assert!(stat(&stats, "rx_frames") - before >= 64, "{stats}");
     assert_eq!(stat(&stats, "ring_errors"), 0, "{stats}");
     assert_eq!(stat(&stats, "udp_echo_dropped"), 0, "{stats}");
-}
-
-/// UDP echo of datagrams of one to ten fragments at MTU 1500, byte-exact
-/// (shared with the virtio-net test).
-fn fragmented_udp_echo(sock: &UdpSocket, logs: &dyn Fn() -> String) {
-    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut buf = vec![0u8; 65536];
-    for (i, size) in [1472usize, 1473, 2960, 4000, 8000, 8972, 14000]
-        .into_iter()
-        .cycle()
-        .take(14)
-        .enumerate()
-    {
-        let data = pattern(size, i as u64 + 77);
-        let mut got = None;
-        for _attempt in 0..3 {
-            sock.send(&data).unwrap();
-            if let Ok(n) = sock.recv(&mut buf) {
-                got = Some(n);
-                break;
-            }
-        }
-        let n = got.unwrap_or_else(|| panic!("no echo of {size} bytes\n{}", logs()));
-        assert_eq!(n, size, "echo length");
-        assert!(buf[..n] == data[..], "echo of {size} bytes differs");
-    }
 }
 
 #[test]

@@ -1,0 +1,54 @@
+//! Helpers shared by the guest tests over a TAP (`guest_bridge`,
+//! `guest_virtio`).
+#![allow(dead_code)]
+
+use std::net::UdpSocket;
+use std::time::Duration;
+
+/// A counter value from the guest's `key=value` stats line.
+pub fn stat(line: &str, key: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so mismatches are
+/// reproducible.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// UDP echo of datagrams of one to ten fragments at MTU 1500, byte-exact
+/// (the ivshmem-net and virtio-net tests).
+pub fn fragmented_udp_echo(sock: &UdpSocket, logs: &dyn Fn() -> String) {
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = vec![0u8; 65536];
+    for (i, size) in [1472usize, 1473, 2960, 4000, 8000, 8972, 14000]
+        .into_iter()
+        .cycle()
+        .take(14)
+        .enumerate()
+    {
+        let data = pattern(size, i as u64 + 77);
+        let mut got = None;
+        for _attempt in 0..3 {
+            sock.send(&data).unwrap();
+            if let Ok(n) = sock.recv(&mut buf) {
+                got = Some(n);
+                break;
+            }
+        }
+        let n = got.unwrap_or_else(|| panic!("no echo of {size} bytes\n{}", logs()));
+        assert_eq!(n, size, "echo length");
+        assert!(buf[..n] == data[..], "echo of {size} bytes differs");
+    }
+}
