@@ -390,7 +390,7 @@ impl NetDevice for Nic {
              tx_ring_full={} tx_completion_requests={} link_resets={} ring_errors={} rx_oversize={} \
              tx_no_slot={} data_vector={} doorbells_v0={} doorbells_v1={} doorbells_refused={} \
              state_writes={} state_writes_refused={} carrier_ups={} carrier_downs={} protocol_faults={} \
-             backoff_waits={} log_suppressed={} tx_oversize={}",
+             backoff_waits={} short_links={} log_suppressed={} tx_oversize={}",
             ep.local_state(),
             ep.peer_state().map_or("?", |p| p.name()),
             u8::from(ep.carrier()),
@@ -416,6 +416,7 @@ impl NetDevice for Nic {
             d.carrier_downs,
             d.protocol_faults,
             d.backoff_waits,
+            d.short_links,
             d.log_suppressed + logger::dropped(),
             g.tx_oversize,
         )

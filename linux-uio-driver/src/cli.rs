@@ -67,8 +67,9 @@ pub struct Args {
     /// Link MTU in bytes, 68..=65535 and at most a quarter of the ring's data
     /// area. Both peers must use the same value. Default: what the reference
     /// driver picks for the link's output-section size, min(16384, data
-    /// area / 16) (16384 from 0x7f000-byte sections on).
-    #[arg(long, value_name = "BYTES",
+    /// area / 16) (16384 from 0x7f000-byte sections on). Also read from
+    /// IVNET_MTU (the systemd unit's setting); the option wins.
+    #[arg(long, env = "IVNET_MTU", value_name = "BYTES",
           value_parser = clap::value_parser!(u32).range(MIN_MTU as i64..=MAX_MTU as i64))]
     pub mtu: Option<u32>,
 

@@ -106,7 +106,7 @@ impl Report<'_> {
             tracing::info!(
                 "stats ({}): tap {} state {} peer {} carrier {} | tx {} frames {} bytes, rx {} frames {} bytes | \
                  doorbells sent {} received {} suppressed {} | ring full {} | drops: link-down {} tap-write {} \
-                 oversize {} | link resets {} peer errors {} backoff waits {} | uptime {:.1}s",
+                 oversize {} | link resets {} peer errors {} backoff waits {} short links {} | uptime {:.1}s",
                 self.reason,
                 self.tap,
                 self.state,
@@ -126,6 +126,7 @@ impl Report<'_> {
                 r.link_resets,
                 r.peer_errors,
                 self.driver.backoff_waits,
+                self.driver.short_links,
                 self.uptime_s,
             );
         }

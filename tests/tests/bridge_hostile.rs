@@ -324,3 +324,91 @@ fn hostile_peer_for_20_s_keeps_logs_and_flaps_bounded_then_a_good_peer_links() {
 fn tail_of(p: &Proc) -> String {
     netns::tail(&p.stderr())
 }
+
+/// A peer that keeps the protocol but flaps the link: a correct handshake,
+/// RESET as soon as the bridge runs, again and again. Nothing here is a
+/// protocol fault, yet before short links counted toward the backoff such a
+/// peer flapped the bridge's carrier about 1,200 times a minute. Each drop
+/// of a link that never settled now counts like a fault, so the carrier
+/// changes stay within the same bound as for a peer that writes garbage;
+/// and the peer, once it stays, links.
+#[test]
+fn flapping_peer_is_held_back_like_a_faulting_one_then_links() {
+    const FLAP_FOR: Duration = Duration::from_secs(10);
+    let _serial = netns::serial();
+    netns::require_root();
+    netns::ensure_base_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Netns::new("hflap");
+    let server = Server::start(dir.path(), &[]);
+    let spec = BridgeSpec {
+        name: "bridge".into(),
+        socket: server.socket.clone(),
+        netns: ns.name().into(),
+        tap: TAP.into(),
+        mtu: 1500,
+        extra: vec!["--mode".into(), "event".into()],
+    };
+    let mut bridge = spec.spawn(dir.path());
+    bridge
+        .wait_stderr("TAP, MTU", 1, Duration::from_secs(20))
+        .unwrap();
+    let host = HostPeer::connect(&server.socket, Duration::from_secs(5)).unwrap();
+    let peer = Peer {
+        bridge: 1 - host.id(),
+        host,
+    };
+    peer.wait_bridge(INIT, &bridge);
+    let before = stats(&bridge);
+
+    let started = Instant::now();
+    let mut cycles = 0u64;
+    while started.elapsed() < FLAP_FOR {
+        // Held back by the backoff, the bridge waits in RESET; the
+        // handshake's own wait (10 s) covers the 1 s cap.
+        peer.handshake(&bridge);
+        peer.set_state(RESET);
+        let left = netns::wait_until(Duration::from_secs(10), Duration::from_millis(1), || {
+            peer.bridge_state() != RUN
+        });
+        assert!(
+            left.is_ok(),
+            "the bridge stayed in RUN:\n{}",
+            bridge.stderr()
+        );
+        cycles += 1;
+    }
+    let acted = started.elapsed();
+    let after = stats(&bridge);
+    let n = |v: &serde_json::Value, a: &str, b: &str| v[a][b].as_u64().unwrap();
+    let flaps = n(&after, "bridge", "carrier_changes") - n(&before, "bridge", "carrier_changes");
+    let short = n(&after, "driver", "short_links") - n(&before, "driver", "short_links");
+    let waits = n(&after, "driver", "backoff_waits") - n(&before, "driver", "backoff_waits");
+    let faults = n(&after, "ring", "peer_errors") - n(&before, "ring", "peer_errors");
+    eprintln!(
+        "flapping peer for {acted:.1?}: {cycles} link cycles; bridge: {flaps} carrier changes (bound {}), \
+         {short} short links, {waits} backoff waits, {faults} peer errors",
+        bounds::max_carrier_changes(acted)
+    );
+    assert!(
+        cycles >= 3,
+        "the peer linked only {cycles} times: the test did not test anything"
+    );
+    assert_eq!(faults, 0, "the flapping peer keeps the protocol: {after}");
+    assert!(
+        short >= 2 && waits >= 1,
+        "no backoff for short links: {after}"
+    );
+    assert!(
+        flaps <= bounds::max_carrier_changes(acted),
+        "{flaps} carrier changes in {acted:.1?}, bound {}: short links are not held back",
+        bounds::max_carrier_changes(acted)
+    );
+
+    // The peer stops flapping: it links (after at most one backoff wait).
+    let linked = Instant::now();
+    peer.handshake(&bridge);
+    ns.wait_carrier(TAP, true, bounds::GOOD_PEER_LINK).unwrap();
+    eprintln!("the peer linked for good in {:.1?}", linked.elapsed());
+    assert!(bridge.running(), "the bridge died:\n{}", bridge.stderr());
+}

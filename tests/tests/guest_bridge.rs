@@ -504,9 +504,14 @@ fn one_vector_link_carries_data_with_doorbells_not_ticks() {
         "the bridge's data doorbells must reach the guest on vector 0: bridge sent {bridge_sent}, guest took \
          {guest_irqs} vector-0 interrupts, want >= {at_least} each\n{guest_after}\n{bridge_after}"
     );
+    // Tick-bound round trips would wait for the bridge's 100 ms tick: their
+    // median would be about half a tick. The median (not a count of fast
+    // ones) keeps a loaded CI machine's scheduling spikes out of the verdict.
+    let median = times[times.len() / 2];
     assert!(
-        within >= 45,
-        "round trips are tick-bound: only {within} of {PINGS} under {quarter_tick_ms} ms (sorted: {times:?})\n{}",
+        median < quarter_tick_ms,
+        "round trips are tick-bound: median {median:.2} ms, {within} of {PINGS} under {quarter_tick_ms} ms \
+         (sorted: {times:?})\n{}",
         rig.logs()
     );
     assert_eq!(

@@ -9,6 +9,13 @@
 //! fault; then the fault count starts over. (Resetting the count at carrier
 //! on alone would let a peer that handshakes correctly and faults right
 //! after flap at full speed.)
+//!
+//! A peer can also flap the link without breaking the protocol: handshake
+//! correctly, go to RESET, handshake again, as fast as it can. Each such
+//! drop of a link that carried the carrier for less than the settle period
+//! counts as a fault too (a *short link*), so a single restart of a good
+//! peer still relinks at once, but a peer that keeps doing it is held back
+//! like one that breaks the protocol.
 
 /// Backoff parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +38,13 @@ impl Default for BackoffConfig {
             settle_us: 1_000_000,
         }
     }
+}
+
+/// A peer-caused drop of a link that had not settled (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShortLink {
+    /// The hold-back it started, if any (none for the first in a row).
+    pub hold_us: Option<u64>,
 }
 
 /// Fault history and the current hold-back.
@@ -79,10 +93,22 @@ impl Backoff {
         Some(wait)
     }
 
-    /// Records a carrier change at `now_us`.
-    pub fn on_carrier(&mut self, on: bool, now_us: u64) {
+    /// Records a carrier change at `now_us`. `peer_caused` says the link
+    /// dropped because of the peer (not because we left or our interface
+    /// went down). A peer-caused drop of a link that had not yet settled is
+    /// a short link: it counts as a fault and is returned, with the
+    /// hold-back it starts, if any.
+    pub fn on_carrier(&mut self, on: bool, peer_caused: bool, now_us: u64) -> Option<ShortLink> {
         self.settle(now_us);
+        let short_link = !on
+            && peer_caused
+            && self
+                .carrier_since
+                .is_some_and(|since| now_us.saturating_sub(since) < self.config.settle_us);
         self.carrier_since = if on { Some(now_us) } else { None };
+        short_link.then(|| ShortLink {
+            hold_us: self.on_fault(now_us),
+        })
     }
 
     /// Resets the fault count once the carrier has been on for the settle
@@ -142,12 +168,55 @@ mod tests {
         for t in 0..5 {
             b.on_fault(t);
         }
-        b.on_carrier(true, 2_000_000);
+        assert_eq!(b.on_carrier(true, true, 2_000_000), None);
         // Carrier on, fault soon after: not clean, still backing off.
         assert!(b.on_fault(2_000_100).is_some());
-        b.on_carrier(true, 3_000_000);
-        b.on_carrier(false, 4_000_000);
+        assert_eq!(b.on_carrier(true, true, 3_000_000), None);
+        assert_eq!(b.on_carrier(false, true, 4_000_000), None);
         assert_eq!(b.faults_in_row(), 0);
         assert_eq!(b.on_fault(4_000_001), None);
+    }
+
+    #[test]
+    fn short_links_back_off_like_faults() {
+        let mut b = Backoff::new(BackoffConfig::default());
+        // A good peer restarts once, right after linking: relink at once.
+        assert_eq!(b.on_carrier(true, true, 0), None);
+        assert_eq!(
+            b.on_carrier(false, true, 10_000),
+            Some(ShortLink { hold_us: None })
+        );
+        assert_eq!(b.faults_in_row(), 1);
+        // It keeps doing it: held back, growing, capped.
+        let mut t = 20_000;
+        let mut waits = [0u64; 8];
+        for w in &mut waits {
+            assert_eq!(b.on_carrier(true, true, t), None);
+            *w = b
+                .on_carrier(false, true, t + 1_000)
+                .and_then(|s| s.hold_us)
+                .expect("held back");
+            t += 2_000_000;
+        }
+        assert_eq!(waits[0], 16_000);
+        assert_eq!(waits[1], 32_000);
+        assert_eq!(waits[7], 1_000_000);
+    }
+
+    #[test]
+    fn drops_we_cause_or_after_settling_are_not_short_links() {
+        let mut b = Backoff::new(BackoffConfig::default());
+        for i in 0..5u64 {
+            assert_eq!(b.on_carrier(true, true, i * 10), None);
+            assert_eq!(b.on_carrier(false, false, i * 10 + 5), None);
+        }
+        assert_eq!(
+            b.faults_in_row(),
+            0,
+            "our own drops are not the peer's flapping"
+        );
+        assert_eq!(b.on_carrier(true, true, 100), None);
+        assert_eq!(b.on_carrier(false, true, 1_000_100), None);
+        assert_eq!(b.faults_in_row(), 0, "a link that settled is not short");
     }
 }

@@ -42,6 +42,9 @@ pub struct Counters {
     pub link_resets: u64,
     /// Handshakes held back by the renegotiation backoff.
     pub backoff_waits: u64,
+    /// Links the peer dropped before they settled (carrier on for less than
+    /// the backoff's settle period): counted toward the backoff like faults.
+    pub short_links: u64,
     /// Log messages dropped by the rate limiter.
     pub log_suppressed: u64,
 }
@@ -245,7 +248,9 @@ impl<D: LinkDevice> Driver<D> {
             );
         }
         if let Some(on) = out.carrier {
-            self.note_carrier(on, now);
+            // With our interface up, a drop comes from the peer (its RESET
+            // or a fault, already counted as such).
+            self.note_carrier(on, interface_up, now);
         }
         self.backoff.remaining_us(now)
     }
@@ -289,7 +294,7 @@ impl<D: LinkDevice> Driver<D> {
             );
         }
         if let Some(on) = out.carrier {
-            self.note_carrier(on, now);
+            self.note_carrier(on, false, now);
         }
         LinkUpdate {
             carrier: self.pending_carrier.take(),
@@ -342,9 +347,23 @@ impl<D: LinkDevice> Driver<D> {
         }
     }
 
-    fn note_carrier(&mut self, on: bool, now: u64) {
+    fn note_carrier(&mut self, on: bool, peer_caused: bool, now: u64) {
         self.pending_carrier = Some(on);
-        self.backoff.on_carrier(on, now);
+        if let Some(short) = self.backoff.on_carrier(on, peer_caused, now) {
+            self.counters.short_links += 1;
+            if let Some(wait) = short.hold_us {
+                self.counters.backoff_waits += 1;
+                limited!(
+                    self.limiter,
+                    now,
+                    LogKind::Backoff,
+                    Level::Warn,
+                    "link: {} faults or unsettled links in a row; next handshake in {} ms",
+                    self.backoff.faults_in_row(),
+                    wait / 1000
+                );
+            }
+        }
         if on {
             self.counters.carrier_ups += 1;
         } else {

@@ -78,7 +78,7 @@ pub mod driver;
 pub mod profile;
 pub mod ratelimit;
 
-pub use backoff::{Backoff, BackoffConfig};
+pub use backoff::{Backoff, BackoffConfig, ShortLink};
 pub use device::{
     DATA_VECTOR, LinkDevice, LinkShapeError, PROTOCOL_NET, STATE_VECTOR, check_net_link,
     data_vector,
