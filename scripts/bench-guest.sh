@@ -182,6 +182,7 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 printf 'config\trtt_avg_ms\trtt_p99_ms\tudp64_fps\tudp1300_fps\tnotif_pf\tirq_pf\tbridge_db_pf\tcpu_s_per_mframe\techo_rt_s\techo_avg_us\techo_p99_us\ttcp_mb_s\n' >"$data"
 for config in "ivnet event" "ivnet poll" "virtio event" "virtio poll"; do
   read -r nic mode <<<"$config"
+  echo "bench-guest: $config" >&2
   start_link "$nic" "$mode"
   # Warm-up (ARP, first interrupts), then the pings.
   ip netns exec "$ns" ping -q -c 3 -i 0.05 "$guest_ip" >/dev/null
@@ -210,7 +211,7 @@ print(int(d('rx_frames') / el), f\"{d('notifications')/frames:.4f}\", f\"{d('int
   done
   read -r echo_rt echo_avg echo_p99 < <(ip netns exec "$ns" "$udp_load" echo "$guest_ip:7" 64 "$secs" |
     python3 -c "import json,sys; j=json.load(sys.stdin); print(int(j['round_trips']/j['secs']), j['avg_us'], j['p99_us'])")
-  mbps=$(tcp_discard)
+  mbps=$(tcp_discard) || { mbps=stalled; echo "bench-guest: $config: TCP discard stalled; guest: $(guest_stats)" >&2; }
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$nic-$mode" "$rtt_avg" "$rtt_p99" \
     "${rates[0]}" "${rates[1]}" "$notif" "$irq" "$bdb" "$cpu" "$echo_rt" "$echo_avg" "$echo_p99" "$mbps" >>"$data"
 done
@@ -238,7 +239,10 @@ print('|---|' + '---:|' * len(cols))
 for mode in ('event', 'poll'):
     a, b = rows[f'ivnet-{mode}'], rows[f'virtio-{mode}']
     def ratio(k):
-        x, y = float(a[k]), float(b[k])
+        try:
+            x, y = float(a[k]), float(b[k])
+        except ValueError:
+            return 'n/a'
         return f'{x / y:.2f}' if y else 'n/a'
     print(f'| {mode} | ' + ' | '.join(ratio(c[0]) for c in cols) + ' |')
 a, b = rows['ivnet-event'], rows['virtio-event']

@@ -4,7 +4,7 @@
 //!
 //! A minimal virtio 1.0 driver: the modern PCI transport (vendor
 //! capabilities for the common, notify and device configuration; MSI-X
-//! vector 0 for the receive queue), two split virtqueues of [`QUEUE_LEN`]
+//! vector 0 for both queues), two split virtqueues of [`QUEUE_LEN`]
 //! entries, features `VERSION_1`, `MAC` and `RING_EVENT_IDX` only (no
 //! offloads, no mergeable buffers: frames are at most 1514 bytes, the IP
 //! MTU is 1500).
@@ -507,9 +507,10 @@ impl VirtioNic {
                 return Err(VirtioError::Queue(index));
             }
             common.write::<u16>(common::QUEUE_SIZE, QUEUE_LEN as u16);
-            let vector = if index == RX_QUEUE { 0 } else { NO_VECTOR };
-            common.write::<u16>(common::QUEUE_MSIX_VECTOR, vector);
-            if common.read::<u16>(common::QUEUE_MSIX_VECTOR) != vector {
+            // Both queues on vector 0; `used_event` decides which
+            // completions interrupt.
+            common.write::<u16>(common::QUEUE_MSIX_VECTOR, 0);
+            if common.read::<u16>(common::QUEUE_MSIX_VECTOR) != 0 {
                 return Err(VirtioError::Vector(index));
             }
             let off =
