@@ -32,7 +32,8 @@ use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFl
 use tracing::{debug, info, warn};
 
 use crate::backend::{Backend, BackendError};
-use crate::cli::Mode;
+use crate::cli::{Mode, OffloadMode};
+use crate::offload::{self, Advert, Features, HDR_LEN, Negotiated, OffloadCounters};
 use crate::stats::{BridgeCounters, Report, RingCounters};
 use crate::tap::Tap;
 
@@ -60,6 +61,8 @@ pub struct LoopConfig {
     pub stats_interval: Duration,
     /// Reports as JSON lines.
     pub stats_json: bool,
+    /// Offloads offered to the peer.
+    pub offload: OffloadMode,
 }
 
 /// Why the loop stopped with an error.
@@ -121,6 +124,16 @@ pub struct Bridge {
     discard: Vec<u8>,
     /// The TAP is administratively up (checked every tick).
     interface_up: bool,
+    /// What this side advertises (None: nothing, the plain protocol).
+    advert: Option<Advert>,
+    /// What the running link carries (None: plain frames).
+    negotiated: Option<Negotiated>,
+    /// Link session the negotiation was made for (driver counters that
+    /// change whenever the link restarts); None while not running.
+    session: Option<u64>,
+    /// Largest frame of the plain protocol (MTU + 18).
+    mtu_frame: usize,
+    offload: OffloadCounters,
 }
 
 /// What to do after handling signals.
@@ -143,8 +156,32 @@ impl Bridge {
         // bytes (read-only) for the backend's lifetime.
         let peer = unsafe { PeerSection::new(backend.peer_section(), len) }
             .ok_or_else(|| BridgeError::Ring("peer section is misaligned or empty".into()))?;
-        let ep = Endpoint::new(own, peer, Config::with_mtu(cfg.mtu as usize))
+        let mut ep = Endpoint::new(own, peer, Config::with_mtu(cfg.mtu as usize))
             .map_err(|e| BridgeError::Ring(e.to_string()))?;
+        let tap_features = if tap.vnet_hdr() {
+            probe_offloads(&tap)
+        } else {
+            Features::empty()
+        };
+        let advert = offload::own_advert(cfg.offload, tap_features, ep.geometry().data_size / 4);
+        match &advert {
+            Some(a) => {
+                ep.set_own_extension(a.encode());
+                info!(
+                    "offloads offered to an ivnet peer: {:?}, frames up to {} bytes",
+                    a.features, a.max_frame
+                );
+                if !a.features.contains(Features::TSO4) && tap_features.contains(Features::TSO4) {
+                    warn!(
+                        "the data area ({} bytes) is below 4 x {} bytes: no 64 KiB super-frames,                          checksum offload only (use output sections of 0x7f000 bytes or more)",
+                        ep.geometry().data_size,
+                        HDR_LEN + offload::MAX_SUPER_FRAME
+                    );
+                }
+            }
+            None => info!("offloads off: plain ivshmem-net frames only"),
+        }
+        let mtu_frame = ep.max_frame_len();
         let backend_fds = backend.wakeup_fds();
         let forced_poll = backend.forced_poll();
         let driver = Driver::new(backend, ep, DriverConfig::default());
@@ -222,8 +259,13 @@ impl Bridge {
             last_work: now,
             forced_poll,
             last_forced_poll: now,
-            discard: vec![0; MAX_MTU + FRAME_HEADROOM],
+            discard: vec![0; 2 * (MAX_MTU + FRAME_HEADROOM)],
             interface_up: true,
+            advert,
+            negotiated: None,
+            session: None,
+            mtu_frame,
+            offload: OffloadCounters::default(),
         })
     }
 
@@ -403,14 +445,63 @@ impl Bridge {
             self.sync_carrier();
         }
         if !self.driver.running() {
+            self.session = None;
             self.rx_pending = false;
             self.drain_tap_link_down();
             return Ok(false);
+        }
+        let d = self.driver.counters();
+        let session = d.carrier_ups + d.carrier_downs + d.link_resets + d.protocol_faults;
+        if self.session != Some(session) {
+            self.session = Some(session);
+            self.negotiate();
         }
         let rx = self.pump_rx();
         let tx = self.pump_tx()?;
         self.driver.flush();
         Ok(rx + tx > 0)
+    }
+
+    /// Decides from both extension blocks what the link carries (the same
+    /// rule on both sides, so both agree) and sets the ring's frame limit
+    /// and the TAP's offloads accordingly. Called whenever the link
+    /// (re)enters RUN: the peer is then READY or RUN, so its block is
+    /// written.
+    fn negotiate(&mut self) {
+        let peer = self.driver.endpoint().peer_extension();
+        let mut negotiated = offload::negotiate(self.advert, &peer, self.mtu_frame);
+        let max = negotiated.map_or(self.mtu_frame, |n| n.max_frame);
+        if let Err(e) = self.driver.endpoint_mut().set_max_frame_len(max) {
+            warn!("negotiated frames of {max} bytes do not fit the ring ({e}): plain frames");
+            negotiated = None;
+            let _ = self.driver.endpoint_mut().set_max_frame_len(self.mtu_frame);
+        }
+        if self.tap.vnet_hdr() {
+            let flags = negotiated.map_or(0, |n| n.features.tun_flags());
+            if let Err(e) = self.tap.set_offload(flags) {
+                warn!("{}: TUNSETOFFLOAD {flags:#x} failed: {e}", self.tap.name());
+            }
+        }
+        if negotiated != self.negotiated
+            || self.offload.negotiated_links + self.offload.plain_links == 0
+        {
+            match &negotiated {
+                Some(n) => info!(
+                    "offloads negotiated with the peer: {:?}, frames up to {} bytes",
+                    n.features, n.max_frame
+                ),
+                None if self.advert.is_some() => {
+                    info!("the peer offers no offloads: plain ivshmem-net frames")
+                }
+                None => {}
+            }
+        }
+        if negotiated.is_some() {
+            self.offload.negotiated_links += 1;
+        } else {
+            self.offload.plain_links += 1;
+        }
+        self.negotiated = negotiated;
     }
 
     fn pump_rx(&mut self) -> u32 {
@@ -424,7 +515,50 @@ impl Bridge {
                     // in its data area; they stay mapped and are not reused by
                     // the peer until the frame is released below. No
                     // reference to them is formed; write(2) copies them.
-                    let res = unsafe { self.tap.write_raw(frame.as_ptr(), frame.len()) };
+                    let len = frame.len();
+                    let res = if !self.tap.vnet_hdr() {
+                        // SAFETY: see above.
+                        unsafe { self.tap.write_raw(frame.as_ptr(), len) }
+                    } else if let Some(n) = &self.negotiated {
+                        // The header is copied out once, validated, and
+                        // handed to the kernel from the copy.
+                        let mut hdr = [0u8; HDR_LEN];
+                        let checked = if len < HDR_LEN {
+                            Err(offload::HdrError::TooShort(len))
+                        } else {
+                            let _ = frame.read_at(0, &mut hdr);
+                            offload::check_header(&hdr, len - HDR_LEN, Some(n), self.mtu_frame)
+                        };
+                        match checked {
+                            Ok(kind) => {
+                                self.offload.count(kind, false);
+                                // SAFETY: as above, for the bytes after the
+                                // header (len >= HDR_LEN was checked).
+                                unsafe {
+                                    self.tap.write_split(
+                                        &hdr,
+                                        frame.as_ptr().wrapping_add(HDR_LEN),
+                                        len - HDR_LEN,
+                                    )
+                                }
+                            }
+                            Err(e) => {
+                                self.offload.drop_bad_header += 1;
+                                if self.offload.drop_bad_header.is_power_of_two() {
+                                    warn!(
+                                        "dropped a {len}-byte frame from the peer: bad virtio-net                                          header: {e} ({} such drops so far)",
+                                        self.offload.drop_bad_header
+                                    );
+                                }
+                                frame.release();
+                                moved += 1;
+                                continue;
+                            }
+                        }
+                    } else {
+                        // SAFETY: as above.
+                        unsafe { self.tap.write_split(&[0; HDR_LEN], frame.as_ptr(), len) }
+                    };
                     if let Err(e) = res {
                         self.counters.drop_tap_write += 1;
                         if self.counters.drop_tap_write.is_power_of_two() {
@@ -437,6 +571,7 @@ impl Bridge {
                         }
                     } else {
                         self.counters.tap_written_frames += 1;
+                        self.counters.tap_written_bytes += len as u64;
                     }
                     frame.release();
                     moved += 1;
@@ -474,9 +609,44 @@ impl Bridge {
             // SAFETY: the slot is `slot.capacity()` writable bytes of the own
             // output section, reserved for us and not yet visible to the
             // peer; nothing else references them during the read.
-            match unsafe { self.tap.read_raw(slot.as_mut_ptr(), slot.capacity()) } {
+            let mut hdr = [0u8; HDR_LEN];
+            let read = if !self.tap.vnet_hdr() || self.negotiated.is_some() {
+                // Plain TAP, or the header goes on the wire as it is.
+                // SAFETY: see above.
+                unsafe { self.tap.read_raw(slot.as_mut_ptr(), slot.capacity()) }
+            } else {
+                // SAFETY: as above; the header goes to a local.
+                unsafe {
+                    self.tap
+                        .read_split(&mut hdr, slot.as_mut_ptr(), slot.capacity())
+                }
+            };
+            match read {
                 Ok(Some(len)) if len > 0 && len <= slot.capacity() => {
                     self.counters.tap_read_frames += 1;
+                    self.counters.tap_read_bytes += len as u64;
+                    if self.tap.vnet_hdr() {
+                        let payload = if self.negotiated.is_some() {
+                            let _ = slot.read_at(0, &mut hdr);
+                            len.saturating_sub(HDR_LEN)
+                        } else {
+                            len
+                        };
+                        match offload::check_header(
+                            &hdr,
+                            payload,
+                            self.negotiated.as_ref(),
+                            self.mtu_frame,
+                        ) {
+                            Ok(kind) => self.offload.count(kind, true),
+                            Err(e) => {
+                                // An offload from before a renegotiation.
+                                self.offload.drop_unnegotiated += 1;
+                                debug!("TAP frame not sendable on this link: {e}");
+                                continue;
+                            }
+                        }
+                    }
                     if let Err(e) = slot.commit(len) {
                         // Cannot happen for 0 < len <= capacity; count it
                         // rather than lose the frame silently.
@@ -583,6 +753,11 @@ impl Bridge {
                 LinkState::from_raw(raw)
                     .map_or_else(|| format!("{raw:#x}"), |s| s.name().to_owned())
             });
+        let offloads = match (&self.negotiated, self.advert) {
+            (Some(n), _) => format!("{:?}", n.features),
+            (None, Some(_)) => "plain (peer offers none)".to_owned(),
+            (None, None) => "off".to_owned(),
+        };
         Report {
             reason,
             uptime_s: crate::stats::uptime(self.started),
@@ -599,6 +774,8 @@ impl Bridge {
             },
             ring,
             driver: d,
+            offloads: &offloads,
+            offload: self.offload,
         }
         .emit(self.cfg.stats_json);
     }
@@ -608,4 +785,23 @@ fn tap_fd(tap: &Tap) -> BorrowedFd<'_> {
     // SAFETY: the TAP's descriptor lives as long as `tap`, which outlives the
     // returned borrow.
     unsafe { BorrowedFd::borrow_raw(tap.as_raw_fd()) }
+}
+
+/// Which offloads the kernel lets this TAP take (`TUNSETOFFLOAD` probes,
+/// USO first, as older kernels lack it), then switches them off until a
+/// link negotiates them.
+fn probe_offloads(tap: &Tap) -> Features {
+    let candidates = [
+        Features::all(),
+        Features::all() - Features::USO,
+        Features::CSUM,
+    ];
+    let found = candidates
+        .into_iter()
+        .find(|f| tap.set_offload(f.tun_flags()).is_ok())
+        .unwrap_or(Features::empty());
+    if let Err(e) = tap.set_offload(0) {
+        warn!("{}: TUNSETOFFLOAD 0 failed: {e}", tap.name());
+    }
+    found
 }

@@ -108,6 +108,25 @@ pub struct Args {
     /// Write the counters as JSON lines to stdout instead of a log line.
     #[arg(long)]
     pub stats_json: bool,
+
+    /// Offloads between two ivnet peers: "auto" advertises checksum and
+    /// segmentation offload (TSO4/6, USO) in bytes of the own section that
+    /// the reference protocol leaves unused, and uses them when the other
+    /// peer advertises them too (frames then carry a virtio-net header and
+    /// may be 64 KiB super-frames); any other peer sees the plain
+    /// protocol. "off" advertises nothing and opens the TAP without a
+    /// virtio-net header. Also read from IVNET_OFFLOAD.
+    #[arg(long, env = "IVNET_OFFLOAD", value_enum, default_value_t = OffloadMode::Auto)]
+    pub offload: OffloadMode,
+}
+
+/// Whether offloads are offered to the peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OffloadMode {
+    /// Offer them; use them when the peer offers them too.
+    Auto,
+    /// Never: the plain reference protocol, the TAP without vnet header.
+    Off,
 }
 
 /// How the bridge waits for work.

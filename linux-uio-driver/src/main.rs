@@ -14,6 +14,7 @@
 mod backend;
 mod bridge;
 mod cli;
+mod offload;
 mod stats;
 mod tap;
 mod uio;
@@ -93,7 +94,8 @@ fn run(args: &Args) -> Result<(), String> {
     let mac = args
         .mac
         .unwrap_or_else(|| MacAddr::for_peer(backend.own_id()));
-    let tap = Tap::open(&args.tap, mtu, mac).map_err(|e| e.to_string())?;
+    let tap = Tap::open(&args.tap, mtu, mac, args.offload == cli::OffloadMode::Auto)
+        .map_err(|e| e.to_string())?;
     info!(
         "{}: {} TAP, MTU {}, MAC {mac}, mode {:?}, own peer ID {} (other peer {})",
         tap.name(),
@@ -117,6 +119,7 @@ fn run(args: &Args) -> Result<(), String> {
         },
         stats_interval: args.stats_interval,
         stats_json: args.stats_json,
+        offload: args.offload,
     };
     let mut bridge = Bridge::new(backend, tap, cfg).map_err(|e| e.to_string())?;
     // Under systemd (Type=notify): the TAP exists now, so ExecStartPost can

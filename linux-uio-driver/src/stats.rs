@@ -16,9 +16,15 @@ pub struct BridgeCounters {
     /// peer (`ring.tx_frames`) or counted in `drop_link_down` or
     /// `drop_oversize`.
     pub tap_read_frames: u64,
-    /// Frames written to the TAP interface. With `drop_tap_write` they add
-    /// up to `ring.rx_frames`.
+    /// Frames written to the TAP interface. With `drop_tap_write` (and
+    /// `offload.drop_bad_header`) they add up to `ring.rx_frames`.
     pub tap_written_frames: u64,
+    /// Bytes read from the TAP (virtio-net headers included; divided by
+    /// `tap_read_frames`: bytes per read system call).
+    pub tap_read_bytes: u64,
+    /// Bytes written to the TAP (headers excluded; divided by
+    /// `tap_written_frames`: bytes per write system call).
+    pub tap_written_bytes: u64,
     /// Data doorbells this bridge rang at the peer (the driver core's
     /// `doorbells_rung`, all vectors).
     pub doorbells_sent: u64,
@@ -88,6 +94,11 @@ pub struct Report<'a> {
     pub ring: RingCounters,
     /// Driver-core counters.
     pub driver: ivnet_driver::Counters,
+    /// What the link carries: the negotiated offloads, "plain (peer
+    /// offers none)", or "off".
+    pub offloads: &'a str,
+    /// Offload counters.
+    pub offload: crate::offload::OffloadCounters,
 }
 
 impl Report<'_> {
@@ -106,7 +117,8 @@ impl Report<'_> {
             tracing::info!(
                 "stats ({}): tap {} state {} peer {} carrier {} | tx {} frames {} bytes, rx {} frames {} bytes | \
                  doorbells sent {} received {} suppressed {} | ring full {} | drops: link-down {} tap-write {} \
-                 oversize {} | link resets {} peer errors {} backoff waits {} short links {} | uptime {:.1}s",
+                 oversize {} | link resets {} peer errors {} backoff waits {} short links {} | offloads {} \
+                 tx csum/tso4/tso6/uso {}/{}/{}/{} rx {}/{}/{}/{} bad headers {} | uptime {:.1}s",
                 self.reason,
                 self.tap,
                 self.state,
@@ -127,6 +139,16 @@ impl Report<'_> {
                 r.peer_errors,
                 self.driver.backoff_waits,
                 self.driver.short_links,
+                self.offloads,
+                self.offload.tx_csum,
+                self.offload.tx_tso4,
+                self.offload.tx_tso6,
+                self.offload.tx_uso,
+                self.offload.rx_csum,
+                self.offload.rx_tso4,
+                self.offload.rx_tso6,
+                self.offload.rx_uso,
+                self.offload.drop_bad_header,
                 self.uptime_s,
             );
         }

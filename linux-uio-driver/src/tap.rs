@@ -29,6 +29,9 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETCARRIER: libc::c_ulong = 0x4004_54e2;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+/// `_IOW('T', 208, unsigned int)`.
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 /// `ARPHRD_ETHER` from <linux/if_arp.h>.
 const ARPHRD_ETHER: libc::sa_family_t = 1;
 
@@ -119,13 +122,18 @@ pub struct Tap {
     ctl: OwnedFd,
     name: String,
     created: bool,
+    /// Opened with `IFF_VNET_HDR`: every frame read or written starts with
+    /// a 10-byte virtio-net header.
+    vnet_hdr: bool,
 }
 
 impl Tap {
     /// Creates the TAP interface `name` (or attaches to it if it exists) in
     /// the current network namespace, without packet-info header, sets its
     /// MTU and MAC, switches the carrier off and brings it up.
-    pub fn open(name: &str, mtu: u32, mac: MacAddr) -> Result<Tap, TapError> {
+    /// With `vnet_hdr`, frames carry a virtio-net header (`IFF_VNET_HDR`)
+    /// and offloads can be switched with [`set_offload`](Self::set_offload).
+    pub fn open(name: &str, mtu: u32, mac: MacAddr, vnet_hdr: bool) -> Result<Tap, TapError> {
         let ctl = control_socket().map_err(|source| TapError::Configure {
             name: name.into(),
             what: "up",
@@ -140,7 +148,7 @@ impl Tap {
             .map_err(TapError::OpenTun)?;
         let fd = OwnedFd::from(file);
         let mut req = IfReq::new(name);
-        req.data.flags = IFF_TAP | IFF_NO_PI;
+        req.data.flags = IFF_TAP | IFF_NO_PI | if vnet_hdr { IFF_VNET_HDR } else { 0 };
         if let Err(e) = ifreq_ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req) {
             let hint = match e.raw_os_error() {
                 Some(libc::EINVAL) if existed => {
@@ -175,6 +183,7 @@ impl Tap {
             ctl,
             name: actual,
             created: !existed,
+            vnet_hdr,
         };
         // Carrier off first: the link is not up yet, and the kernel switches
         // it on when a queue attaches.
@@ -206,6 +215,97 @@ impl Tap {
     /// Whether the bridge created the interface (and it disappears on exit).
     pub fn created(&self) -> bool {
         self.created
+    }
+
+    /// Whether frames carry a virtio-net header.
+    pub fn vnet_hdr(&self) -> bool {
+        self.vnet_hdr
+    }
+
+    /// Sets the offloads the kernel may hand this TAP (`TUNSETOFFLOAD`
+    /// flags: checksum, TSO4/6, ECN, USO4/6); 0: the kernel segments and
+    /// checksums everything itself.
+    pub fn set_offload(&self, flags: u32) -> io::Result<()> {
+        // SAFETY: TUNSETOFFLOAD takes its argument by value.
+        let rc = unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                TUNSETOFFLOAD as _,
+                flags as libc::c_ulong,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Reads one frame as a header into `hdr` and the rest at `buf` (one
+    /// `readv`); returns the bytes after the header.
+    ///
+    /// # Safety
+    /// As [`read_raw`](Self::read_raw) for `buf` and `capacity`.
+    pub unsafe fn read_split(
+        &self,
+        hdr: &mut [u8],
+        buf: *mut u8,
+        capacity: usize,
+    ) -> io::Result<Option<usize>> {
+        let iov = [
+            libc::iovec {
+                iov_base: hdr.as_mut_ptr().cast(),
+                iov_len: hdr.len(),
+            },
+            libc::iovec {
+                iov_base: buf.cast(),
+                iov_len: capacity,
+            },
+        ];
+        // SAFETY: both iovecs name writable memory of their lengths (`hdr`
+        // is an exclusive borrow; the caller vouches for `buf`).
+        let n = unsafe { libc::readv(self.fd.as_raw_fd(), iov.as_ptr(), 2) };
+        if n >= 0 {
+            return Ok(Some((n as usize).saturating_sub(hdr.len())));
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock => Ok(None),
+            _ => Err(e),
+        }
+    }
+
+    /// Writes one frame as the header `hdr` followed by `len` bytes at
+    /// `frame` (one `writev`). The header is a private copy, so what the
+    /// kernel parses is what the caller validated, whatever a peer writes
+    /// into `frame` meanwhile.
+    ///
+    /// # Safety
+    /// As [`write_raw`](Self::write_raw) for `frame` and `len`.
+    pub unsafe fn write_split(&self, hdr: &[u8], frame: *const u8, len: usize) -> io::Result<()> {
+        let iov = [
+            libc::iovec {
+                iov_base: hdr.as_ptr() as *mut libc::c_void,
+                iov_len: hdr.len(),
+            },
+            libc::iovec {
+                iov_base: frame as *mut libc::c_void,
+                iov_len: len,
+            },
+        ];
+        // SAFETY: both iovecs name readable memory of their lengths;
+        // writev(2) only reads them.
+        let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), 2) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else if n as usize != len + hdr.len() {
+            Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "short write to TAP",
+            ))
+        } else {
+            Ok(())
+        }
     }
 
     /// Switches the carrier on or off (`TUNSETCARRIER`).

@@ -7,7 +7,9 @@
 //! doorbell, switch the carrier — is returned to the caller.
 
 use crate::error::{RingError, TxError};
-use crate::geometry::{FRAME_HEADROOM, Geometry, GeometryError, frame_slot_size};
+use crate::geometry::{
+    EXTENSION_LEN, FRAME_HEADROOM, Geometry, GeometryError, MIN_MTU, frame_slot_size,
+};
 use crate::link::{LinkMachine, LinkState};
 use crate::notify::Notify;
 use crate::rx::{RxDesc, RxQueue};
@@ -70,6 +72,12 @@ pub struct StepOutput {
 pub struct Endpoint {
     rings: Vrings,
     mtu: usize,
+    /// Largest frame `send`/`tx_reserve` accept (`mtu + 18` unless an
+    /// extension the caller negotiated raised it).
+    max_frame: usize,
+    /// Extension block written into the own section after every zeroing
+    /// (all zero: none, the reference protocol).
+    own_extension: [u8; EXTENSION_LEN],
     tx: TxQueue,
     rx: RxQueue,
     link: LinkMachine,
@@ -93,6 +101,8 @@ impl Endpoint {
         Ok(Endpoint {
             rings,
             mtu,
+            max_frame: mtu + FRAME_HEADROOM,
+            own_extension: [0; EXTENSION_LEN],
             tx: TxQueue::new(mtu),
             rx: RxQueue::new(),
             link: LinkMachine::new(),
@@ -112,9 +122,54 @@ impl Endpoint {
         self.mtu
     }
 
-    /// Largest frame `send` accepts (MTU + 18).
+    /// Largest frame `send` accepts (MTU + 18, unless raised with
+    /// [`set_max_frame_len`](Self::set_max_frame_len)).
     pub fn max_frame_len(&self) -> usize {
-        self.mtu + FRAME_HEADROOM
+        self.max_frame
+    }
+
+    /// Sets the largest frame this side queues, for an extension both
+    /// peers negotiated (e.g. a per-frame header and GSO super-frames; the
+    /// ring carries such frames without interpreting them). The space rule
+    /// then keeps room for two frames of this size, so it must be at most a
+    /// quarter of the data area, as the MTU is. `mtu + 18` restores the
+    /// reference rule exactly. In-flight frames are unaffected.
+    pub fn set_max_frame_len(&mut self, len: usize) -> Result<(), GeometryError> {
+        let max = self.rings.geometry().data_size / 4;
+        if !(MIN_MTU + FRAME_HEADROOM..=max).contains(&len) || len > u32::MAX as usize {
+            return Err(GeometryError::MtuOutOfRange { mtu: len, max });
+        }
+        self.max_frame = len;
+        let slot = if len == self.mtu + FRAME_HEADROOM {
+            // The reference's unit: IVSHM_NET_FRAME_SIZE(mtu).
+            frame_slot_size(self.mtu)
+        } else {
+            frame_slot_size(len)
+        };
+        self.tx.set_rule_slot(slot);
+        Ok(())
+    }
+
+    /// Sets the extension block this side advertises in its own section
+    /// ([`Geometry::extension_offset`]). It is written after every zeroing
+    /// of the own section (INIT→READY), so the peer finds it once it sees
+    /// this side in READY or later. All zeroes (the default) advertise
+    /// nothing: the section is then bit for bit the reference protocol's.
+    pub fn set_own_extension(&mut self, block: [u8; EXTENSION_LEN]) {
+        self.own_extension = block;
+    }
+
+    /// Reads the peer's extension block once (a copy; the peer may rewrite
+    /// it at any time, so validate the copy). Meaningful once the peer was
+    /// seen in READY or later: a peer zeroes its section, then writes its
+    /// block, then publishes READY. A peer that does not know the block
+    /// leaves zeroes there.
+    pub fn peer_extension(&self) -> [u8; EXTENSION_LEN] {
+        let mut block = [0; EXTENSION_LEN];
+        let offset = self.rings.geometry().extension_offset();
+        // In bounds: the block lies inside the ring header.
+        let _ = self.rings.peer().read_at(offset, &mut block);
+        block
     }
 
     /// Counters.
@@ -156,6 +211,13 @@ impl Endpoint {
             // INIT → READY: zero our own section and start both queues from
             // index 0, as the reference does.
             self.rings.own().zero();
+            if self.own_extension != [0; EXTENSION_LEN] {
+                let offset = self.rings.geometry().extension_offset();
+                // In bounds: the block lies inside the ring header. Ordered
+                // before the READY the caller publishes next like the
+                // zeroing is (the state publication is a Release store).
+                let _ = self.rings.own().write_at(offset, &self.own_extension);
+            }
             self.tx.reset();
             self.rx.reset();
             self.deferred_notify = Notify::Idle;

@@ -43,6 +43,8 @@ pub const MAX_MTU: usize = 65535;
 pub const DEFAULT_MTU: usize = 16384;
 /// Largest queue length the formula produces.
 pub const MAX_QUEUE_LEN: usize = 4096;
+/// Bytes of the extension block ([`Geometry::extension_offset`]).
+pub const EXTENSION_LEN: usize = 16;
 
 /// Size of a descriptor.
 const DESC_SIZE: usize = 16;
@@ -260,6 +262,19 @@ impl Geometry {
     pub const fn data_offset(&self) -> usize {
         self.ring_header_size
     }
+
+    /// Offset of the [`EXTENSION_LEN`]-byte extension block: the last 16
+    /// bytes of the alignment padding between `used_event` and
+    /// `used.flags`. The reference layout pads `18 * qlen + 6` bytes of
+    /// avail ring up to 64, which leaves 58 unused bytes for every queue
+    /// length the formula yields (32..=4096, quirk included). No reference
+    /// driver reads or writes them except when zeroing its own section on
+    /// INIT→READY, so a peer that does not know the block sees all zeroes
+    /// in ours, and ours reads as zero in a plain peer's section. The ring
+    /// carries the block; it does not interpret it.
+    pub const fn extension_offset(&self) -> usize {
+        self.used_offset - EXTENSION_LEN
+    }
 }
 
 #[cfg(test)]
@@ -305,6 +320,27 @@ mod tests {
         assert_eq!(g.data_offset(), 0xd080);
         assert_eq!(g.default_mtu(), 16384);
         assert_eq!(g.max_mtu(), 65535);
+    }
+
+    /// The extension block lies in the padding after `used_event`, before
+    /// `used.flags`, for every queue length (quirk included).
+    #[test]
+    fn extension_block_is_in_the_padding() {
+        for section in [
+            0x2000, 0x4000, 0xf000, 0x3f000, 0x7f000, 0x10_0000, 0x400_0000,
+        ] {
+            let g = Geometry::for_section(section).unwrap();
+            assert!(
+                g.extension_offset() >= g.used_event_offset() + 2,
+                "{section:#x}"
+            );
+            assert_eq!(
+                g.extension_offset() + EXTENSION_LEN,
+                g.used_offset,
+                "{section:#x}"
+            );
+            assert_eq!(g.extension_offset() % 8, 0);
+        }
     }
 
     /// The quirk layout still keeps every field inside the header.

@@ -70,6 +70,11 @@ impl TxQueue {
         }
     }
 
+    /// Sets the slot size the space rule must leave room for (twice).
+    pub(crate) fn set_rule_slot(&mut self, slot: usize) {
+        self.mtu_slot = slot;
+    }
+
     /// Forgets everything (the section was zeroed).
     pub(crate) fn reset(&mut self) {
         let mtu_slot = self.mtu_slot;

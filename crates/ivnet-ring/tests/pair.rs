@@ -786,3 +786,41 @@ fn large_batches_committed_in_place_are_published_early_too() {
     );
     assert_eq!(a.flush_tx(), Notify::Doorbell);
 }
+
+/// The extension block: written after the INIT→READY zeroing, read by the
+/// peer; a side that sets none leaves the reference's zeroes; a raised
+/// maximum frame carries a 64 KiB frame byte-exact.
+#[test]
+fn extension_block_and_large_frames() {
+    use ivnet_ring::geometry::EXTENSION_LEN;
+    let region = SharedRegion::new(NET);
+    let (mut a, mut b) = region.pair(small_cfg());
+    let block: [u8; EXTENSION_LEN] = core::array::from_fn(|i| i as u8 + 1);
+    a.set_own_extension(block);
+    // Garbage left in b's padding by an earlier user is wiped by b's zeroing.
+    let off = Geometry::for_section(NET).unwrap().extension_offset();
+    region.poke(1, off, &[0xff; EXTENSION_LEN]);
+    handshake(&mut a, &mut b);
+    assert_eq!(b.peer_extension(), block);
+    assert_eq!(a.peer_extension(), [0; EXTENSION_LEN]);
+
+    assert_eq!(a.max_frame_len(), 1518);
+    assert!(matches!(
+        a.send(&vec![0; 1519]),
+        Err(TxError::TooLong { .. })
+    ));
+    let data = Geometry::for_section(NET).unwrap().data_size;
+    assert!(a.set_max_frame_len(data / 4 + 1).is_err());
+    assert!(a.set_max_frame_len(10).is_err());
+    a.set_max_frame_len(65564).unwrap();
+    let mut frame = vec![0u8; 65564];
+    fill_frame(7, &mut frame);
+    for _ in 0..3 {
+        a.send(&frame).unwrap();
+    }
+    let _ = a.flush_tx();
+    let mut buf = vec![0u8; 65564];
+    assert_eq!(drain(&mut b, &mut buf), vec![7, 7, 7]);
+    a.set_max_frame_len(1518).unwrap();
+    assert!(a.send(&frame).is_err());
+}
