@@ -176,8 +176,16 @@ fn poll_and_hybrid_modes() {
     let _serial = netns::serial();
     let pair = BridgedPair::start_with(
         1500,
-        &["--mode", "poll"],
-        &["--mode", "hybrid", "--busy-poll-us", "100"],
+        // Plain frames: the frame count below assumes MTU-sized frames.
+        &["--mode", "poll", "--offload", "off"],
+        &[
+            "--mode",
+            "hybrid",
+            "--busy-poll-us",
+            "100",
+            "--offload",
+            "off",
+        ],
     );
     assert!(
         pair.ns_a.ping(ADDR_B, 5, None),
