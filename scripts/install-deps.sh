@@ -27,6 +27,8 @@ sudo_cmd=()
 # command -> Debian package providing it
 declare -A pkg_for=(
   [qemu-system-x86_64]=qemu-system-x86
+  # the aarch64 guest's tests (QEMU virt under TCG)
+  [qemu-system-aarch64]=qemu-system-arm
   [ip]=iproute2
   [ping]=iputils-ping
   [cpio]=cpio
@@ -60,6 +62,7 @@ if ! command -v rustup >/dev/null 2>&1; then
   exit 1
 fi
 rustup target list --installed | grep -qx x86_64-unknown-none || rustup target add x86_64-unknown-none
+rustup target list --installed | grep -qx aarch64-unknown-none || rustup target add aarch64-unknown-none
 for comp in rustfmt clippy; do
   rustup component list --installed | grep -q "^$comp" || rustup component add "$comp"
 done

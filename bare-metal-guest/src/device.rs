@@ -35,16 +35,10 @@ use ivshmem::{
 };
 use volatile::VolatilePtr;
 
-use crate::idt::{DOORBELL_VECTORS, VECTOR_DOORBELL};
+use crate::idt::DOORBELL_VECTORS;
 use crate::paging::{self, Kind, MapError};
-use crate::pci::{Bdf, PortConfigSpace};
+use crate::pci::{Bdf, PlatformConfigSpace};
 use crate::println;
-
-/// Where unassigned memory BARs are placed: the top of q35's 32-bit PCI
-/// hole, above the MMCONFIG window (0xB000_0000..0xC000_0000) and below the
-/// IOAPIC (0xFEC0_0000). Used only when the firmware left a BAR at 0 (qboot
-/// does; SeaBIOS assigns everything; Jailhouse clears ivshmem BARs on reset).
-const BAR_WINDOW: core::ops::Range<u64> = 0xC000_0000..0xFEC0_0000;
 
 /// Virtual address of the read-write alias of the state-table page that
 /// holds the own entry (QEMU profile). Far above any physical address the
@@ -119,11 +113,14 @@ impl fmt::Display for BringUpError {
             BringUpError::BadBar { index } => {
                 write!(f, "BAR{index} is not a usable memory BAR")
             }
-            BringUpError::NoBarSpace { index, size } => write!(
-                f,
-                "no room for BAR{index} ({size:#x} bytes) in {:#x}..{:#x}",
-                BAR_WINDOW.start, BAR_WINDOW.end
-            ),
+            BringUpError::NoBarSpace { index, size } => {
+                let window = crate::pci::bar_window();
+                write!(
+                    f,
+                    "no room for BAR{index} ({size:#x} bytes) in {:#x}..{:#x}",
+                    window.start, window.end
+                )
+            }
             BringUpError::NoMsix => write!(f, "the device has no MSI-X capability"),
             BringUpError::MsixTableOutsideBar => {
                 write!(f, "the MSI-X table does not fit in its BAR")
@@ -154,16 +151,20 @@ pub struct NicDevice {
     pub vectors: u16,
 }
 
-/// Allocates addresses for unassigned BARs (in [`BAR_WINDOW`]).
+/// Allocates addresses for unassigned BARs, in the platform's window
+/// (`crate::pci::bar_window`).
 pub(crate) struct BarAllocator {
     next: u64,
+    end: u64,
 }
 
 impl BarAllocator {
     /// An allocator at the start of the window.
-    pub(crate) const fn new() -> Self {
+    pub(crate) fn new() -> Self {
+        let window = crate::pci::bar_window();
         BarAllocator {
-            next: BAR_WINDOW.start,
+            next: window.start,
+            end: window.end,
         }
     }
 
@@ -175,7 +176,7 @@ impl BarAllocator {
             .checked_next_multiple_of(size.max(0x1000))
             .ok_or(err)?;
         let end = start.checked_add(size).ok_or(err)?;
-        if end > BAR_WINDOW.end {
+        if end > self.end {
             return Err(err);
         }
         self.next = end;
@@ -186,7 +187,7 @@ impl BarAllocator {
 /// Sizes BAR `index` and, if the firmware left it unassigned, places it.
 /// Returns its address and size. Memory decoding must be off.
 pub(crate) fn setup_bar(
-    cfg: &mut PortConfigSpace,
+    cfg: &mut PlatformConfigSpace,
     index: u8,
     alloc: &mut BarAllocator,
 ) -> Result<(u64, u64), BringUpError> {
@@ -267,10 +268,11 @@ fn map_shared_memory(
     Ok(())
 }
 
-/// Programs MSI-X entries `0..n` to deliver `VECTOR_DOORBELL + i` to the
-/// local APIC `apic_id` (fixed delivery, edge), unmasked, then enables MSI-X.
+/// Programs MSI-X entries `0..n` with the platform's message for doorbell
+/// `i` to the CPU `apic_id` (`crate::platform::msi_message`: on x86 the
+/// local APIC's vector `VECTOR_DOORBELL + i`), unmasked, then enables MSI-X.
 pub(crate) fn setup_msix(
-    cfg: &mut PortConfigSpace,
+    cfg: &mut PlatformConfigSpace,
     bars: &[(u64, u64); 6],
     wanted: u32,
     apic_id: u32,
@@ -287,7 +289,6 @@ pub(crate) fn setup_msix(
     }
     // Enabled but function-masked while the entries change.
     msix.set_control(cfg, true, true);
-    let destination = 0xfee0_0000 | (apic_id & 0xff) << 12;
     for v in 0..n {
         let entry = |field| {
             let off = msix.entry_offset(v, field).expect("v < n <= table_size");
@@ -297,10 +298,11 @@ pub(crate) fn setup_msix(
             // only accessed with 32-bit volatile writes, as MSI-X requires.
             unsafe { VolatilePtr::new(NonNull::new_unchecked(p)) }
         };
+        let (address, data) = crate::platform::msi_message(apic_id, v);
         entry(MsixEntryField::VectorControl).write(1);
-        entry(MsixEntryField::AddressLow).write(destination);
-        entry(MsixEntryField::AddressHigh).write(0);
-        entry(MsixEntryField::Data).write(u32::from(VECTOR_DOORBELL) + u32::from(v));
+        entry(MsixEntryField::AddressLow).write(address as u32);
+        entry(MsixEntryField::AddressHigh).write((address >> 32) as u32);
+        entry(MsixEntryField::Data).write(data);
         entry(MsixEntryField::VectorControl).write(0);
     }
     msix.set_control(cfg, true, false);
@@ -323,9 +325,7 @@ pub fn bring_up(apic_id: u32) -> Result<NicDevice, BringUpError> {
         &mut cfg,
         command.difference(Command::MEMORY | Command::BUS_MASTER),
     );
-    let mut alloc = BarAllocator {
-        next: BAR_WINDOW.start,
-    };
+    let mut alloc = BarAllocator::new();
     let mut bars = [(0u64, 0u64); 6];
     let uses_bar2 = match profile {
         Profile::QemuDoorbell => {

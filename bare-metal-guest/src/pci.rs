@@ -25,6 +25,17 @@ impl core::fmt::Display for Bdf {
     }
 }
 
+/// Where unassigned memory BARs are placed: the top of q35's 32-bit PCI
+/// hole, above the MMCONFIG window (0xB000_0000..0xC000_0000) and below the
+/// IOAPIC (0xFEC0_0000). Used only when the firmware left a BAR at 0 (qboot
+/// does; SeaBIOS assigns everything; Jailhouse clears ivshmem BARs on reset).
+pub fn bar_window() -> core::ops::Range<u64> {
+    0xC000_0000..0xFEC0_0000
+}
+
+/// The configuration-space access `device` uses on this platform.
+pub type PlatformConfigSpace = PortConfigSpace;
+
 /// The configuration space of one function, through port I/O.
 #[derive(Clone, Copy, Debug)]
 pub struct PortConfigSpace {

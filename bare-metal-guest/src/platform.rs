@@ -241,6 +241,16 @@ pub fn init_interrupts_and_time(
     Ok((mode, time::calibrate()))
 }
 
+/// The MSI message (address, data) for doorbell `index` to the local APIC
+/// `apic_id`: fixed delivery, edge, vector `VECTOR_DOORBELL + index`.
+pub fn msi_message(apic_id: u32, index: u16) -> (u64, u32) {
+    let address = 0xfee0_0000 | u64::from(apic_id & 0xff) << 12;
+    (
+        address,
+        u32::from(crate::idt::VECTOR_DOORBELL) + u32::from(index),
+    )
+}
+
 /// Stops a cell: `cell_state` = SHUT_DOWN for success, FAILED otherwise,
 /// then halts for good. (The hypervisor parks the CPU at the next `cell
 /// shutdown`/`load`/`destroy`.)

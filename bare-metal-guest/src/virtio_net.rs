@@ -42,7 +42,7 @@ use crate::device::{BarAllocator, BringUpError, setup_bar, setup_msix};
 use crate::net::NetDevice;
 use crate::nic::{ETHERNET_HEADER, MAX_FRAME};
 use crate::paging::{self, Kind};
-use crate::pci::PortConfigSpace;
+use crate::pci::PlatformConfigSpace;
 use crate::{logger, println};
 
 const VIRTIO_VENDOR: u16 = 0x1af4;
@@ -382,7 +382,9 @@ pub struct VirtioNic {
 }
 
 /// Reads the virtio-pci vendor capabilities of `cfg`.
-fn read_caps(cfg: &PortConfigSpace) -> Result<(CapRef, CapRef, u32, Option<CapRef>), VirtioError> {
+fn read_caps(
+    cfg: &PlatformConfigSpace,
+) -> Result<(CapRef, CapRef, u32, Option<CapRef>), VirtioError> {
     let (mut common, mut notify, mut device, mut multiplier) = (None, None, None, 0);
     for cap in pci::capabilities(cfg) {
         let cap = cap?;

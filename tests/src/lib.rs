@@ -2,6 +2,7 @@
 //! real network namespaces). Each module belongs to one layer of tests.
 #![allow(missing_docs)]
 
+pub mod aarch64;
 pub mod hostile;
 pub mod ivshmem2;
 pub mod linuxvm;

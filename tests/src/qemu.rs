@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 #[path = "../../bare-metal-guest/src/exit_code.rs"]
 pub mod exit_code;
 
+pub use crate::aarch64::Arch;
 pub use exit_code::ExitCode;
 
 /// An ivshmem server (ivnet's `ivshmem-server` library, on its own thread)
@@ -390,6 +391,8 @@ pub struct GuestConfig {
     pub reboot_on_reset: bool,
     /// More QEMU arguments (e.g. a `virtio-net-pci` device and its netdev).
     pub extra_args: Vec<String>,
+    /// Which guest (x86_64 by default; see `crate::aarch64`).
+    pub arch: Arch,
 }
 
 impl Default for GuestConfig {
@@ -404,6 +407,7 @@ impl Default for GuestConfig {
             name: "guest".into(),
             reboot_on_reset: false,
             extra_args: Vec::new(),
+            arch: Arch::default(),
         }
     }
 }
@@ -571,6 +575,10 @@ impl Guest {
     /// `serial.log`, `isa-debug-exit` on port 0xf4, the guest via PVH
     /// (`-kernel`), and optionally an `ivshmem-doorbell` on a server socket.
     pub fn start(cfg: &GuestConfig) -> Result<Guest, String> {
+        if cfg.arch.is_aarch64() {
+            let process = crate::aarch64::start(cfg)?;
+            return Ok(Guest { process });
+        }
         ensure_qemu_installed()?;
         let image = guest_image()?;
         let accel = cfg.accel.clone().unwrap_or_else(default_accel);

@@ -11,7 +11,12 @@ use std::net::{Shutdown, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use ivnet_e2e::netns::{self, BridgeSpec, Netns, Proc, Server, tail};
-use ivnet_e2e::qemu::{Guest, GuestConfig, in_netns};
+use ivnet_e2e::qemu::{Arch, Guest, GuestConfig, in_netns};
+
+/// The guest these tests start. `aarch64_bridge.rs` runs this file as a
+/// module with its own `crate::ARCH`.
+#[allow(dead_code)]
+const ARCH: Arch = Arch::X86_64;
 
 mod guest_common;
 use guest_common::{fragmented_udp_echo, pattern, stat};
@@ -51,6 +56,9 @@ impl Rig {
         Self::start_with(tag, RigOptions::default())
     }
 
+    // `crate::ARCH`: this file's own constant here, the including test's
+    // in `aarch64_bridge.rs`.
+    #[allow(unused_qualifications)]
     fn start_with(tag: &str, options: RigOptions) -> Rig {
         netns::require_root();
         netns::ensure_base_tools();
@@ -75,6 +83,7 @@ impl Rig {
             name: tag.into(),
             vectors,
             reboot_on_reset: options.reboot_on_reset,
+            arch: crate::ARCH,
             ..GuestConfig::default()
         };
         let guest = Guest::start(&guest_config).unwrap();
@@ -358,7 +367,7 @@ fn bridge_restart_relinks_without_a_guest_reboot() {
             .guest
             .wait_for_serial_count("link: carrier off", round, LINK_TIMEOUT)
             .unwrap();
-        assert_eq!(log.matches("booting (PVH").count(), 1, "{log}");
+        assert_eq!(log.matches("booting (").count(), 1, "{log}");
         rig.bridge = rig.bridge_spec.spawn(rig.dir.path());
         rig.configure_tap();
         rig.wait_carrier(true);
@@ -370,7 +379,7 @@ fn bridge_restart_relinks_without_a_guest_reboot() {
     }
     let log = rig.guest.serial();
     assert_eq!(
-        log.matches("booting (PVH").count(),
+        log.matches("booting (").count(),
         1,
         "the guest rebooted\n{log}"
     );
@@ -460,6 +469,8 @@ fn one_vector_link_carries_data_with_doorbells_not_ticks() {
     assert!(out.status.success(), "ping failed:\n{text}\n{}", rig.logs());
     let mut times = ping_times_ms(&text);
     assert_eq!(times.len(), PINGS as usize, "{text}");
+    let guest_pinged = rig.guest_stats();
+    let bridge_pinged = netns::signal_report(&rig.bridge);
     udp_echo(&rig, UDP_ECHOES);
 
     let guest_after = rig.guest_stats();
@@ -469,20 +480,25 @@ fn one_vector_link_carries_data_with_doorbells_not_ticks() {
     let replies = u64::from(PINGS) + UDP_ECHOES as u64;
     // About one doorbell per reply and request: the idle side re-arms its
     // event index before it sleeps. A tenth may coincide with a tick or a
-    // busy peer and rightly need none.
+    // busy peer and rightly need none. Towards the guest this is counted
+    // over the pings only (50 ms apart: the guest sleeps before each); a
+    // back-to-back UDP request may find it still polling after the last
+    // echo (the slower the guest, the more often: aarch64 under TCG), and
+    // then rightly needs no doorbell.
     let at_least = replies * 9 / 10;
+    let at_least_pings = u64::from(PINGS) * 9 / 10;
     let guest_rung = g(&guest_after, "doorbells_v0") - g(&guest_before, "doorbells_v0");
-    let guest_irqs = g(&guest_after, "irq_state") - g(&guest_before, "irq_state");
+    let guest_irqs = g(&guest_pinged, "irq_state") - g(&guest_before, "irq_state");
     let bridge_received =
         b(&bridge_after, "doorbells_received") - b(&bridge_before, "doorbells_received");
-    let bridge_sent = b(&bridge_after, "doorbells_sent") - b(&bridge_before, "doorbells_sent");
+    let bridge_sent = b(&bridge_pinged, "doorbells_sent") - b(&bridge_before, "doorbells_sent");
     times.sort_by(f64::total_cmp);
     let quarter_tick_ms = BRIDGE_TICK.as_secs_f64() * 1000.0 / 4.0;
     let within = times.iter().filter(|t| **t < quarter_tick_ms).count();
     eprintln!(
         "one-vector link: {PINGS} pings RTT min {:.2} median {:.2} max {:.2} ms ({within} under {quarter_tick_ms} \
-         ms); guest rang {guest_rung}, took {guest_irqs} vector-0 interrupts; bridge received {bridge_received}, \
-         sent {bridge_sent} doorbells ({:.1?} in all)",
+         ms); guest rang {guest_rung}, bridge received {bridge_received} doorbells; during the pings the bridge sent \
+         {bridge_sent}, the guest took {guest_irqs} vector-0 interrupts ({:.1?} in all)",
         times[0],
         times[times.len() / 2],
         times[times.len() - 1],
@@ -500,9 +516,10 @@ fn one_vector_link_carries_data_with_doorbells_not_ticks() {
         rig.logs()
     );
     assert!(
-        bridge_sent >= at_least && guest_irqs >= at_least,
-        "the bridge's data doorbells must reach the guest on vector 0: bridge sent {bridge_sent}, guest took \
-         {guest_irqs} vector-0 interrupts, want >= {at_least} each\n{guest_after}\n{bridge_after}"
+        bridge_sent >= at_least_pings && guest_irqs >= at_least_pings,
+        "the bridge's data doorbells must reach the guest on vector 0: during the pings the bridge sent \
+         {bridge_sent}, the guest took {guest_irqs} vector-0 interrupts, want >= {at_least_pings} each\n\
+         {guest_pinged}\n{bridge_pinged}"
     );
     // Tick-bound round trips would wait for the bridge's 100 ms tick: their
     // median would be about half a tick. The median (not a count of fast
@@ -559,7 +576,7 @@ fn guest_reset_with_a_stale_run_entry_relinks() {
     rig.guest.qmp("system_reset").unwrap();
     let reset_at = Instant::now();
     rig.guest
-        .wait_for_serial_count("booting (PVH", 2, LINK_TIMEOUT)
+        .wait_for_serial_count("booting (", 2, LINK_TIMEOUT)
         .unwrap();
     let rebooted = reset_at.elapsed();
     rig.guest
