@@ -9,26 +9,30 @@
 # counters of both sides, and cleans up.
 #
 # Usage: scripts/demo.sh [--keep] [--count N] [--accel auto|kvm|tcg] [--mode event|poll]
+#                        [--arch x86_64|aarch64]
 #   --keep       leave everything running until Ctrl-C (try: ip netns exec ivnet-demo bash)
 #   --count N    pings to send (default 5)
 #   --accel A    QEMU accelerator (default auto: KVM when it works, else TCG)
 #   --mode M     guest and bridge wait mode (default event)
+#   --arch A     the guest: x86_64 (q35) or aarch64 (virt with GICv2, always TCG)
 set -euo pipefail
 
-keep=0 count=5 accel=auto mode=event
+keep=0 count=5 accel=auto mode=event arch=x86_64
 while [ $# -gt 0 ]; do
   case "$1" in
     --keep) keep=1 ;;
     --count) count=${2:?--count needs a number}; shift ;;
     --accel) accel=${2:?--accel needs auto, kvm or tcg}; shift ;;
     --mode) mode=${2:?--mode needs event or poll}; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --arch) arch=${2:?--arch needs x86_64 or aarch64}; shift ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "demo: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 case "$accel" in auto|kvm|tcg) ;; *) echo "demo: --accel must be auto, kvm or tcg" >&2; exit 2 ;; esac
 case "$mode" in event|poll) ;; *) echo "demo: --mode must be event or poll" >&2; exit 2 ;; esac
+case "$arch" in x86_64|aarch64) ;; *) echo "demo: --arch must be x86_64 or aarch64" >&2; exit 2 ;; esac
 [[ "$count" =~ ^[0-9]+$ ]] || { echo "demo: --count must be a number" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "demo: needs root (TAP devices and network namespaces)" >&2; exit 1; }
 
@@ -43,8 +47,13 @@ scripts/install-deps.sh
 
 say "building ivshmem-server, ivnet-bridge and the bare-metal guest"
 cargo build --release -q -p ivshmem-server -p ivnet-bridge
-(cd bare-metal-guest && cargo build --release -q)
-guest=$root/bare-metal-guest/target/x86_64-unknown-none/release/ivnet-guest
+if [ "$arch" = aarch64 ]; then
+  bare-metal-guest/aarch64/build-image.sh -q
+  guest=$root/bare-metal-guest/aarch64/target/aarch64-unknown-none/release/ivnet-guest-aarch64.bin
+else
+  (cd bare-metal-guest && cargo build --release -q)
+  guest=$root/bare-metal-guest/target/x86_64-unknown-none/release/ivnet-guest
+fi
 size=$(stat -c %s "$guest")
 echo "guest image: $guest ($size bytes)"
 
@@ -83,7 +92,7 @@ kvm_boots() {  # $1 = CPU model; the guest's boot self-test exits with status 33
     -append "selftest=boot" >/dev/null 2>&1 </dev/null
   [ $? -eq 33 ]
 }
-if [ "$accel" != tcg ] && [ -w /dev/kvm ] && [ -f /usr/share/qemu/qboot.rom ]; then
+if [ "$arch" = x86_64 ] && [ "$accel" != tcg ] && [ -w /dev/kvm ] && [ -f /usr/share/qemu/qboot.rom ]; then
   # Nested KVM may reject "host" (MSR 0x10a); drop arch-capabilities then.
   for cpu in host host,-arch-capabilities; do
     if kvm_boots "$cpu"; then qemu_accel=(-accel kvm -cpu "$cpu"); break; fi
@@ -96,10 +105,16 @@ fi
 firmware=()
 [ -f /usr/share/qemu/qboot.rom ] && firmware=(-bios /usr/share/qemu/qboot.rom)
 
-say "booting the bare-metal guest (${qemu_accel[*]})"
-qemu-system-x86_64 -machine q35 "${qemu_accel[@]}" -m 64M -nodefaults -display none \
-  -no-reboot "${firmware[@]}" -serial "file:$work/guest.log" \
-  -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
+say "booting the bare-metal $arch guest (${qemu_accel[*]})"
+if [ "$arch" = aarch64 ]; then
+  qemu_machine=(qemu-system-aarch64 -machine virt,gic-version=2 -cpu cortex-a57
+                -semihosting-config enable=on,target=native)
+else
+  qemu_machine=(qemu-system-x86_64 -machine q35 "${firmware[@]}"
+                -device isa-debug-exit,iobase=0xf4,iosize=0x04)
+fi
+"${qemu_machine[@]}" "${qemu_accel[@]}" -m 64M -nodefaults -display none \
+  -no-reboot -serial "file:$work/guest.log" \
   -kernel "$guest" -append "ip=10.77.0.2/24 mode=$mode stats=2" \
   -chardev "socket,path=$work/ivshmem.sock,id=ivs" \
   -device ivshmem-doorbell,chardev=ivs,vectors=2 </dev/null 2>"$work/qemu.log" &
