@@ -1,29 +1,39 @@
 #!/usr/bin/env bash
-# Benchmark: ping RTT and TCP throughput between two network namespaces
-# through two ivnet-bridges over one ivshmem-server, and -- in the same run,
-# as the baseline -- through a veth pair. Prints the ratios and the doorbells
-# per frame on each side (from the bridges' --stats-json counters).
+# Benchmark, side by side in one run, between two network namespaces:
+#   veth    a veth pair (the kernel's own link, the ceiling);
+#   relay   tap-relay: two TAPs with IFF_VNET_HDR + TUNSETOFFLOAD (the same
+#           offloads as ivnet's), one thread per direction, read/write per
+#           frame, no shared memory (the limit for any TAP-based bridge);
+#   plain   two ivnet-bridges over one ivshmem-server, --offload off (the
+#           reference protocol 0x0001, what a plain peer gets);
+#   offload the same with offloads negotiated (the default).
+# Per MTU: ping RTT, TCP both ways (iperf3), data doorbells per frame, CPU
+# time of the relay/both bridges per GB carried. Writes the tables to stdout
+# and, with a plot of throughput and RTT, to OUT (default bench-bridge.md /
+# bench-bridge.svg in the current directory).
 #
 # Not a test: numbers depend on the machine and its load. Run as root:
-#   scripts/bench-bridge.sh                  # MTU 1500 and 16384, event mode
-#   MTUS=16384 MODE=hybrid DURATION=10 scripts/bench-bridge.sh
+#   scripts/bench-bridge.sh                       # MTU 1500, 16384 and 65535, event mode
+#   MTUS=1500 DURATION=10 scripts/bench-bridge.sh
 #
 # Environment: MTUS (list), MODE (event|poll|hybrid), DURATION (s per iperf3
 # run), PINGS (echo requests per RTT measurement), BRIDGE_ARGS (more
-# ivnet-bridge arguments), CARGO_TARGET_DIR.
-# Addresses: 10.77.0.1/.2 (bridges) and 10.77.0.11/.12 (veth), each inside
-# namespaces this script creates and deletes.
+# ivnet-bridge arguments), OUT (output prefix), CARGO_TARGET_DIR.
+# Addresses: 10.77.0.1/.2 inside namespaces this script creates and deletes.
 set -euo pipefail
 
-MTUS=${MTUS:-"1500 16384"}
+MTUS=${MTUS:-"1500 16384 65535"}
 MODE=${MODE:-event}
 DURATION=${DURATION:-5}
 PINGS=${PINGS:-500}
 BRIDGE_ARGS=${BRIDGE_ARGS:-}
+OUT=${OUT:-bench-bridge}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 TAG=ivbench$$
 WORK=$(mktemp -d /tmp/ivnet-bench.XXXXXX)
+A=$TAG-a
+B=$TAG-b
 
 [ "$(id -u)" = 0 ] || { echo "run as root (network namespaces, TAP devices)" >&2; exit 1; }
 # shellcheck source=scripts/wait-for.sh
@@ -37,137 +47,197 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get -qq update && DEBIAN_FRONTEND=noninteractive apt-get -qq install -y --no-install-recommends "${need[@]}"
 fi
 
-cargo build --release -q --manifest-path "$ROOT/Cargo.toml" --target-dir "$TARGET" -p ivnet-bridge -p ivshmem-server
+cargo build --release -q --manifest-path "$ROOT/Cargo.toml" --target-dir "$TARGET" \
+    -p ivnet-bridge -p ivshmem-server -p ivnet-e2e --bin tap-relay
 BRIDGE=$TARGET/release/ivnet-bridge
 SERVER=$TARGET/release/ivshmem-server
+RELAY=$TARGET/release/tap-relay
 
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    for ns in "$TAG-a" "$TAG-b" "$TAG-va" "$TAG-vb"; do ip netns del "$ns" 2>/dev/null || true; done
+    for ns in "$A" "$B"; do ip netns del "$ns" 2>/dev/null || true; done
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-# ping_avg NS DST SIZE -> average RTT in microseconds
-ping_avg() {
-    ip netns exec "$1" ping -n -q -c "$PINGS" -i 0.002 -s "$3" "$2" \
+ping_avg() {  # NS DST -> average RTT in microseconds
+    ip netns exec "$1" ping -n -q -c "$PINGS" -i 0.002 -s 56 "$2" \
         | awk -F'/' '/^rtt/ { printf "%.1f\n", $5 * 1000 }'
 }
-
-# iperf3_listening NS: whether an iperf3 server listens on its port in NS.
-iperf3_listening() {
-    [ -n "$(ip netns exec "$1" ss -Hltn 'sport = :5201')" ]
-}
-
-# tcp_gbit NS_CLIENT NS_SERVER DST -> Gbit/s received, client -> server
-tcp_gbit() {
+iperf3_listening() { [ -n "$(ip netns exec "$1" ss -Hltn 'sport = :5201')" ]; }
+tcp_gbit() {  # NS_CLIENT NS_SERVER DST -> Gbit/s received
     ip netns exec "$2" iperf3 -s -1 -D -I "$WORK/iperf.pid" >/dev/null
     wait_for 10 "iperf3 server in $2" iperf3_listening "$2" || exit 1
     ip netns exec "$1" iperf3 -c "$3" -t "$DURATION" -J >"$WORK/iperf.json"
     python3 -c 'import json,sys; print("%.2f" % (json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"]/1e9))' "$WORK/iperf.json"
 }
-
-# snapshot PID OUTFILE: ask a bridge for its counters (SIGUSR1) and print
-# the JSON line it answers with (complete lines only, newer than the signal).
-snapshot() {
+cpu_ticks() {  # PID... -> utime+stime summed, in clock ticks
+    local t=0 p
+    for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+    echo "$t"
+}
+snapshot() {  # PID OUTFILE -> the bridge's counters (SIGUSR1), as one JSON line
     local before
     before=$(count_lines '"reason":"signal"' "$2")
     kill -USR1 "$1"
-    wait_for 10 "bridge $1's counters after SIGUSR1" \
-        more_lines_than "$before" '"reason":"signal"' "$2" || exit 1
+    wait_for 10 "bridge $1's counters after SIGUSR1" more_lines_than "$before" '"reason":"signal"' "$2" || exit 1
     complete_lines "$2" | grep -F '"reason":"signal"' | tail -1
 }
-
-# per_frame BEFORE AFTER -> "tx doorbells/frame, rx wakeups/frame" over the interval
-per_frame() {
-    python3 - "$1" "$2" <<'EOF'
+doorbells() {  # A_BEFORE A_AFTER B_BEFORE B_AFTER -> data doorbells rung per frame sent, both bridges
+    python3 - "$@" <<'PY'
 import json, sys
-a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-d = lambda sect, k: b[sect][k] - a[sect][k]
-tx, rx = d("ring", "tx_frames"), d("ring", "rx_frames")
-sent, recv = d("bridge", "doorbells_sent"), d("bridge", "doorbells_received")
-print("%.4f %.4f %d %d" % (sent / tx if tx else 0, recv / rx if rx else 0, tx, rx))
-EOF
+s = [json.loads(x) for x in sys.argv[1:]]
+rung = sum(b["bridge"]["doorbells_sent"] - a["bridge"]["doorbells_sent"] for a, b in (s[0:2], s[2:4]))
+frames = sum(b["ring"]["tx_frames"] - a["ring"]["tx_frames"] for a, b in (s[0:2], s[2:4]))
+print("%.3f" % (rung / frames) if frames else "n/a")
+PY
+}
+ns_up() {
+    ip netns add "$A"; ip netns add "$B"
+    for ns in "$A" "$B"; do ip -n "$ns" link set lo up; done
+}
+ns_down() { for ns in "$A" "$B"; do ip netns del "$ns"; done; }
+addrs() {  # IFNAME
+    ip -n "$A" addr add 10.77.0.1/24 dev "$1"; ip -n "$B" addr add 10.77.0.2/24 dev "$1"
+    carrier_on() { [ "$(ip netns exec "$1" cat "/sys/class/net/$2/carrier" 2>/dev/null)" = 1 ]; }
+    for ns in "$A" "$B"; do wait_for 20 "carrier on $1 in $ns" carrier_on "$ns" "$1" || exit 1; done
+    ip netns exec "$A" ping -c 3 -i 0.05 -q 10.77.0.2 >/dev/null
+}
+# measure CONFIG MTU PIDS... -> one row "config mtu rtt ab ba doorbells cpu_s_per_gb"
+measure() {
+    local cfg=$1 mtu=$2; shift 2
+    local rtt ab ba c0 c1 db="-" s0a s0b s1a s1b
+    rtt=$(ping_avg "$A" 10.77.0.2)
+    if [ "$cfg" = plain ] || [ "$cfg" = offload ]; then
+        s0a=$(snapshot "$1" "$WORK/a.json"); s0b=$(snapshot "$2" "$WORK/b.json")
+    fi
+    c0=$([ $# -gt 0 ] && cpu_ticks "$@" || echo 0)
+    ab=$(tcp_gbit "$A" "$B" 10.77.0.2)
+    ba=$(tcp_gbit "$B" "$A" 10.77.0.1)
+    c1=$([ $# -gt 0 ] && cpu_ticks "$@" || echo 0)
+    if [ "$cfg" = plain ] || [ "$cfg" = offload ]; then
+        s1a=$(snapshot "$1" "$WORK/a.json"); s1b=$(snapshot "$2" "$WORK/b.json")
+        db=$(doorbells "$s0a" "$s1a" "$s0b" "$s1b")
+    fi
+    local cpu="-"
+    if [ $# -gt 0 ]; then
+        cpu=$(python3 -c 'import sys; t,ab,ba,d=map(float,sys.argv[1:]); gb=(ab+ba)*d/8; print("%.2f" % (t/100/gb) if gb else "n/a")' \
+            "$((c1 - c0))" "$ab" "$ba" "$DURATION")
+    fi
+    echo "$cfg $mtu $rtt $ab $ba $db $cpu" | tee -a "$WORK/rows"
 }
 
-echo "# ivnet-bridge benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, $(uname -r), mode $MODE"
-echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
-
-for MTU in $MTUS; do
-    # --- baseline: veth pair ------------------------------------------------
-    ip netns add "$TAG-va"; ip netns add "$TAG-vb"
-    ip link add "${TAG}x" type veth peer name "${TAG}y"
-    ip link set "${TAG}x" netns "$TAG-va"; ip link set "${TAG}y" netns "$TAG-vb"
-    ip -n "$TAG-va" link set "${TAG}x" name veth0 mtu "$MTU" up
-    ip -n "$TAG-vb" link set "${TAG}y" name veth0 mtu "$MTU" up
-    ip -n "$TAG-va" addr add 10.77.0.11/24 dev veth0
-    ip -n "$TAG-vb" addr add 10.77.0.12/24 dev veth0
-    for ns in "$TAG-va" "$TAG-vb"; do ip -n "$ns" link set lo up; done
-
-    # --- ivnet: two bridges over one server ---------------------------------
-    ip netns add "$TAG-a"; ip netns add "$TAG-b"
+start_bridges() {  # MTU OFFLOAD
     "$SERVER" --socket "$WORK/s.sock" --ready-file "$WORK/ready" 2>"$WORK/server.err" &
-    PIDS+=($!)
+    SRV=$!; PIDS+=($SRV)
     wait_for 10 "ivshmem-server readiness" test -e "$WORK/ready" || { cat "$WORK/server.err"; exit 1; }
     # shellcheck disable=SC2086
-    "$BRIDGE" --server "$WORK/s.sock" --netns "$TAG-a" --tap ivn0 --mtu "$MTU" --mode "$MODE" --stats-json \
-        $BRIDGE_ARGS >"$WORK/a.json" 2>"$WORK/a.err" &
-    PID_A=$!; PIDS+=($PID_A)
+    "$BRIDGE" --server "$WORK/s.sock" --netns "$A" --tap ivn0 --mtu "$1" --mode "$MODE" --offload "$2" \
+        --stats-json $BRIDGE_ARGS >"$WORK/a.json" 2>"$WORK/a.err" &
+    PA=$!; PIDS+=($PA)
     # shellcheck disable=SC2086
-    "$BRIDGE" --server "$WORK/s.sock" --netns "$TAG-b" --tap ivn0 --mtu "$MTU" --mode "$MODE" --stats-json \
-        $BRIDGE_ARGS >"$WORK/b.json" 2>"$WORK/b.err" &
-    PID_B=$!; PIDS+=($PID_B)
+    "$BRIDGE" --server "$WORK/s.sock" --netns "$B" --tap ivn0 --mtu "$1" --mode "$MODE" --offload "$2" \
+        --stats-json $BRIDGE_ARGS >"$WORK/b.json" 2>"$WORK/b.err" &
+    PB=$!; PIDS+=($PB)
     tap_exists() { ip -n "$1" link show ivn0 >/dev/null 2>&1; }
-    carrier_on() { [ "$(ip netns exec "$1" cat /sys/class/net/ivn0/carrier 2>/dev/null)" = 1 ]; }
-    for ns in "$TAG-a" "$TAG-b"; do
-        wait_for 20 "TAP ivn0 in $ns" tap_exists "$ns" || { cat "$WORK/a.err" "$WORK/b.err"; exit 1; }
-        ip -n "$ns" link set lo up
-    done
-    ip -n "$TAG-a" addr add 10.77.0.1/24 dev ivn0
-    ip -n "$TAG-b" addr add 10.77.0.2/24 dev ivn0
-    for ns in "$TAG-a" "$TAG-b"; do
-        wait_for 20 "carrier on ivn0 in $ns" carrier_on "$ns" || { cat "$WORK/a.err" "$WORK/b.err"; exit 1; }
-    done
-    ip netns exec "$TAG-a" ping -c 3 -i 0.05 -q 10.77.0.2 >/dev/null  # warm ARP/neighbour caches
-    ip netns exec "$TAG-va" ping -c 3 -i 0.05 -q 10.77.0.12 >/dev/null
-
-    # --- measurements (alternating baseline and ivnet) -----------------------
-    veth_rtt=$(ping_avg "$TAG-va" 10.77.0.12 56)
-    s0a=$(snapshot $PID_A "$WORK/a.json"); s0b=$(snapshot $PID_B "$WORK/b.json")
-    ivn_rtt=$(ping_avg "$TAG-a" 10.77.0.2 56)
-    s1a=$(snapshot $PID_A "$WORK/a.json"); s1b=$(snapshot $PID_B "$WORK/b.json")
-    veth_ab=$(tcp_gbit "$TAG-va" "$TAG-vb" 10.77.0.12)
-    ivn_ab=$(tcp_gbit "$TAG-a" "$TAG-b" 10.77.0.2)
-    s2a=$(snapshot $PID_A "$WORK/a.json"); s2b=$(snapshot $PID_B "$WORK/b.json")
-    veth_ba=$(tcp_gbit "$TAG-vb" "$TAG-va" 10.77.0.11)
-    ivn_ba=$(tcp_gbit "$TAG-b" "$TAG-a" 10.77.0.1)
-
-    read -r ping_a_tx ping_a_rx _ _ <<<"$(per_frame "$s0a" "$s1a")"
-    read -r ping_b_tx ping_b_rx _ _ <<<"$(per_frame "$s0b" "$s1b")"
-    read -r tcp_a_tx tcp_a_rx tcp_a_txf tcp_a_rxf <<<"$(per_frame "$s1a" "$s2a")"
-    read -r tcp_b_tx tcp_b_rx tcp_b_txf tcp_b_rxf <<<"$(per_frame "$s1b" "$s2b")"
-
-    ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print('%.2f' % (a/b) if b else 'n/a')" "$1" "$2"; }
-    echo
-    echo "## MTU $MTU (ivnet mode $MODE, iperf3 ${DURATION}s, $PINGS pings)"
-    echo
-    echo "| metric | veth | ivnet | ivnet/veth |"
-    echo "|---|---:|---:|---:|"
-    echo "| ping RTT avg (us), 56 B | $veth_rtt | $ivn_rtt | $(ratio "$ivn_rtt" "$veth_rtt") |"
-    echo "| TCP A->B (Gbit/s) | $veth_ab | $ivn_ab | $(ratio "$ivn_ab" "$veth_ab") |"
-    echo "| TCP B->A (Gbit/s) | $veth_ba | $ivn_ba | $(ratio "$ivn_ba" "$veth_ba") |"
-    echo
-    echo "| doorbells per frame | bridge A sent/TX frame | A wakeups/RX frame | bridge B sent/TX frame | B wakeups/RX frame |"
-    echo "|---|---:|---:|---:|---:|"
-    echo "| ping phase | $ping_a_tx | $ping_a_rx | $ping_b_tx | $ping_b_rx |"
-    echo "| TCP A->B phase ($tcp_a_txf data frames A->B, $tcp_b_txf ACKs B->A) | $tcp_a_tx | $tcp_a_rx | $tcp_b_tx | $tcp_b_rx |"
-
-    # --- teardown ------------------------------------------------------------
-    kill "$PID_A" "$PID_B"; wait "$PID_A" "$PID_B" 2>/dev/null || true
-    kill "${PIDS[0]}" 2>/dev/null || true; wait "${PIDS[0]}" 2>/dev/null || true
+    for ns in "$A" "$B"; do wait_for 20 "TAP ivn0 in $ns" tap_exists "$ns" || { cat "$WORK"/*.err; exit 1; }; done
+}
+stop_all() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     PIDS=()
-    rm -f "$WORK/ready" "$WORK/s.sock" "$WORK"/*.json
-    for ns in "$TAG-a" "$TAG-b" "$TAG-va" "$TAG-vb"; do ip netns del "$ns"; done
+    rm -f "$WORK/ready" "$WORK/s.sock" "$WORK"/a.json "$WORK"/b.json
+}
+
+echo "# ivnet-bridge benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, $(uname -r), mode $MODE, iperf3 ${DURATION}s, $PINGS pings"
+echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
+echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# command: MTUS=\"$MTUS\" MODE=$MODE DURATION=$DURATION scripts/bench-bridge.sh"
+echo "# rows: config mtu rtt_us tcp_ab_gbit tcp_ba_gbit doorbells_per_frame cpu_s_per_gb"
+: >"$WORK/rows"
+for MTU in $MTUS; do
+    # veth
+    ns_up
+    ip link add "${TAG}x" type veth peer name "${TAG}y"
+    ip link set "${TAG}x" netns "$A"; ip link set "${TAG}y" netns "$B"
+    ip -n "$A" link set "${TAG}x" name veth0 mtu "$MTU" up
+    ip -n "$B" link set "${TAG}y" name veth0 mtu "$MTU" up
+    addrs veth0
+    measure veth "$MTU"
+    ns_down
+    # TAP<->TAP relay with the same offloads
+    ns_up
+    "$RELAY" "$A" "$B" rl0 "$MTU" offload >"$WORK/relay.out" 2>"$WORK/relay.err" &
+    PR=$!; PIDS+=($PR)
+    wait_for 10 "tap-relay ready" grep -q ready "$WORK/relay.out" || { cat "$WORK/relay.err"; exit 1; }
+    addrs rl0
+    measure relay "$MTU" "$PR"
+    stop_all; ns_down
+    # ivnet plain and with offloads
+    for cfg in plain offload; do
+        ns_up
+        start_bridges "$MTU" "$([ $cfg = plain ] && echo off || echo auto)"
+        addrs ivn0
+        measure "$cfg" "$MTU" "$PA" "$PB"
+        if [ "$cfg" = offload ]; then
+            grep -q "offloads negotiated" "$WORK/a.err" || echo "# WARNING: offloads were not negotiated at MTU $MTU"
+        fi
+        stop_all; ns_down
+    done
 done
+echo "# load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+python3 - "$WORK/rows" "$OUT" <<'PY'
+import sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+out = sys.argv[2]
+data = {}
+for cfg, mtu, rtt, ab, ba, db, cpu in rows:
+    data[(cfg, int(mtu))] = dict(rtt=float(rtt), ab=float(ab), ba=float(ba), db=db, cpu=cpu)
+mtus = sorted({m for _, m in data})
+cfgs = ["veth", "relay", "plain", "offload"]
+lines = ["| MTU | config | TCP A→B Gbit/s | TCP B→A Gbit/s | ×veth | ×relay | ping RTT µs | doorbells/frame | CPU s/GB |",
+         "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+for m in mtus:
+    v, r = data.get(("veth", m)), data.get(("relay", m))
+    for c in cfgs:
+        d = data.get((c, m))
+        if not d: continue
+        rv = "%.2f / %.2f" % (d["ab"] / v["ab"], d["ba"] / v["ba"]) if v and v["ab"] and v["ba"] else "-"
+        rr = "%.2f / %.2f" % (d["ab"] / r["ab"], d["ba"] / r["ba"]) if r and r["ab"] and r["ba"] else "-"
+        lines.append("| %d | %s | %.2f | %.2f | %s | %s | %.1f | %s | %s |" % (m, c, d["ab"], d["ba"], rv, rr, d["rtt"], d["db"], d["cpu"]))
+table = "\n".join(lines)
+print(); print(table)
+open(out + ".md", "w").write(table + "\n")
+# SVG: throughput (mean of both ways) and RTT per MTU, one bar per config.
+colors = dict(veth="#4c72b0", relay="#55a868", plain="#c44e52", offload="#8172b2")
+W, H, pad = 900, 360, 50
+def panel(x0, title, key, unit):
+    vals = [key(data[(c, m)]) for m in mtus for c in cfgs if (c, m) in data]
+    top = max(vals) * 1.15 if vals else 1
+    pw, ph = W / 2 - 2 * pad, H - 2 * pad
+    s = ['<text x="%d" y="25" font-size="14">%s</text>' % (x0 + pad, title)]
+    s.append('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>' % (x0 + pad, H - pad, x0 + pad + pw, H - pad))
+    gw = pw / max(1, len(mtus)); bw = gw / (len(cfgs) + 1)
+    for i, m in enumerate(mtus):
+        s.append('<text x="%.0f" y="%d" font-size="11" text-anchor="middle">MTU %d</text>' % (x0 + pad + gw * (i + 0.5), H - pad + 15, m))
+        for j, c in enumerate(cfgs):
+            if (c, m) not in data: continue
+            v = key(data[(c, m)]); h = ph * v / top
+            x = x0 + pad + gw * i + bw * (j + 0.5)
+            s.append('<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"/>' % (x, H - pad - h, bw * 0.9, h, colors[c]))
+            s.append('<text x="%.1f" y="%.1f" font-size="9" text-anchor="middle">%.3g</text>' % (x + bw * 0.45, H - pad - h - 3, v))
+    s.append('<text x="%d" y="%d" font-size="11">%s</text>' % (x0 + 5, pad - 5, unit))
+    return s
+svg = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif">' % (W, H + 30),
+       '<rect width="100%" height="100%" fill="white"/>']
+svg += panel(0, "TCP throughput, mean of both ways", lambda d: (d["ab"] + d["ba"]) / 2, "Gbit/s")
+svg += panel(W // 2, "ping RTT (56 B)", lambda d: d["rtt"], "µs")
+for j, c in enumerate(cfgs):
+    svg.append('<rect x="%d" y="%d" width="12" height="12" fill="%s"/><text x="%d" y="%d" font-size="12">%s</text>' % (pad + 130 * j, H + 10, colors[c], pad + 130 * j + 16, H + 21, c))
+svg.append("</svg>")
+open(out + ".svg", "w").write("\n".join(svg) + "\n")
+print("\nwrote %s.md and %s.svg" % (out, out))
+PY
