@@ -18,7 +18,8 @@
 #
 # Environment: MTUS (list), MODE (event|poll|hybrid), DURATION (s per iperf3
 # run), PINGS (echo requests per RTT measurement), BRIDGE_ARGS (more
-# ivnet-bridge arguments), OUT (output prefix), CARGO_TARGET_DIR.
+# ivnet-bridge arguments), SERVER_ARGS (ivshmem-server arguments, e.g. -l 0x200000),
+# OUT (output prefix), CARGO_TARGET_DIR.
 # Addresses: 10.77.0.1/.2 inside namespaces this script creates and deletes.
 set -euo pipefail
 
@@ -27,6 +28,7 @@ MODE=${MODE:-event}
 DURATION=${DURATION:-5}
 PINGS=${PINGS:-500}
 BRIDGE_ARGS=${BRIDGE_ARGS:-}
+SERVER_ARGS=${SERVER_ARGS:-}
 OUT=${OUT:-bench-bridge}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -130,7 +132,8 @@ measure() {
 }
 
 start_bridges() {  # MTU OFFLOAD
-    "$SERVER" --socket "$WORK/s.sock" --ready-file "$WORK/ready" 2>"$WORK/server.err" &
+    # shellcheck disable=SC2086
+    "$SERVER" --socket "$WORK/s.sock" --ready-file "$WORK/ready" $SERVER_ARGS 2>"$WORK/server.err" &
     SRV=$!; PIDS+=($SRV)
     wait_for 10 "ivshmem-server readiness" test -e "$WORK/ready" || { cat "$WORK/server.err"; exit 1; }
     # shellcheck disable=SC2086
@@ -154,7 +157,7 @@ stop_all() {
 echo "# ivnet-bridge benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, $(uname -r), mode $MODE, iperf3 ${DURATION}s, $PINGS pings"
 echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
 echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "# command: MTUS=\"$MTUS\" MODE=$MODE DURATION=$DURATION scripts/bench-bridge.sh"
+echo "# command: MTUS=\"$MTUS\" MODE=$MODE DURATION=$DURATION SERVER_ARGS=\"$SERVER_ARGS\" scripts/bench-bridge.sh"
 echo "# rows: config mtu rtt_us tcp_ab_gbit tcp_ba_gbit doorbells_per_frame cpu_s_per_gb"
 : >"$WORK/rows"
 for MTU in $MTUS; do

@@ -294,6 +294,13 @@ fn tcp_echo_of_16_mib_is_byte_exact() {
     let stats = rig.guest_stats();
     assert_eq!(stat(&stats, "tcp_echo_bytes"), LEN as u64, "{stats}");
     assert_eq!(stat(&stats, "ring_errors"), 0, "{stats}");
+    // The guest knows no offload extension: the bridge (offloads on by
+    // default) found no advertisement and sent reference frames only.
+    let report = netns::signal_report(&rig.bridge);
+    assert_eq!(report["offloads"], "plain (peer offers none)", "{report}");
+    assert_eq!(report["offload"]["negotiated_links"], 0, "{report}");
+    assert_eq!(report["offload"]["tx_tso4"], 0, "{report}");
+    assert_eq!(report["offload"]["drop_unnegotiated"], 0, "{report}");
 }
 
 #[test]
