@@ -45,6 +45,17 @@
 //! footprint inside), and caching effects of CR0.CD/NW and MTRR_DEF_TYPE.E.
 //! With two CPUs the firmware releases both into the image at once, as
 //! `cell start` does, so the CPU-ticket scheme is exercised.
+//!
+//! The image must end below 0xc0000: QEMU's q35 keeps 0xc0000..0xfffff as
+//! ROM (`pc.rom`, `pc.bios`; the `loader` writes the image's bytes there
+//! but the guest's stores are dropped), where a Jailhouse cell has RAM.
+//! `IVNET_RIG_IMAGE=/path/ivnet-guest.bin` runs a ready flat image instead
+//! of building the worktree's.
+//!
+//! The cell's ivshmem device is QEMU's `ivshmem-doorbell` or the ivshmem
+//! 2.0 device of `tests/qemu-ivshmem2` (then in the QEMU built with it,
+//! which has `loader` and x2APIC under TCG too); the allowed MMIO is the
+//! BARs the guest reports having placed.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -113,6 +124,10 @@ fn run(cmd: &mut Command, what: &str) -> Result<String, String> {
 fn flat_image() -> &'static Result<PathBuf, String> {
     static IMAGE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     IMAGE.get_or_init(|| {
+        // A ready flat image instead (e.g. one built from another commit).
+        if let Some(p) = std::env::var_os("IVNET_RIG_IMAGE") {
+            return Ok(PathBuf::from(p));
+        }
         let guest = repo_root().join("bare-metal-guest");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         run(
@@ -373,6 +388,28 @@ fn send_message(ram: &SharedRam, msg: u32, timeout: Duration) -> Option<u32> {
     None
 }
 
+/// The cell's ivshmem device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Device {
+    /// QEMU's `ivshmem-doorbell` (the guest's QEMU profile: the layout page
+    /// and the sections in BAR2), in the rig's QEMU ≥ 9.
+    Doorbell,
+    /// The ivshmem 2.0 device of `tests/qemu-ivshmem2` (the guest's
+    /// Jailhouse profile: 110a:4106, the sections at the capability's base
+    /// address, STATE in BAR0), in the QEMU 10 built with it — what a
+    /// Jailhouse cell is given.
+    Ivshmem2,
+}
+
+impl Device {
+    fn qemu_device(self) -> &'static str {
+        match self {
+            Device::Doorbell => "ivshmem-doorbell,chardev=ivs,vectors=2",
+            Device::Ivshmem2 => "ivshmem2,chardev=ivs",
+        }
+    }
+}
+
 /// QEMU as a Jailhouse cell.
 struct Cell {
     process: QemuProcess,
@@ -380,15 +417,27 @@ struct Cell {
 }
 
 impl Cell {
-    fn start(socket: &Path, cmdline: &str) -> Cell {
-        Self::start_with(Some(socket), cmdline, &comm_region_page())
+    fn start(socket: &Path, device: Device, cmdline: &str) -> Cell {
+        Self::start_with(Some((socket, device)), cmdline, &comm_region_page())
     }
 
-    /// A cell with an optional ivshmem link and the comm region `comm`;
-    /// as many CPUs as the comm region's `num_cpus`.
-    fn start_with(socket: Option<&Path>, cmdline: &str, comm: &[u8]) -> Cell {
+    /// A cell with an optional ivshmem link (the server's socket and the
+    /// device on it) and the comm region `comm`; as many CPUs as the comm
+    /// region's `num_cpus`.
+    fn start_with(link: Option<(&Path, Device)>, cmdline: &str, comm: &[u8]) -> Cell {
         let cpus = u16::from_le_bytes([comm[0x42], comm[0x43]]).max(1);
-        let (qemu, data) = rig_qemu().as_ref().unwrap_or_else(|e| panic!("{e}"));
+        let ivshmem2_qemu;
+        let (qemu, data) = match link {
+            Some((_, Device::Ivshmem2)) => {
+                ivshmem2_qemu =
+                    ivnet_e2e::ivshmem2::qemu_binary().unwrap_or_else(|e| panic!("{e}"));
+                (&ivshmem2_qemu, &None)
+            }
+            _ => {
+                let (q, d) = rig_qemu().as_ref().unwrap_or_else(|e| panic!("{e}"));
+                (q, d)
+            }
+        };
         let image = flat_image().as_ref().unwrap_or_else(|e| panic!("{e}"));
         let fw = firmware().as_ref().unwrap_or_else(|e| panic!("{e}"));
         let dir = tempfile::Builder::new()
@@ -441,10 +490,10 @@ impl Cell {
             .args(["-trace", "cpu_set_apic_base"])
             .arg("-D")
             .arg(dir.join("trace.log"));
-        if let Some(socket) = socket {
+        if let Some((socket, device)) = link {
             cmd.arg("-chardev")
                 .arg(format!("socket,path={},id=ivs", socket.display()))
-                .args(["-device", "ivshmem-doorbell,chardev=ivs,vectors=2"]);
+                .args(["-device", device.qemu_device()]);
         }
         let process = QemuProcess::spawn(&mut cmd, dir, Accel::Tcg, "jailhouse cell").unwrap();
         Cell { process, ram }
@@ -492,7 +541,17 @@ impl Cell {
             let func = b.get(6..7)?.parse::<u32>().ok()?;
             Some(bus << 8 | dev << 3 | func)
         });
-        check_trace(&self.trace(), PM_TIMER_PORT, bdf)
+        let mut bad = check_trace(&self.trace(), PM_TIMER_PORT, bdf, &bar_ranges(&serial));
+        // The 2.0 device reports writes into its read-only sections itself
+        // (they are dropped; Jailhouse would stop the cell).
+        let stderr = self.process.qemu_stderr();
+        bad.extend(
+            stderr
+                .lines()
+                .filter(|l| l.contains("WRITE VIOLATION"))
+                .map(|l| format!("write into a read-only ivshmem section: {l}")),
+        );
+        bad
     }
 
     fn kill(&mut self) {
@@ -522,11 +581,36 @@ impl Cell {
     }
 }
 
+/// The ivshmem device's BARs as the guest placed them, from its console
+/// ("pci 00:03.0: BAR0 32-bit at 0xc0000000 size 0x100 …"): `(start, end)`.
+/// These are the cell's only MMIO regions: on Jailhouse the shared memory
+/// is plain memory of the cell (reads and writes of the writable sections
+/// never trap, here they are RAM and never traced), so a traced access at
+/// the 2.0 device's base address is a write into a read-only section.
+fn bar_ranges(serial: &str) -> Vec<(u64, u64)> {
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
+    serial
+        .lines()
+        .filter(|l| l.starts_with("pci ") && l.contains(": BAR"))
+        .filter_map(|l| {
+            let start = hex(l.split(" at ").nth(1)?.split_whitespace().next()?)?;
+            let size = hex(l.split(" size ").nth(1)?.split_whitespace().next()?)?;
+            Some((start, start.checked_add(size)?))
+        })
+        .collect()
+}
+
 /// Checks a QEMU trace (memory_region_ops_read/write, cpu_set_apic_base)
-/// against the rules of a Jailhouse cell with `pio_regions` = COM1 and the
-/// ivshmem function `ivshmem_bdf` (bus << 8 | dev << 3 | fn). Returns one
+/// against the rules of a Jailhouse cell with `pio_regions` = COM1, the
+/// ivshmem function `ivshmem_bdf` (bus << 8 | dev << 3 | fn) and its BARs
+/// `bars` (`(start, end)`, the only MMIO the cell is given). Returns one
 /// line per access Jailhouse would have made fatal.
-fn check_trace(trace: &str, pm_timer: u16, ivshmem_bdf: Option<u32>) -> Vec<String> {
+fn check_trace(
+    trace: &str,
+    pm_timer: u16,
+    ivshmem_bdf: Option<u32>,
+    bars: &[(u64, u64)],
+) -> Vec<String> {
     let marker = "value 0xa5 size 1 name 'ioport80'";
     let Some((_, inmate)) = trace.split_once(marker) else {
         return vec!["the firmware's port-0x80 marker is missing from the trace".into()];
@@ -600,8 +684,9 @@ fn check_trace(trace: &str, pm_timer: u16, ivshmem_bdf: Option<u32>) -> Vec<Stri
             {
                 bad.push(format!("MSI-X aimed outside the cell: {line}"));
             }
-        } else if !(name.starts_with("ivshmem") || name.starts_with("msix")) {
-            bad.push(format!("MMIO outside the cell's devices: {line}"));
+        }
+        if addr >= 0x1_0000 && !bars.iter().any(|&(s, e)| addr >= s && end <= e) {
+            bad.push(format!("MMIO outside the cell's device BARs: {line}"));
         }
     }
     bad
@@ -621,7 +706,7 @@ struct Rig {
 const CMDLINE: &str = "ip=10.77.0.2/24 gw=10.77.0.1 stats=5";
 
 impl Rig {
-    fn start() -> Rig {
+    fn start(device: Device) -> Rig {
         netns::require_root();
         netns::ensure_base_tools();
         let dir = tempfile::Builder::new()
@@ -630,7 +715,7 @@ impl Rig {
             .unwrap();
         let ns = Netns::new("jhcell");
         let server = Server::start(dir.path(), &[]);
-        let mut cell = Cell::start(&server.socket, CMDLINE);
+        let mut cell = Cell::start(&server.socket, device, CMDLINE);
         cell.wait_serial("platform: jailhouse cell", LINK_TIMEOUT);
         let bridge = BridgeSpec {
             name: "bridge".into(),
@@ -758,16 +843,46 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
 /// through `ivshmem-server`, answers ping, UDP and TCP echo, answers the
 /// comm-region messages, takes the link down on SHUTDOWN_REQUEST (the
 /// bridge's carrier drops) before approving it, and makes no access
-/// Jailhouse would kill it for; a restarted cell relinks.
+/// Jailhouse would kill it for; a restarted cell relinks. The device is
+/// QEMU's `ivshmem-doorbell` (the guest's QEMU profile).
 #[test]
 fn flat_image_runs_as_a_jailhouse_cell() {
+    run_cell(Device::Doorbell);
+}
+
+/// The same cell life with the ivshmem 2.0 device (`tests/qemu-ivshmem2`),
+/// i.e. what Jailhouse gives a cell: 110a:4106 found through 0xcf8/0xcfc,
+/// the vendor capability read, BAR0 (registers, STATE) and BAR1 (MSI-X)
+/// the only MMIO, the sections at the capability's fixed base address, the
+/// state table and the peer's section read-only (a write would show up in
+/// the trace and in the device's WRITE VIOLATION report). SHUTDOWN_REQUEST
+/// writes RESET through STATE, which the device copies into the state
+/// table and signals to the bridge on vector 0.
+#[test]
+fn flat_image_runs_as_a_jailhouse_cell_on_the_ivshmem2_device() {
+    if ivnet_e2e::ivshmem2::qemu_binary_or_skip(
+        "flat_image_runs_as_a_jailhouse_cell_on_the_ivshmem2_device",
+    )
+    .is_none()
+    {
+        return;
+    }
+    run_cell(Device::Ivshmem2);
+}
+
+fn run_cell(device: Device) {
     let _serial = netns::serial();
     let started = Instant::now();
-    let mut rig = Rig::start();
-    eprintln!("cell linked after {:?}", started.elapsed());
+    let mut rig = Rig::start(device);
+    eprintln!("{device:?}: cell linked after {:?}", started.elapsed());
     assert_eq!(rig.cell.cell_state(), CELL_RUNNING, "{}", rig.logs());
     let serial = rig.cell.serial();
     assert!(serial.contains("apic: X2Apic"), "{serial}");
+    let profile = match device {
+        Device::Doorbell => "ivshmem QemuDoorbell",
+        Device::Ivshmem2 => "ivshmem Jailhouse",
+    };
+    assert!(serial.contains(profile), "{serial}");
 
     rig.ping(3);
     rig.udp_echo();
@@ -795,11 +910,11 @@ fn flat_image_runs_as_a_jailhouse_cell() {
     rig.stop_and_check();
 
     // `cell load` + `cell start` again: a fresh cell relinks.
-    rig.cell = Cell::start(&rig.server.socket, CMDLINE);
+    rig.cell = Cell::start(&rig.server.socket, device, CMDLINE);
     rig.wait_carrier(true);
     rig.ping(3);
     rig.stop_and_check();
-    eprintln!("rig test done after {:?}", started.elapsed());
+    eprintln!("{device:?}: rig test done after {:?}", started.elapsed());
     drop(rig.dir);
 }
 
@@ -916,9 +1031,23 @@ fn trace_checker_flags_fatal_accesses() {
         "memory_region_ops_read cpu 0 mr 0x5 addr 0x608 value 0x1234 size 4 name 'acpi-tmr'",
         "memory_region_ops_write cpu -1 mr 0x6 addr 0xfee00000 value 0x0 size 4 name 'apic-msi'",
         "memory_region_ops_write cpu 0 mr 0x7 addr 0xc0001000 value 0xfee00000 size 4 name 'msix-table'",
+        "memory_region_ops_write cpu 0 mr 0xd addr 0xc0000010 value 0x2 size 4 name 'ivshmem2-regs'",
+        "memory_region_ops_read cpu 0 mr 0xd addr 0xc0000000 value 0x1 size 4 name 'ivshmem2-regs'",
     ];
+    let bars = bar_ranges(
+        "pci 00:03.0: ivshmem Jailhouse\n\
+         pci 00:03.0: BAR0 32-bit at 0xc0000000 size 0x1000 (assigned by the guest)\n\
+         pci 00:03.0: BAR1 32-bit at 0xc0001000 size 0x1000 (assigned by the guest)\n",
+    );
+    assert_eq!(
+        bars,
+        [(0xc000_0000, 0xc000_1000), (0xc000_1000, 0xc000_2000)]
+    );
     let trace = format!("{head}{}\n", ok.join("\n"));
-    assert_eq!(check_trace(&trace, 0x608, Some(0x18)), Vec::<String>::new());
+    assert_eq!(
+        check_trace(&trace, 0x608, Some(0x18), &bars),
+        Vec::<String>::new()
+    );
     let fatal = [
         "memory_region_ops_write cpu 0 mr 0x8 addr 0x43 value 0xb0 size 1 name 'pit'",
         "memory_region_ops_read cpu 0 mr 0x9 addr 0x61 value 0x0 size 1 name 'pcspk'",
@@ -930,11 +1059,15 @@ fn trace_checker_flags_fatal_accesses() {
         "memory_region_ops_read cpu 0 mr 0xc addr 0xfee00020 value 0x0 size 4 name 'apic-msi'",
         "memory_region_ops_write cpu 0 mr 0x7 addr 0xc0001000 value 0xfee01000 size 4 name 'msix-table'",
         "cpu_set_apic_base 0x00000000fee00c00",
+        // Another device's MMIO although its name looks like ours.
+        "memory_region_ops_read cpu 0 mr 0xe addr 0xc0002000 value 0x0 size 4 name 'ivshmem-mmio'",
+        // A write into the 2.0 device's state table (a ROM device: writes trap).
+        "memory_region_ops_write cpu 0 mr 0xf addr 0x20000000 value 0x1 size 4 name 'ivshmem2-state-table'",
     ];
     let trace = format!("{head}{}\n", fatal.join("\n"));
-    let bad = check_trace(&trace, 0x608, Some(0x18));
+    let bad = check_trace(&trace, 0x608, Some(0x18), &bars);
     // The 2-byte 0xcf8 write is one violation; the config write after the
     // 4-byte one names 00:1f.0, another.
     assert_eq!(bad.len(), fatal.len() - 1, "{bad:#?}");
-    assert_eq!(check_trace("", 0x608, None).len(), 1, "no marker");
+    assert_eq!(check_trace("", 0x608, None, &bars).len(), 1, "no marker");
 }
