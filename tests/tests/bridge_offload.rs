@@ -173,3 +173,121 @@ fn offload_off_on_one_side_falls_back_to_plain() {
     assert!(rx > 100_000 && bytes / rx <= 1518, "{sb}");
     assert_eq!(n(&sb["bridge"]["tap_written_frames"]), rx, "{sb}");
 }
+
+/// A peer that advertises the extension and then sends bad virtio-net
+/// headers — a GSO type that was not negotiated, a checksum offset beyond
+/// the frame, TSO with gso_size 0, a super-frame longer than negotiated —
+/// gets each frame dropped and counted; nothing reaches the kernel that it
+/// refuses, the link stays up, and a good frame after them is delivered.
+#[test]
+fn bad_virtio_net_headers_are_counted_drops() {
+    use ivnet_ring::{Config, Endpoint, Notify, OwnSection, PeerSection};
+    use ivshmem_server::HostPeer;
+
+    let _serial = netns::serial();
+    netns::require_root();
+    netns::ensure_base_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let ns = netns::Netns::new("hdr");
+    let server = netns::Server::start(dir.path(), &[]);
+    let mut peer = HostPeer::connect(&server.socket, Duration::from_secs(10)).unwrap();
+    assert_eq!(peer.id(), 0);
+    let (own_ptr, own_len) = peer.own_section();
+    let (peer_ptr, peer_len) = peer.peer_section(1).unwrap();
+    // SAFETY: HostPeer maps its own section read-write and the other one
+    // read-only while `peer` lives; the endpoint is dropped first (below).
+    let own = unsafe { OwnSection::new(own_ptr, own_len) }.unwrap();
+    // SAFETY: as above.
+    let theirs = unsafe { PeerSection::new(peer_ptr, peer_len) }.unwrap();
+    let mut ep = Endpoint::new(own, theirs, Config::with_mtu(1500)).unwrap();
+    // Version 1 block: "IVNX", version 1, header 10, CSUM|TSO4|TSO6, 65564.
+    let mut block = [0u8; 16];
+    block[0..4].copy_from_slice(&0x584e_5649u32.to_le_bytes());
+    block[4..6].copy_from_slice(&1u16.to_le_bytes());
+    block[6..8].copy_from_slice(&10u16.to_le_bytes());
+    block[8..12].copy_from_slice(&0b111u32.to_le_bytes());
+    block[12..16].copy_from_slice(&65564u32.to_le_bytes());
+    ep.set_own_extension(block);
+
+    let spec = netns::BridgeSpec {
+        name: "bridge".into(),
+        socket: server.socket.clone(),
+        netns: ns.name().into(),
+        tap: "ivn0".into(),
+        mtu: 1500,
+        extra: vec![],
+    };
+    let mut bridge = spec.spawn(dir.path());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !ep.carrier() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no carrier\n{}",
+            bridge.stderr()
+        );
+        let raw = peer.peer_state(1).unwrap_or(0);
+        if let Some(s) = ep.on_peer_state(raw, true).write_state {
+            peer.set_own_state(s.raw());
+            let _ = peer.doorbell(1, 0);
+        }
+        let _ = peer.wait(Some(Duration::from_millis(20)));
+    }
+    bridge
+        .wait_stderr(
+            "offloads negotiated with the peer",
+            1,
+            Duration::from_secs(10),
+        )
+        .expect("negotiated");
+    ep.set_max_frame_len(10 + 70_000).unwrap();
+
+    let hdr = |flags: u8, gso: u8, gso_size: u16, start: u16, off: u16| {
+        let mut h = vec![flags, gso, 0, 0];
+        h.extend_from_slice(&gso_size.to_le_bytes());
+        h.extend_from_slice(&start.to_le_bytes());
+        h.extend_from_slice(&off.to_le_bytes());
+        h
+    };
+    // A broadcast ARP request from 10.77.0.9 for 10.77.0.8 (nobody): the
+    // kernel accepts it and answers nothing.
+    let mut eth = vec![0xff; 6];
+    eth.extend_from_slice(&[2, 0, 0, 0, 0, 9, 0x08, 0x06]);
+    eth.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 9, 10, 77, 0, 9]);
+    eth.extend_from_slice(&[0, 0, 0, 0, 0, 0, 10, 77, 0, 8]);
+    eth.resize(60, 0);
+    let frames: Vec<Vec<u8>> = vec![
+        [hdr(1, 3, 1400, 14, 6), eth.clone()].concat(), // UFO: not negotiated
+        [hdr(1, 0, 0, 50, 16), eth.clone()].concat(),   // checksum beyond the frame
+        [hdr(1, 1, 0, 34, 16), eth.clone()].concat(),   // TSO with gso_size 0
+        [hdr(1, 1, 1448, 34, 16), vec![0; 70_000]].concat(), // longer than negotiated
+        [hdr(0, 0, 0, 0, 0), eth.clone()].concat(),     // good
+    ];
+    for f in &frames {
+        while !ep.tx_ready() {
+            ep.reclaim().unwrap();
+            let _ = peer.wait(Some(Duration::from_millis(5)));
+        }
+        ep.send(f).unwrap();
+        if ep.flush_tx() == Notify::Doorbell {
+            peer.doorbell(1, 1).unwrap();
+        }
+    }
+    let mut report = serde_json::Value::Null;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        report = netns::signal_report(&bridge);
+        if n(&report["ring"]["rx_frames"]) >= frames.len() as u64 {
+            break;
+        }
+    }
+    assert_eq!(n(&report["ring"]["rx_frames"]), 5, "{report}");
+    assert_eq!(n(&report["offload"]["drop_bad_header"]), 4, "{report}");
+    assert_eq!(n(&report["bridge"]["tap_written_frames"]), 1, "{report}");
+    assert_eq!(n(&report["bridge"]["drop_tap_write"]), 0, "{report}");
+    assert_eq!(n(&report["ring"]["peer_errors"]), 0, "{report}");
+    assert_eq!(report["carrier"], true, "{report}");
+    let st = bridge.stop(libc::SIGTERM, Duration::from_secs(10));
+    assert!(st.is_some_and(|s| s.success()), "{}", bridge.stderr());
+    drop(ep);
+    drop(peer);
+}
