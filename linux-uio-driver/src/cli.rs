@@ -20,11 +20,14 @@ use ivnet_ring::geometry::{MAX_MTU, MIN_MTU};
 /// peer sends come out of the TAP interface; frames the kernel routes into
 /// the TAP interface go to the other peer.
 ///
-/// The link is reached through one of two backends:
+/// The link is reached through one of three backends:
 ///
 ///   --uio /dev/uioN   a UIO device: Jailhouse ivshmem 2.0 (110a:4106) bound to
 ///                     uio_ivshmem, or QEMU ivshmem-doorbell (1af4:1110) bound to
 ///                     a generic MSI-X UIO driver such as igb_uio;
+///
+///   --vfio BDF        the same devices bound to the stock vfio-pci driver,
+///                     e.g. 0000:00:05.0 (needs an IOMMU or VFIO no-IOMMU mode);
 ///
 ///   --server PATH     a host peer of ivnet's ivshmem-server (UNIX socket).
 ///
@@ -40,8 +43,12 @@ use ivnet_ring::geometry::{MAX_MTU, MIN_MTU};
 /// command line.
 #[derive(Debug, Parser)]
 #[command(name = "ivnet-bridge", version, verbatim_doc_comment)]
-#[command(group(ArgGroup::new("backend").required(true).args(["uio", "server"])))]
+#[command(group(ArgGroup::new("backend").required(true).args(["uio", "server", "vfio"])))]
 pub struct Args {
+    /// PCI address of the ivshmem device bound to vfio-pci, e.g. 0000:00:05.0.
+    #[arg(long, value_name = "BDF")]
+    pub vfio: Option<String>,
+
     /// UIO device of the ivshmem PCI device, e.g. /dev/uio0.
     #[arg(long, value_name = "DEVICE")]
     pub uio: Option<PathBuf>,

@@ -64,8 +64,10 @@ fn run(args: &Args) -> Result<(), String> {
         )
     } else if let Some(dev) = &args.uio {
         backend::uio::open(dev).map_err(|e| e.to_string())?
+    } else if let Some(bdf) = &args.vfio {
+        backend::vfio::open(bdf).map_err(|e| e.to_string())?
     } else {
-        unreachable!("clap requires --uio or --server");
+        unreachable!("clap requires --uio, --vfio or --server");
     };
     info!("{}", backend.describe());
 

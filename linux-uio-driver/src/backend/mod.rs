@@ -13,6 +13,8 @@
 //! | [`server`] | memfd from ivnet's ivshmem-server | `OwnStateEntry` + vector 0 | peer eventfd | own eventfds | nothing |
 //! | [`uio`] Jailhouse | `uio_ivshmem` maps | STATE register | DOORBELL register | `/dev/uioN` | INT_CONTROL (one-shot) |
 //! | [`uio`] QEMU | BAR2 of ivshmem-doorbell via a generic UIO driver | `OwnStateEntry` + vector 0 | BAR0 doorbell | `/dev/uioN` | irqcontrol |
+//! | [`vfio`] QEMU | BAR2 of ivshmem-doorbell via vfio-pci | `OwnStateEntry` + vector 0 | BAR0 doorbell | one eventfd per MSI-X vector | nothing |
+//! | [`vfio`] Jailhouse | `/dev/mem` at the capability's base address | STATE register | DOORBELL register | one eventfd per MSI-X vector | INT_CONTROL (one-shot) |
 
 use std::io;
 use std::os::fd::RawFd;
@@ -23,6 +25,7 @@ use ivnet_ring::LinkState;
 
 pub mod server;
 pub mod uio;
+pub mod vfio;
 
 /// Monotonic microseconds (the clock every backend gives the driver core).
 pub fn monotonic_us() -> u64 {
@@ -46,6 +49,9 @@ pub enum BackendError {
     /// Opening or using the UIO device.
     #[error(transparent)]
     Uio(#[from] crate::uio::UioError),
+    /// Opening or using the device through vfio-pci.
+    #[error(transparent)]
+    Vfio(#[from] vfio::VfioError),
     /// The device or link does not have the shape ivshmem-net needs.
     #[error("{0}")]
     Unsupported(String),

@@ -461,63 +461,20 @@ impl QemuUio {
         Ok(me)
     }
 
-    /// Write-protects what this peer must never write: the layout page, the
-    /// state table and the peer's output section (QEMU maps the whole window
-    /// read-write); in the state view, everything but the page of the own
-    /// state entry becomes inaccessible.
+    /// Write-protects what this peer must never write
+    /// ([`protect_qemu_views`]).
     fn protect(&self) -> Result<(), BackendError> {
-        let l = &self.layout.layout;
-        let peer_off = l
-            .output_section_offset(self.peer)
-            .expect("peer < max_peers") as usize;
-        let page = LAYOUT_PAGE_SIZE as usize;
-        let own_page =
-            l.state_entry_offset(self.id).expect("id < max_peers") as usize & !(page - 1);
-        let view_len = self.state_view.len();
-        let window = self.window.as_ptr();
-        let view = self.state_view.as_ptr();
-        for (base, off, len, prot) in [
-            (window, 0, page, libc::PROT_READ),
-            (
-                window,
-                l.state_table_offset as usize,
-                l.state_table_size as usize,
-                libc::PROT_READ,
-            ),
-            (
-                window,
-                peer_off,
-                l.output_section_size as usize,
-                libc::PROT_READ,
-            ),
-            (view, 0, own_page, libc::PROT_NONE),
-            (
-                view,
-                own_page + page,
-                view_len - own_page - page,
-                libc::PROT_NONE,
-            ),
-        ] {
-            if len == 0 {
-                continue;
-            }
-            let ptr = base.wrapping_add(off);
-            // SAFETY: [off, off + len) lies inside the mapping (the layout
-            // was validated against the window size; both views map all of
-            // BAR2) and is page-aligned (validated: the state table and the
-            // sections are 4 KiB multiples); the bridge holds no reference
-            // into it.
-            let rc = unsafe {
-                libc::mprotect(ptr as *mut libc::c_void, len.next_multiple_of(page), prot)
-            };
-            if rc != 0 {
-                return Err(BackendError::Io {
-                    what: "write-protecting the shared memory",
-                    source: std::io::Error::last_os_error(),
-                });
-            }
+        // SAFETY: both views map all of BAR2 and live in `self`.
+        unsafe {
+            protect_qemu_views(
+                self.window.as_ptr(),
+                self.state_view.as_ptr(),
+                self.state_view.len(),
+                &self.layout,
+                self.id,
+                self.peer,
+            )
         }
-        Ok(())
     }
 
     fn state_entry(&self, peer: u16) -> *const u32 {
@@ -546,6 +503,71 @@ impl QemuUio {
             .ring(self.peer, vector)
             .map_err(BackendError::Doorbell)
     }
+}
+
+/// Write-protects what a peer of a QEMU ivshmem window must never write:
+/// the layout page, the state table and the peer's output section (QEMU maps
+/// the whole window read-write); in the state view (a second mapping of the
+/// window), everything but the page of the own state entry becomes
+/// inaccessible. Shared by the UIO and VFIO backends.
+///
+/// # Safety
+/// `window` and `view` are two live shared mappings of the whole window
+/// (`view_len` bytes each, at least the validated `layout`'s extent), and
+/// nothing holds a reference into the ranges made read-only or inaccessible.
+pub(super) unsafe fn protect_qemu_views(
+    window: *const u8,
+    view: *const u8,
+    view_len: usize,
+    layout: &LayoutPage,
+    id: u16,
+    peer: u16,
+) -> Result<(), BackendError> {
+    let l = &layout.layout;
+    let peer_off = l.output_section_offset(peer).expect("peer < max_peers") as usize;
+    let page = LAYOUT_PAGE_SIZE as usize;
+    let own_page = l.state_entry_offset(id).expect("id < max_peers") as usize & !(page - 1);
+    for (base, off, len, prot) in [
+        (window, 0, page, libc::PROT_READ),
+        (
+            window,
+            l.state_table_offset as usize,
+            l.state_table_size as usize,
+            libc::PROT_READ,
+        ),
+        (
+            window,
+            peer_off,
+            l.output_section_size as usize,
+            libc::PROT_READ,
+        ),
+        (view, 0, own_page, libc::PROT_NONE),
+        (
+            view,
+            own_page + page,
+            view_len - own_page - page,
+            libc::PROT_NONE,
+        ),
+    ] {
+        if len == 0 {
+            continue;
+        }
+        let ptr = base.wrapping_add(off);
+        // SAFETY: [off, off + len) lies inside the mapping (the layout
+        // was validated against the window size; both views map all of
+        // BAR2) and is page-aligned (validated: the state table and the
+        // sections are 4 KiB multiples); the bridge holds no reference
+        // into it.
+        let rc =
+            unsafe { libc::mprotect(ptr as *mut libc::c_void, len.next_multiple_of(page), prot) };
+        if rc != 0 {
+            return Err(BackendError::Io {
+                what: "write-protecting the shared memory",
+                source: std::io::Error::last_os_error(),
+            });
+        }
+    }
+    Ok(())
 }
 
 impl Backend for QemuUio {
