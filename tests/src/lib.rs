@@ -8,3 +8,4 @@ pub mod ivshmem2;
 pub mod linuxvm;
 pub mod netns;
 pub mod qemu;
+pub mod two_vms;

@@ -7,7 +7,7 @@
 //!
 //! | what | from |
 //! |---|---|
-//! | `vmlinuz`, `uio.ko`, `tun.ko` | `linux-image-<release>`, the kernel `linux-image-amd64` depends on |
+//! | `vmlinuz`, `uio.ko`, `tun.ko`, vfio-pci and its dependencies | `linux-image-<release>`, the kernel `linux-image-amd64` depends on |
 //! | `uio_ivshmem_doorbell.ko` | `tests/linux-vm/uio_ivshmem_doorbell/`, compiled with Kbuild against `linux-headers-<release>` (+ `-common`, `linux-kbuild-*`) unpacked into the cache |
 //! | `/bin/busybox` | `busybox-static` |
 //! | `/bin/ivnet-bridge`, `/bin/ivnet-echo-check` | this workspace's release builds ([`crate::netns::bins`]), debug info stripped |
@@ -69,8 +69,19 @@ const KERNEL_META_PACKAGE: &str = "linux-image-amd64";
 /// libelf that the prebuilt `objtool` of `linux-kbuild-*` links against.
 const HOST_BUILD_PACKAGES: [&str; 3] = ["make", "gcc-12", "libelf1"];
 
-/// Kernel modules taken from the image package (path under `kernel/`).
-const KERNEL_MODULES: [&str; 2] = ["drivers/uio/uio.ko", "drivers/net/tun.ko"];
+/// Kernel modules taken from the image package (path under `kernel/`): UIO
+/// and TUN, then vfio-pci with its dependencies in load order (Debian's 6.1
+/// has no `iommufd` and no `CONFIG_VFIO_NOIOMMU`: VFIO needs the IOMMU).
+const KERNEL_MODULES: [&str; 8] = [
+    "drivers/uio/uio.ko",
+    "drivers/net/tun.ko",
+    "drivers/vfio/vfio.ko",
+    "drivers/vfio/vfio_iommu_type1.ko",
+    "drivers/vfio/vfio_virqfd.ko",
+    "virt/lib/irqbypass.ko",
+    "drivers/vfio/pci/vfio-pci-core.ko",
+    "drivers/vfio/pci/vfio-pci.ko",
+];
 
 /// Where the modules go in the initramfs (the init script loads them from
 /// there with `insmod`; no `depmod` needed).
@@ -302,8 +313,6 @@ fn build_guest() -> Result<LinuxGuest, String> {
         build_cache(&release, &dir)?;
         fs::write(&stamp, "built by tests/src/linuxvm.rs\n").map_err(|e| e.to_string())?;
     }
-    let uio_module = build_uio_module(&release, &dir)?;
-    drop(lock);
     let mut modules: Vec<PathBuf> = KERNEL_MODULES
         .iter()
         .map(|m| {
@@ -311,6 +320,11 @@ fn build_guest() -> Result<LinuxGuest, String> {
                 .join(Path::new(m).file_name().expect("file"))
         })
         .collect();
+    if modules.iter().any(|m| !m.is_file()) {
+        unpack_kernel(&release, &dir)?;
+    }
+    let uio_module = build_uio_module(&release, &dir)?;
+    drop(lock);
     modules.push(uio_module);
     if let Some(m) = modules.iter().find(|m| !m.is_file()) {
         return Err(format!(
@@ -335,6 +349,37 @@ fn build_guest() -> Result<LinuxGuest, String> {
         echo_check,
         release,
     })
+}
+
+/// Unpacks `vmlinuz` and [`KERNEL_MODULES`] from the image package in
+/// `dir/debs` (downloaded again if it is gone). Also run on a cache built
+/// before a module joined the list.
+fn unpack_kernel(release: &str, dir: &Path) -> Result<(), String> {
+    let debs = dir.join("debs");
+    let image_pkg = format!("linux-image-{release}");
+    if find_deb(&debs, &image_pkg).is_err() {
+        fs::create_dir_all(&debs).map_err(|e| e.to_string())?;
+        download(&debs, std::slice::from_ref(&image_pkg))?;
+    }
+    let image_deb = find_deb(&debs, &image_pkg)?;
+    let image_root = dir.join("image");
+    let _ = fs::remove_dir_all(&image_root);
+    let mut members = vec![format!("./boot/vmlinuz-{release}")];
+    members.extend(
+        KERNEL_MODULES
+            .iter()
+            .map(|m| format!("./lib/modules/{release}/kernel/{m}")),
+    );
+    unpack_members(&image_deb, &image_root, &members)?;
+    let modules = dir.join("modules");
+    fs::create_dir_all(&modules).map_err(|e| e.to_string())?;
+    copy(&image_root.join(&members[0][2..]), &dir.join("vmlinuz"))?;
+    for m in &members[1..] {
+        let src = image_root.join(&m[2..]);
+        copy(&src, &modules.join(src.file_name().expect("module file")))?;
+    }
+    let _ = fs::remove_dir_all(&image_root);
+    Ok(())
 }
 
 /// Downloads the packages and unpacks kernel, modules, busybox and the
@@ -364,23 +409,7 @@ fn build_cache(release: &str, dir: &Path) -> Result<(), String> {
     download(&debs, &header_deps)?;
 
     // Kernel and the modules.
-    let image_deb = find_deb(&debs, &image_pkg)?;
-    let image_root = dir.join("image");
-    let _ = fs::remove_dir_all(&image_root);
-    let mut members = vec![format!("./boot/vmlinuz-{release}")];
-    members.extend(
-        KERNEL_MODULES
-            .iter()
-            .map(|m| format!("./lib/modules/{release}/kernel/{m}")),
-    );
-    unpack_members(&image_deb, &image_root, &members)?;
-    let modules = dir.join("modules");
-    fs::create_dir_all(&modules).map_err(|e| e.to_string())?;
-    copy(&image_root.join(&members[0][2..]), &dir.join("vmlinuz"))?;
-    for m in &members[1..] {
-        let src = image_root.join(&m[2..]);
-        copy(&src, &modules.join(src.file_name().expect("module file")))?;
-    }
+    unpack_kernel(release, dir)?;
 
     // busybox.
     let bb_root = dir.join("busybox-pkg");
@@ -396,10 +425,8 @@ fn build_cache(release: &str, dir: &Path) -> Result<(), String> {
         unpack(&find_deb(&debs, d)?, &headers_root)?;
     }
 
-    // Only the results are kept; the unpacked trees can go.
-    for d in [&image_root, &bb_root] {
-        let _ = fs::remove_dir_all(d);
-    }
+    // Only the results are kept; the unpacked tree can go.
+    let _ = fs::remove_dir_all(&bb_root);
     eprintln!(
         "linux guest {release}: kernel, modules, busybox and headers ready in {:.1}s in {}",
         started.elapsed().as_secs_f64(),
@@ -669,6 +696,9 @@ pub struct LinuxVmConfig {
     pub ivshmem_socket: Option<PathBuf>,
     /// MSI-X vectors of the ivshmem-doorbell device.
     pub vectors: u32,
+    /// A virtual Intel IOMMU (`-device intel-iommu`, `intel_iommu=on`), so
+    /// that stock `vfio-pci` binds the ivshmem device.
+    pub iommu: bool,
 }
 
 impl Default for LinuxVmConfig {
@@ -680,6 +710,7 @@ impl Default for LinuxVmConfig {
             append: "ivnet_test=boot".into(),
             ivshmem_socket: None,
             vectors: 2,
+            iommu: false,
         }
     }
 }
@@ -786,7 +817,19 @@ impl LinuxVm {
             .arg("-initrd")
             .arg(&initramfs)
             .arg("-append")
-            .arg(format!("{BASE_CMDLINE} {}", cfg.append));
+            .arg(format!(
+                "{BASE_CMDLINE} {}{}",
+                if cfg.iommu { "intel_iommu=on " } else { "" },
+                cfg.append
+            ));
+        if cfg.iommu {
+            // Before the PCI devices it translates for. With interrupt
+            // remapping: vfio_iommu_type1 refuses an IOMMU without it
+            // (EPERM, "No interrupt remapping support"); under KVM that
+            // needs the split irqchip (ignored by TCG).
+            cmd.args(["-machine", "kernel-irqchip=split"])
+                .args(["-device", "intel-iommu,intremap=on"]);
+        }
         if let Some(sock) = &cfg.ivshmem_socket {
             cmd.arg("-chardev")
                 .arg(format!("socket,path={},id=ivs", sock.display()))

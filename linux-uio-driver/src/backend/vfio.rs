@@ -87,6 +87,13 @@ pub enum VfioError {
         /// Whether the kernel offers no-IOMMU mode at all.
         noiommu_available: bool,
     },
+    /// vfio_iommu_type1 refuses an IOMMU without interrupt remapping.
+    #[error(
+        "{0}: the IOMMU does no interrupt remapping, so vfio_iommu_type1 refuses it (dmesg: \"No interrupt \
+         remapping support\"): enable it (QEMU: -device intel-iommu,intremap=on) or load vfio_iommu_type1 with \
+         allow_unsafe_interrupts=1"
+    )]
+    NoInterruptRemapping(String),
     /// The group has devices bound to other drivers.
     #[error(
         "{0}: the IOMMU group is not viable: bind every device of the group to vfio-pci (or none)"
@@ -134,6 +141,8 @@ const PCI_BAR0_REGION: u32 = 0;
 const PCI_BAR2_REGION: u32 = 2;
 const PCI_CONFIG_REGION: u32 = 7;
 const PCI_MSIX_IRQ: u32 = 2;
+const PCI_COMMAND: u64 = 0x04;
+const PCI_COMMAND_MASTER: u16 = 1 << 2;
 
 #[repr(C)]
 #[derive(Default)]
@@ -365,7 +374,12 @@ impl VfioDevice {
         } else {
             VFIO_TYPE1_IOMMU
         };
-        ioctl_val(cfd, VFIO_SET_IOMMU, iommu, "VFIO_SET_IOMMU")?;
+        ioctl_val(cfd, VFIO_SET_IOMMU, iommu, "VFIO_SET_IOMMU").map_err(|e| match e {
+            VfioError::Sys { source, .. } if source.raw_os_error() == Some(libc::EPERM) => {
+                VfioError::NoInterruptRemapping(bdf.to_owned())
+            }
+            e => e,
+        })?;
         let name = std::ffi::CString::new(bdf).expect("checked: no NUL");
         // SAFETY: the argument is a NUL-terminated string that outlives the
         // call; the kernel only reads it.
@@ -446,8 +460,17 @@ impl VfioDevice {
     }
 
     /// One eventfd per MSI-X vector, up to `wanted` vectors; returns how
-    /// many are enabled.
+    /// many are enabled. Also turns on bus mastering: an MSI-X message is
+    /// a memory write of the device, which PCI drops without it (vfio-pci
+    /// leaves the bit to its user; UIO drivers set it in the kernel).
     fn enable_msix(&mut self, wanted: u32) -> Result<usize, VfioError> {
+        let info = self.region(PCI_CONFIG_REGION)?;
+        let mut command = [0u8; 2];
+        self.device
+            .read_exact_at(&mut command, info.offset + PCI_COMMAND)
+            .map_err(sys("reading the PCI command register"))?;
+        let command = u16::from_le_bytes(command) | PCI_COMMAND_MASTER;
+        self.write_config(PCI_COMMAND, &command.to_le_bytes())?;
         let mut info = IrqInfo {
             argsz: size_of::<IrqInfo>() as u32,
             index: PCI_MSIX_IRQ,

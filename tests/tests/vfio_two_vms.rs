@@ -1,0 +1,28 @@
+//! The two-VM link of `uio_two_vms` with the stock `vfio-pci` driver in
+//! place of a UIO module:
+//!
+//! ```text
+//!  VM1: bare-metal guest            VM2: Debian kernel + busybox, -device intel-iommu
+//!  10.77.0.2/24, ICMP, UDP/TCP echo  intel_iommu=on, vfio-pci (driver_override)
+//!        │ ivshmem-doorbell           ivnet-bridge --vfio 0000:00:BB.F --tap ivnet0
+//!        └──── ivshmem-server ────────┘ ivshmem-doorbell, 2 MSI-X vectors
+//! ```
+//!
+//! VM2's init script (`ivnet_test=two-vm-vfio`) loads vfio, vfio_iommu_type1,
+//! vfio-pci and their dependencies from the same Debian kernel package,
+//! binds vfio-pci to the device through `driver_override` (it needs the IOMMU
+//! group the virtual Intel IOMMU gives it: Debian's 6.1 kernel has no
+//! `CONFIG_VFIO_NOIOMMU`), and runs the bridge with `--vfio`. The checks are
+//! `uio_two_vms`'s (`ivnet_e2e::two_vms`): ping, full-MTU ping, UDP echo,
+//! 4 MiB TCP echo byte-exact; both MSI-X vectors delivered (the
+//! `vfio-msix[0]` and `vfio-msix[1]` lines of `/proc/interrupts`) and no
+//! polling fallback; the layout page, state table and VM1's section mapped
+//! read-only from the device fd (`/proc/<bridge>/maps`, where vfio-pci's
+//! mappings carry the BAR's physical address as offset); VM1 killed and started again, the traffic again.
+
+use ivnet_e2e::two_vms::{LinuxDriver, two_vms_across_restart};
+
+#[test]
+fn vfio_bridge_in_linux_vm_links_to_bare_metal_guest_across_restart() {
+    two_vms_across_restart(&LinuxDriver::Vfio);
+}
