@@ -9,6 +9,3 @@ CONFIG_IVSHMEM_DEVICE=y
 CONFIG_IVSHMEM2_DEVICE=y
 # intel-iommu, for the VFIO tests in the Linux VM (issue 11 item 4).
 CONFIG_VTD=y
-# -device loader: the Jailhouse rig places the flat image and the comm region
-# with it (writes through the address space, as the rig's QEMU does).
-CONFIG_GENERIC_LOADER=y

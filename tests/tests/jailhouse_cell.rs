@@ -46,15 +46,16 @@
 //! With two CPUs the firmware releases both into the image at once, as
 //! `cell start` does, so the CPU-ticket scheme is exercised.
 //!
-//! The image must end below 0xc0000: QEMU's q35 keeps 0xc0000..0xfffff as
-//! ROM (`pc.rom`, `pc.bios`; the `loader` writes the image's bytes there
-//! but the guest's stores are dropped), where a Jailhouse cell has RAM.
-//! `IVNET_RIG_IMAGE=/path/ivnet-guest.bin` runs a ready flat image instead
-//! of building the worktree's.
+//! The test writes the image (with the command line) and the comm region
+//! into the shared RAM file before QEMU starts; the firmware turns q35's
+//! 0xc0000..0xfffff (ROM: `pc.rom`, the BIOS alias) into RAM through the
+//! PAM registers, as a cell's first MiB is RAM (the image reaches up to
+//! 0x100000). `IVNET_RIG_IMAGE=/path/ivnet-guest.bin` runs a ready flat
+//! image instead of building the worktree's.
 //!
 //! The cell's ivshmem device is QEMU's `ivshmem-doorbell` or the ivshmem
 //! 2.0 device of `tests/qemu-ivshmem2` (then in the QEMU built with it,
-//! which has `loader` and x2APIC under TCG too); the allowed MMIO is the
+//! which has x2APIC under TCG too); the allowed MMIO is the
 //! BARs the guest reports having placed.
 
 use std::fs::{self, File};
@@ -362,6 +363,18 @@ impl SharedRam {
         // SAFETY: as in `read_u32`.
         unsafe { p.write_volatile(value) }
     }
+
+    /// Copies `bytes` to `addr` (before QEMU runs: nothing else writes).
+    fn load(&self, addr: usize, bytes: &[u8]) {
+        assert!(
+            addr + bytes.len() <= self.len,
+            "{} bytes at {addr:#x}",
+            bytes.len()
+        );
+        // SAFETY: in bounds (checked above); the mapping is this struct's,
+        // no reference into it exists, and `bytes` is the test's own memory.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.add(addr), bytes.len()) }
+    }
 }
 
 impl Drop for SharedRam {
@@ -454,9 +467,13 @@ impl Cell {
             img.resize(end, 0);
         }
         img[CMDLINE_ADDRESS..end].copy_from_slice(&s);
-        fs::write(dir.join("image.bin"), &img).unwrap();
-        fs::write(dir.join("comm.bin"), comm).unwrap();
+        // Written into the cell's RAM before its CPUs run, as the root cell
+        // does (QEMU keeps the contents of a shared memory-backend-file; a
+        // `loader` would write 0xc0000.. into q35's ROM instead, which the
+        // firmware then replaces by RAM through PAM).
         let ram = SharedRam::create(&dir.join("ram"), RAM_SIZE);
+        ram.load(0, &img);
+        ram.load(COMM_REGION, comm);
 
         let mut cmd = Command::new(qemu);
         if let Some(d) = data {
@@ -475,16 +492,6 @@ impl Cell {
             .arg(format!("file:{}", dir.join("serial.log").display()))
             .arg("-bios")
             .arg(fw)
-            .arg("-device")
-            .arg(format!(
-                "loader,file={},addr=0,force-raw=on",
-                dir.join("image.bin").display()
-            ))
-            .arg("-device")
-            .arg(format!(
-                "loader,file={},addr={COMM_REGION:#x},force-raw=on",
-                dir.join("comm.bin").display()
-            ))
             .args(["-trace", "memory_region_ops_read"])
             .args(["-trace", "memory_region_ops_write"])
             .args(["-trace", "cpu_set_apic_base"])
