@@ -371,9 +371,12 @@ impl SharedRam {
             "{} bytes at {addr:#x}",
             bytes.len()
         );
-        // SAFETY: in bounds (checked above); the mapping is this struct's,
-        // no reference into it exists, and `bytes` is the test's own memory.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.add(addr), bytes.len()) }
+        // SAFETY: in bounds (checked above): the result stays inside the
+        // mapping.
+        let dst = unsafe { self.base.add(addr) };
+        // SAFETY: `dst..dst + len` is inside the mapping (checked above), no
+        // reference into it exists, and `bytes` is the test's own memory.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) }
     }
 }
 
