@@ -40,13 +40,11 @@ use std::time::Duration;
 use ivnet_driver::{LinkDevice, STATE_VECTOR, check_net_link, data_vector};
 use ivnet_ring::LinkState;
 use ivnet_ring::shm::load_acquire_u32;
-use ivshmem::OwnStateEntry;
 use ivshmem::jailhouse::{self, IntControl, VendorCapability};
-use ivshmem::layout::{LAYOUT_PAGE_SIZE, LayoutPage};
 use ivshmem::pci::ConfigImage;
-use ivshmem::qemu;
 use tracing::{debug, warn};
 
+use super::qemu_window::QemuWindow;
 use super::{Backend, BackendError, Wake, monotonic_us};
 use crate::uio::{Access, PciIdentity, UioDevice, UioMap, msi_irq_count};
 
@@ -90,14 +88,6 @@ fn jailhouse_registers(map: &UioMap) -> jailhouse::Registers<'_> {
     // at open by `check_register_map`); it stays mapped for the borrow of
     // `map`, and nothing forms references into it.
     unsafe { jailhouse::Registers::new(base) }
-}
-
-/// The QEMU register block in a mapped BAR0.
-fn qemu_registers(map: &UioMap) -> qemu::Registers<'_> {
-    let base = NonNull::new(map.as_mut_ptr().expect("checked writable at open")).expect("mapped");
-    // SAFETY: as for `jailhouse_registers`: BAR0 mapped uncached by the UIO
-    // driver, at least 0x10 bytes (checked at open), alive for the borrow.
-    unsafe { qemu::Registers::new(base) }
 }
 
 /// The ivshmem-net link rule ([`check_net_link`]) with the device named in
@@ -333,19 +323,30 @@ impl Drop for JailhouseUio {
 
 /// QEMU ivshmem-doorbell on a generic MSI-X UIO driver.
 pub struct QemuUio {
-    regs: UioMap,
+    /// BAR0 and BAR2, mapped for `link` (which holds pointers into them).
+    _regs: UioMap,
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "kept mapped for `link`; the tests read its address"
+        )
+    )]
     window: UioMap,
     /// A second view of BAR2 in which only the page of the own state-table
     /// entry is accessible (read-write): QEMU has no STATE register, so the
     /// bridge stores its state itself, while `window` maps the whole state
     /// table read-only.
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "kept mapped for `link`; the tests read its address"
+        )
+    )]
     state_view: UioMap,
-    /// The own entry inside `state_view`.
-    own_state: OwnStateEntry,
-    layout: LayoutPage,
-    id: u16,
-    peer: u16,
-    data_vector: u16,
+    /// The link over `regs`, `window` and `state_view`.
+    link: QemuWindow,
     irqs: usize,
     last_count: Option<u32>,
     dev: UioDevice,
@@ -404,54 +405,33 @@ impl QemuUio {
         check_register_map(&regs, 0x10, &node)?;
         let window = map_bar(2, ["BAR2", "bar2"])?;
         let state_view = map_bar(2, ["BAR2", "bar2"])?;
-        let bar2 = NonNull::new(window.as_ptr() as *mut u8).expect("mapped");
-        // SAFETY: BAR2 is mapped readable for `window.len()` bytes while
-        // `window` lives; the page is copied out once and only the copy is
-        // parsed.
-        let layout = unsafe { qemu::read_layout_page(bar2, window.len() as u64) }.map_err(|e| {
-            BackendError::Unsupported(format!("{}: layout page: {e}", node.display()))
-        })?;
-        let id = qemu_registers(&regs).iv_position();
-        let (id, peer) = net_link(
-            &node,
-            layout.protocol,
-            u32::from(layout.layout.max_peers),
-            id,
-        )?;
+        let ptr = |m: &UioMap| {
+            m.as_mut_ptr().and_then(NonNull::new).ok_or_else(|| {
+                BackendError::Unsupported(format!("{}: BAR not mapped writable", node.display()))
+            })
+        };
+        // SAFETY: `regs` is BAR0 (>= 0x10 bytes, checked), `window` and
+        // `state_view` two writable maps of all of BAR2; all three live in
+        // the same `QemuUio` as the window, and nothing references them.
+        let link = unsafe {
+            QemuWindow::new(
+                &node.display().to_string(),
+                ptr(&regs)?,
+                ptr(&window)?,
+                ptr(&state_view)?,
+                window.len(),
+            )
+        }?;
         let irqs = msi_irq_count(&dev.pci_dir());
-        let data_vector = data_vector(layout.vectors);
-        let own_off = layout
-            .layout
-            .state_entry_offset(id)
-            .expect("id < max_peers") as usize;
-        let own_entry = state_view
-            .as_mut_ptr()
-            .and_then(|p| NonNull::new(p.wrapping_add(own_off).cast::<u32>()))
-            .ok_or_else(|| {
-                BackendError::Unsupported(format!(
-                    "{}: BAR2 is not mapped writable",
-                    node.display()
-                ))
-            })?;
-        // SAFETY: the own entry lies in the page of `state_view` that stays
-        // read-write (see `protect`), 4-aligned in the validated layout;
-        // `state_view` lives in the same `QemuUio` as `own_state`, and every
-        // party accesses state words only atomically.
-        let own_state = unsafe { OwnStateEntry::new(own_entry) }.map_err(BackendError::Doorbell)?;
         let me = QemuUio {
-            regs,
+            _regs: regs,
             window,
             state_view,
-            own_state,
-            layout,
-            id,
-            peer,
-            data_vector,
+            link,
             irqs,
             last_count: None,
             dev,
         };
-        me.protect()?;
         if let Err(e) = me.dev.irqcontrol(1) {
             warn!(
                 "{}: enabling interrupts through irqcontrol failed ({e}); relying on the driver",
@@ -460,158 +440,32 @@ impl QemuUio {
         }
         Ok(me)
     }
-
-    /// Write-protects what this peer must never write
-    /// ([`protect_qemu_views`]).
-    fn protect(&self) -> Result<(), BackendError> {
-        // SAFETY: both views map all of BAR2 and live in `self`.
-        unsafe {
-            protect_qemu_views(
-                self.window.as_ptr(),
-                self.state_view.as_ptr(),
-                self.state_view.len(),
-                &self.layout,
-                self.id,
-                self.peer,
-            )
-        }
-    }
-
-    fn state_entry(&self, peer: u16) -> *const u32 {
-        let off = self
-            .layout
-            .layout
-            .state_entry_offset(peer)
-            .expect("peer < max_peers") as usize;
-        self.window.as_ptr().wrapping_add(off).cast()
-    }
-
-    fn doorbell(&self, vector: u16) -> Result<(), BackendError> {
-        // Every peer of the link has the layout page's vectors; QEMU drops a
-        // ring beyond them: refuse it here, so it is not counted as rung.
-        if u32::from(vector) >= self.layout.vectors {
-            return Err(BackendError::Doorbell(
-                ivshmem::DeviceError::VectorOutOfRange {
-                    vector,
-                    max: (self.layout.vectors.saturating_sub(1)).min(u32::from(u16::MAX)) as u16,
-                },
-            ));
-        }
-        // `ring` fences first: published indices are visible before the
-        // interrupt arrives.
-        qemu_registers(&self.regs)
-            .ring(self.peer, vector)
-            .map_err(BackendError::Doorbell)
-    }
-}
-
-/// Write-protects what a peer of a QEMU ivshmem window must never write:
-/// the layout page, the state table and the peer's output section (QEMU maps
-/// the whole window read-write); in the state view (a second mapping of the
-/// window), everything but the page of the own state entry becomes
-/// inaccessible. Shared by the UIO and VFIO backends.
-///
-/// # Safety
-/// `window` and `view` are two live shared mappings of the whole window
-/// (`view_len` bytes each, at least the validated `layout`'s extent), and
-/// nothing holds a reference into the ranges made read-only or inaccessible.
-pub(super) unsafe fn protect_qemu_views(
-    window: *const u8,
-    view: *const u8,
-    view_len: usize,
-    layout: &LayoutPage,
-    id: u16,
-    peer: u16,
-) -> Result<(), BackendError> {
-    let l = &layout.layout;
-    let peer_off = l.output_section_offset(peer).expect("peer < max_peers") as usize;
-    let page = LAYOUT_PAGE_SIZE as usize;
-    let own_page = l.state_entry_offset(id).expect("id < max_peers") as usize & !(page - 1);
-    for (base, off, len, prot) in [
-        (window, 0, page, libc::PROT_READ),
-        (
-            window,
-            l.state_table_offset as usize,
-            l.state_table_size as usize,
-            libc::PROT_READ,
-        ),
-        (
-            window,
-            peer_off,
-            l.output_section_size as usize,
-            libc::PROT_READ,
-        ),
-        (view, 0, own_page, libc::PROT_NONE),
-        (
-            view,
-            own_page + page,
-            view_len - own_page - page,
-            libc::PROT_NONE,
-        ),
-    ] {
-        if len == 0 {
-            continue;
-        }
-        let ptr = base.wrapping_add(off);
-        // SAFETY: [off, off + len) lies inside the mapping (the layout
-        // was validated against the window size; both views map all of
-        // BAR2) and is page-aligned (validated: the state table and the
-        // sections are 4 KiB multiples); the bridge holds no reference
-        // into it.
-        let rc =
-            unsafe { libc::mprotect(ptr as *mut libc::c_void, len.next_multiple_of(page), prot) };
-        if rc != 0 {
-            return Err(BackendError::Io {
-                what: "write-protecting the shared memory",
-                source: std::io::Error::last_os_error(),
-            });
-        }
-    }
-    Ok(())
 }
 
 impl Backend for QemuUio {
     fn describe(&self) -> String {
         format!(
-            "{}: QEMU ivshmem-doorbell on {}, peer {} of 2 (other peer {}), output sections {:#x} bytes, {} vectors \
-             (data on vector {}), {} MSI-X interrupts allocated",
+            "{}: QEMU ivshmem-doorbell on {}, {}, {} MSI-X interrupts allocated",
             self.dev.node().display(),
             self.dev.driver_name(),
-            self.id,
-            self.peer,
-            self.layout.layout.output_section_size,
-            self.layout.vectors,
-            self.data_vector,
+            self.link.summary(),
             self.irqs
         )
     }
     fn own_id(&self) -> u16 {
-        self.id
+        self.link.id()
     }
     fn peer_id(&self) -> u16 {
-        self.peer
+        self.link.peer()
     }
     fn section_len(&self) -> usize {
-        self.layout.layout.output_section_size as usize
+        self.link.section_len()
     }
     fn own_section(&self) -> *mut u8 {
-        let off = self
-            .layout
-            .layout
-            .output_section_offset(self.id)
-            .expect("id < max_peers") as usize;
-        self.window
-            .as_mut_ptr()
-            .expect("BAR2 is mapped read-write")
-            .wrapping_add(off)
+        self.link.own_section()
     }
     fn peer_section(&self) -> *const u8 {
-        let off = self
-            .layout
-            .layout
-            .output_section_offset(self.peer)
-            .expect("peer < max_peers") as usize;
-        self.window.as_ptr().wrapping_add(off)
+        self.link.peer_section()
     }
     fn wakeup_fds(&self) -> Vec<RawFd> {
         vec![self.dev.as_raw_fd()]
@@ -636,12 +490,12 @@ impl Backend for QemuUio {
             );
             return Some(Duration::from_millis(1));
         }
-        (self.data_vector != STATE_VECTOR && self.irqs < 2).then(|| {
+        (self.link.data_vector() != STATE_VECTOR && self.irqs < 2).then(|| {
             warn!(
                 "{}: the UIO driver delivers {} MSI-X interrupt(s) but data doorbells use vector {}; polling every 1 ms",
                 self.dev.node().display(),
                 self.irqs,
-                self.data_vector
+                self.link.data_vector()
             );
             Duration::from_millis(1)
         })
@@ -652,23 +506,19 @@ impl LinkDevice for QemuUio {
     type Error = BackendError;
 
     fn peer_state(&self) -> u32 {
-        // SAFETY: the entry lies inside the validated state table in the
-        // mapped window (read-only), is 4-aligned, and written only
-        // atomically by the peer or the server.
-        unsafe { load_acquire_u32(self.state_entry(self.peer)) }
+        self.link.peer_state()
     }
 
     fn publish_state(&mut self, state: LinkState) -> Result<(), BackendError> {
-        self.own_state
-            .publish(state.raw(), || self.doorbell(STATE_VECTOR))
+        self.link.publish_state(state)
     }
 
     fn vectors(&self) -> u32 {
-        self.layout.vectors
+        self.link.vectors()
     }
 
     fn ring(&mut self, vector: u16) -> Result<(), BackendError> {
-        self.doorbell(vector)
+        self.link.ring(vector)
     }
 
     fn rearm(&mut self) {
@@ -704,7 +554,7 @@ fn take_events(dev: &UioDevice, last_count: &mut Option<u32>) -> Result<u64, Bac
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ivshmem::layout::PROTOCOL_NET;
+    use ivshmem::layout::{LayoutPage, PROTOCOL_NET};
     use std::path::PathBuf;
 
     const SECTION: u64 = 0x4000;

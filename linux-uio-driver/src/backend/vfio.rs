@@ -24,7 +24,7 @@
 //!   the layout page, the state table and the peer's section are
 //!   `mprotect`ed read-only, the own state goes into the own entry through a
 //!   second view of BAR2 in which only that page is accessible
-//!   ([`super::uio::protect_qemu_views`]).
+//!   ([`super::qemu_window::QemuWindow`], shared with the UIO backend).
 //! - **Jailhouse ivshmem 2.0** (`110a:4106`): the vendor capability's base
 //!   address says where the memory is: not a BAR, so it is mapped through
 //!   `/dev/mem` — state table and input sections `PROT_READ`, the own output
@@ -43,16 +43,15 @@ use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{Ordering, fence};
 
-use ivnet_driver::{LinkDevice, STATE_VECTOR, check_net_link, data_vector};
+use ivnet_driver::{LinkDevice, check_net_link, data_vector};
 use ivnet_ring::LinkState;
 use ivnet_ring::shm::load_acquire_u32;
-use ivshmem::OwnStateEntry;
 use ivshmem::jailhouse::{self, IntControl, VendorCapability};
-use ivshmem::layout::{LayoutPage, SharedMemoryLayout};
+use ivshmem::layout::SharedMemoryLayout;
 use ivshmem::pci::ConfigImage;
-use ivshmem::qemu;
 use tracing::warn;
 
+use super::qemu_window::QemuWindow;
 use super::{Backend, BackendError, Wake, monotonic_us};
 
 /// Why the VFIO device cannot be used.
@@ -599,16 +598,13 @@ fn unsupported(bdf: &str, what: impl std::fmt::Display) -> BackendError {
 
 /// QEMU ivshmem-doorbell on vfio-pci.
 pub struct QemuVfio {
-    regs: Mapping,
-    window: Mapping,
+    _regs: Mapping,
+    _window: Mapping,
     /// Second view of BAR2: only the page of the own state entry stays
     /// accessible (read-write), as in the UIO backend.
     _state_view: Mapping,
-    own_state: OwnStateEntry,
-    layout: LayoutPage,
-    id: u16,
-    peer: u16,
-    data_vector: u16,
+    /// The link over the three mappings.
+    link: QemuWindow,
     irqs: usize,
     dev: VfioDevice,
 }
@@ -626,45 +622,14 @@ impl QemuVfio {
             ));
         }
         let regs = dev.map_bar(PCI_BAR0_REGION, true)?;
-        if regs.len < 0x10 {
-            return Err(unsupported(&bdf, "BAR0 is smaller than the register block"));
-        }
         let window = dev.map_bar(PCI_BAR2_REGION, true)?;
         let state_view = dev.map_bar(PCI_BAR2_REGION, true)?;
-        // SAFETY: BAR2 is mapped readable for `window.len` bytes while
-        // `window` lives; the page is copied out once and only the copy is
-        // parsed.
-        let layout = unsafe { qemu::read_layout_page(window.ptr, window.len as u64) }
-            .map_err(|e| unsupported(&bdf, format_args!("layout page: {e}")))?;
-        // SAFETY: BAR0 mapped uncached by vfio-pci, at least 0x10 bytes
-        // (checked), alive for this call.
-        let raw_id = unsafe { qemu::Registers::new(regs.ptr) }.iv_position();
-        let (id, peer) =
-            check_net_link(layout.protocol, u32::from(layout.layout.max_peers), raw_id)
-                .map_err(|e| unsupported(&bdf, e))?;
-        let own_off = layout
-            .layout
-            .state_entry_offset(id)
-            .expect("id < max_peers") as usize;
-        let own_entry = NonNull::new(state_view.as_mut_ptr().wrapping_add(own_off).cast::<u32>())
-            .expect("mapped");
-        // SAFETY: the own entry lies in the page of `state_view` that stays
-        // read-write (`protect_qemu_views`), 4-aligned in the validated
-        // layout; `state_view` lives as long as `own_state` (same struct).
-        let own_state = unsafe { OwnStateEntry::new(own_entry) }.map_err(BackendError::Doorbell)?;
-        // SAFETY: `window` and `state_view` each map all of BAR2, whose size
-        // the layout page was validated against; no references into them.
-        unsafe {
-            super::uio::protect_qemu_views(
-                window.as_ptr(),
-                state_view.as_ptr(),
-                state_view.len,
-                &layout,
-                id,
-                peer,
-            )?;
-        }
-        let irqs = dev.enable_msix(layout.vectors)?;
+        // SAFETY: `regs` is BAR0 (at least a page), `window` and
+        // `state_view` two writable mappings of all of BAR2; all three live
+        // in the same `QemuVfio` as the link, and nothing references them.
+        let link =
+            unsafe { QemuWindow::new(&bdf, regs.ptr, window.ptr, state_view.ptr, window.len) }?;
+        let irqs = dev.enable_msix(link.vectors())?;
         if irqs == 0 {
             return Err(unsupported(
                 &bdf,
@@ -672,79 +637,40 @@ impl QemuVfio {
             ));
         }
         Ok(QemuVfio {
-            regs,
-            window,
+            _regs: regs,
+            _window: window,
             _state_view: state_view,
-            own_state,
-            data_vector: data_vector(layout.vectors),
-            layout,
-            id,
-            peer,
+            link,
             irqs,
             dev,
         })
-    }
-
-    fn doorbell(&self, vector: u16) -> Result<(), BackendError> {
-        if u32::from(vector) >= self.layout.vectors {
-            return Err(BackendError::Doorbell(
-                ivshmem::DeviceError::VectorOutOfRange {
-                    vector,
-                    max: self
-                        .layout
-                        .vectors
-                        .saturating_sub(1)
-                        .min(u32::from(u16::MAX)) as u16,
-                },
-            ));
-        }
-        // SAFETY: as at open: BAR0 mapped, >= 0x10 bytes, alive with `self`.
-        // `ring` fences first, so published indices precede the interrupt.
-        unsafe { qemu::Registers::new(self.regs.ptr) }
-            .ring(self.peer, vector)
-            .map_err(BackendError::Doorbell)
     }
 }
 
 impl Backend for QemuVfio {
     fn describe(&self) -> String {
         format!(
-            "{}: QEMU ivshmem-doorbell on {}, peer {} of 2 (other peer {}), output sections {:#x} bytes, {} vectors \
-             (data on vector {}), {} MSI-X eventfds",
+            "{}: QEMU ivshmem-doorbell on {}, {}, {} MSI-X eventfds",
             self.dev.bdf,
             self.dev.mode(),
-            self.id,
-            self.peer,
-            self.layout.layout.output_section_size,
-            self.layout.vectors,
-            self.data_vector,
+            self.link.summary(),
             self.irqs
         )
     }
     fn own_id(&self) -> u16 {
-        self.id
+        self.link.id()
     }
     fn peer_id(&self) -> u16 {
-        self.peer
+        self.link.peer()
     }
     fn section_len(&self) -> usize {
-        self.layout.layout.output_section_size as usize
+        self.link.section_len()
     }
     fn own_section(&self) -> *mut u8 {
-        let off = self
-            .layout
-            .layout
-            .output_section_offset(self.id)
-            .expect("id < max_peers") as usize;
-        self.window.as_mut_ptr().wrapping_add(off)
+        self.link.own_section()
     }
     fn peer_section(&self) -> *const u8 {
-        let off = self
-            .layout
-            .layout
-            .output_section_offset(self.peer)
-            .expect("peer < max_peers") as usize;
-        self.window.as_ptr().wrapping_add(off)
+        self.link.peer_section()
     }
     fn wakeup_fds(&self) -> Vec<RawFd> {
         self.dev.wakeup_fds()
@@ -761,24 +687,16 @@ impl LinkDevice for QemuVfio {
     type Error = BackendError;
 
     fn peer_state(&self) -> u32 {
-        let off = self
-            .layout
-            .layout
-            .state_entry_offset(self.peer)
-            .expect("peer < max_peers") as usize;
-        // SAFETY: the entry lies in the validated state table inside the
-        // mapped window (read-only), 4-aligned, written only atomically.
-        unsafe { load_acquire_u32(self.window.as_ptr().wrapping_add(off).cast()) }
+        self.link.peer_state()
     }
     fn publish_state(&mut self, state: LinkState) -> Result<(), BackendError> {
-        self.own_state
-            .publish(state.raw(), || self.doorbell(STATE_VECTOR))
+        self.link.publish_state(state)
     }
     fn vectors(&self) -> u32 {
-        self.layout.vectors
+        self.link.vectors()
     }
     fn ring(&mut self, vector: u16) -> Result<(), BackendError> {
-        self.doorbell(vector)
+        self.link.ring(vector)
     }
     /// MSI-X eventfds count every interrupt: nothing to re-arm.
     fn rearm(&mut self) {}
