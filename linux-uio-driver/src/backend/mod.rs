@@ -23,6 +23,7 @@ use std::time::Duration;
 use ivnet_driver::LinkDevice;
 use ivnet_ring::LinkState;
 
+pub mod jailhouse_link;
 pub mod qemu_window;
 pub mod server;
 pub mod uio;

@@ -34,16 +34,15 @@ use std::fs;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::ptr::NonNull;
-use std::sync::atomic::{Ordering, fence};
 use std::time::Duration;
 
 use ivnet_driver::{LinkDevice, STATE_VECTOR, check_net_link, data_vector};
 use ivnet_ring::LinkState;
-use ivnet_ring::shm::load_acquire_u32;
-use ivshmem::jailhouse::{self, IntControl, VendorCapability};
+use ivshmem::jailhouse::{self, VendorCapability};
 use ivshmem::pci::ConfigImage;
 use tracing::{debug, warn};
 
+use super::jailhouse_link::JailhouseLink;
 use super::qemu_window::QemuWindow;
 use super::{Backend, BackendError, Wake, monotonic_us};
 use crate::uio::{Access, PciIdentity, UioDevice, UioMap, msi_irq_count};
@@ -143,8 +142,15 @@ fn check_capability(
 
 /// Jailhouse ivshmem 2.0 on `uio_ivshmem`.
 pub struct JailhouseUio {
+    /// Registers and state table; first, so that it is dropped (interrupts
+    /// off) before the maps it points into.
+    link: JailhouseLink,
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "kept mapped for `link`; the tests write it")
+    )]
     regs: UioMap,
-    state_table: UioMap,
+    _state_table: UioMap,
     inputs: UioMap,
     output: UioMap,
     id: u16,
@@ -203,9 +209,20 @@ impl JailhouseUio {
         let inputs = dev.map(&in_info, Access::ReadOnly)?;
         let vectors = msi_irq_count(&dev.pci_dir());
         let data_vector = data_vector(vectors as u32);
-        let me = JailhouseUio {
+        let (regs_ptr, table_ptr) = (
+            NonNull::new(regs.as_mut_ptr().expect("checked writable")).expect("mapped"),
+            NonNull::new(state_table.as_ptr().cast_mut()).expect("mapped"),
+        );
+        // SAFETY: BAR0 mapped uncached, writable, >= 0x14 bytes
+        // (`check_register_map`); the state table readable, page-aligned,
+        // >= 8 bytes (checked); both maps live in the same `JailhouseUio`,
+        // dropped after `link`. Interrupts go on here; one-shot mode is set
+        // by uio_ivshmem at probe.
+        let link = unsafe { JailhouseLink::new(regs_ptr, table_ptr, peer) };
+        Ok(JailhouseUio {
+            link,
             regs,
-            state_table,
+            _state_table: state_table,
             inputs,
             output,
             id,
@@ -215,10 +232,7 @@ impl JailhouseUio {
             vectors,
             last_count: None,
             dev,
-        };
-        // Interrupts on (one-shot mode is set by uio_ivshmem at probe).
-        jailhouse_registers(&me.regs).set_int_control(IntControl::ENABLE);
-        Ok(me)
+        })
     }
 }
 
@@ -272,22 +286,11 @@ impl LinkDevice for JailhouseUio {
     type Error = BackendError;
 
     fn peer_state(&self) -> u32 {
-        let entry = self
-            .state_table
-            .as_ptr()
-            .wrapping_add(4 * usize::from(self.peer))
-            .cast::<u32>();
-        // SAFETY: the state table is page-aligned, at least 8 bytes (checked
-        // at open), mapped readable while `self` lives, and written only by
-        // the hypervisor.
-        unsafe { load_acquire_u32(entry) }
+        self.link.peer_state()
     }
 
     fn publish_state(&mut self, state: LinkState) -> Result<(), BackendError> {
-        // The hypervisor copies the value into the state table and rings
-        // vector 0 of the peer; `set_state` fences first, so the section
-        // contents written before are visible by then.
-        jailhouse_registers(&self.regs).set_state(state.raw());
+        self.link.publish_state(state);
         Ok(())
     }
 
@@ -296,28 +299,16 @@ impl LinkDevice for JailhouseUio {
     }
 
     fn ring(&mut self, vector: u16) -> Result<(), BackendError> {
-        // `ring` fences first: published indices are visible before the
-        // interrupt arrives.
-        jailhouse_registers(&self.regs).ring(self.peer, vector);
+        self.link.ring(vector);
         Ok(())
     }
 
     fn rearm(&mut self) {
-        // One-shot mode: the hypervisor cleared INT_CONTROL when it sent the
-        // interrupt. The fence orders the re-arm before the driver's
-        // re-check of shared memory.
-        jailhouse_registers(&self.regs).set_int_control(IntControl::ENABLE);
-        fence(Ordering::SeqCst);
+        self.link.rearm();
     }
 
     fn now_us(&self) -> u64 {
         monotonic_us()
-    }
-}
-
-impl Drop for JailhouseUio {
-    fn drop(&mut self) {
-        jailhouse_registers(&self.regs).set_int_control(IntControl::empty());
     }
 }
 
@@ -554,6 +545,7 @@ fn take_events(dev: &UioDevice, last_count: &mut Option<u32>) -> Result<u64, Bac
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ivshmem::jailhouse::IntControl;
     use ivshmem::layout::{LayoutPage, PROTOCOL_NET};
     use std::path::PathBuf;
 

@@ -41,16 +41,15 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
-use std::sync::atomic::{Ordering, fence};
 
 use ivnet_driver::{LinkDevice, check_net_link, data_vector};
 use ivnet_ring::LinkState;
-use ivnet_ring::shm::load_acquire_u32;
-use ivshmem::jailhouse::{self, IntControl, VendorCapability};
+use ivshmem::jailhouse::{self, VendorCapability};
 use ivshmem::layout::SharedMemoryLayout;
 use ivshmem::pci::ConfigImage;
 use tracing::warn;
 
+use super::jailhouse_link::JailhouseLink;
 use super::qemu_window::QemuWindow;
 use super::{Backend, BackendError, Wake, monotonic_us};
 
@@ -707,9 +706,12 @@ impl LinkDevice for QemuVfio {
 
 /// Jailhouse ivshmem 2.0 on vfio-pci, the shared memory through `/dev/mem`.
 pub struct JailhouseVfio {
-    regs: Mapping,
+    /// Registers and state table; first, so that it is dropped (interrupts
+    /// off) before the mappings it points into.
+    link: JailhouseLink,
+    _regs: Mapping,
     /// State table (read-only).
-    state_table: Mapping,
+    _state_table: Mapping,
     /// All output sections (read-only): the peer's is read through it.
     inputs: Mapping,
     /// The own output section (read-write).
@@ -795,9 +797,14 @@ impl JailhouseVfio {
             "the own output section",
         )?;
         let vectors = dev.enable_msix(2)?;
-        let me = JailhouseVfio {
-            regs,
-            state_table,
+        // SAFETY: BAR0 mapped writable, at least REGION_SIZE (checked); the
+        // state table mapped readable, page-aligned, validated to hold every
+        // peer; both live in the same `JailhouseVfio`, dropped after `link`.
+        let link = unsafe { JailhouseLink::new(regs.ptr, state_table.ptr, peer) };
+        Ok(JailhouseVfio {
+            link,
+            _regs: regs,
+            _state_table: state_table,
             inputs,
             output,
             layout,
@@ -805,9 +812,7 @@ impl JailhouseVfio {
             peer,
             vectors,
             dev,
-        };
-        jailhouse_registers(&me.regs).set_int_control(IntControl::ENABLE);
-        Ok(me)
+        })
     }
 }
 
@@ -863,42 +868,24 @@ impl LinkDevice for JailhouseVfio {
     type Error = BackendError;
 
     fn peer_state(&self) -> u32 {
-        // SAFETY: the state table holds >= 2 entries (validated), is
-        // page-aligned, mapped readable while `self` lives, and written
-        // only by the hypervisor.
-        unsafe {
-            load_acquire_u32(
-                self.state_table
-                    .as_ptr()
-                    .wrapping_add(4 * usize::from(self.peer))
-                    .cast(),
-            )
-        }
+        self.link.peer_state()
     }
     fn publish_state(&mut self, state: LinkState) -> Result<(), BackendError> {
-        jailhouse_registers(&self.regs).set_state(state.raw());
+        self.link.publish_state(state);
         Ok(())
     }
     fn vectors(&self) -> u32 {
         self.vectors as u32
     }
     fn ring(&mut self, vector: u16) -> Result<(), BackendError> {
-        jailhouse_registers(&self.regs).ring(self.peer, vector);
+        self.link.ring(vector);
         Ok(())
     }
     fn rearm(&mut self) {
-        // One-shot: the device cleared INT_CONTROL when it interrupted.
-        jailhouse_registers(&self.regs).set_int_control(IntControl::ENABLE);
-        fence(Ordering::SeqCst);
+        self.link.rearm();
     }
     fn now_us(&self) -> u64 {
         monotonic_us()
-    }
-}
-
-impl Drop for JailhouseVfio {
-    fn drop(&mut self) {
-        jailhouse_registers(&self.regs).set_int_control(IntControl::empty());
     }
 }
 
