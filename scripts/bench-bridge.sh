@@ -9,11 +9,11 @@
 #   offload the same with offloads negotiated (the default).
 # Per MTU: ping RTT, TCP both ways (iperf3), data doorbells per frame, CPU
 # time of the relay/both bridges per GB carried. Writes the tables to stdout
-# and, with a plot of throughput and RTT, to OUT (default bench-bridge.md /
-# bench-bridge.svg in the current directory).
+# and, with a plot of throughput and RTT, to OUT.md and OUT.svg (default
+# benchmarks/bridge.md and benchmarks/bridge.svg).
 #
 # Not a test: numbers depend on the machine and its load. Run as root:
-#   scripts/bench-bridge.sh                       # MTU 1500, 16384 and 65535, event mode
+#   scripts/bench-bridge.sh                       # MTU 1500, 16384 and 65521 (the largest a TAP takes), event mode
 #   MTUS=1500 DURATION=10 scripts/bench-bridge.sh
 #
 # Environment: MTUS (list), MODE (event|poll|hybrid), DURATION (s per iperf3
@@ -23,13 +23,13 @@
 # Addresses: 10.77.0.1/.2 inside namespaces this script creates and deletes.
 set -euo pipefail
 
-MTUS=${MTUS:-"1500 16384 65535"}
+MTUS=${MTUS:-"1500 16384 65521"}
 MODE=${MODE:-event}
 DURATION=${DURATION:-5}
 PINGS=${PINGS:-500}
 BRIDGE_ARGS=${BRIDGE_ARGS:-}
 SERVER_ARGS=${SERVER_ARGS:-}
-OUT=${OUT:-bench-bridge}
+OUT=${OUT:-$(cd "$(dirname "$0")/.." && pwd)/benchmarks/bridge}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 TAG=ivbench$$
