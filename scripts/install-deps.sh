@@ -39,6 +39,8 @@ declare -A pkg_for=(
   [ethtool]=ethtool
   # objcopy (flat Jailhouse image), as/ld (the Jailhouse rig's firmware)
   [objcopy]=binutils
+  # the aarch64 Image (Debian's binutils objcopy knows no aarch64 ELF)
+  [llvm-objcopy]=llvm
 )
 missing=()
 for cmd in "${!pkg_for[@]}"; do
