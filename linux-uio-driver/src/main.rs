@@ -5,7 +5,8 @@
 //! - [`cli`]: the command line;
 //! - [`backend`]: where the link's memory is and how to ring the peer
 //!   (ivshmem-server host peer, or a UIO device: Jailhouse `uio_ivshmem`,
-//!   QEMU ivshmem-doorbell under a generic MSI-X UIO driver);
+//!   QEMU ivshmem-doorbell under a generic MSI-X UIO driver, or either
+//!   device on vfio-pci);
 //! - [`uio`]: UIO sysfs discovery and memory maps;
 //! - [`tap`]: the TAP interface;
 //! - [`bridge`]: the epoll loop and the data path between ring and TAP;

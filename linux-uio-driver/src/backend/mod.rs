@@ -15,6 +15,10 @@
 //! | [`uio`] QEMU | BAR2 of ivshmem-doorbell via a generic UIO driver | `OwnStateEntry` + vector 0 | BAR0 doorbell | `/dev/uioN` | irqcontrol |
 //! | [`vfio`] QEMU | BAR2 of ivshmem-doorbell via vfio-pci | `OwnStateEntry` + vector 0 | BAR0 doorbell | one eventfd per MSI-X vector | nothing |
 //! | [`vfio`] Jailhouse | `/dev/mem` at the capability's base address | STATE register | DOORBELL register | one eventfd per MSI-X vector | INT_CONTROL (one-shot) |
+//!
+//! What the UIO and VFIO backends share over their mappings:
+//! [`qemu_window`] (the QEMU profile: layout page, write-protection, own
+//! state entry, doorbell) and [`jailhouse_link`] (the 2.0 registers).
 
 use std::io;
 use std::os::fd::RawFd;
