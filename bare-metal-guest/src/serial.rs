@@ -1,16 +1,17 @@
 //! The serial console: a 16550 UART on COM1 (port 0x3F8), through the
-//! `uart_16550` crate, behind a spin lock.
-//!
-//! Interrupt handlers never print (they only count and set flags), so the
-//! lock is only contended by fatal paths (panic, CPU exceptions). Those call
-//! [`emergency_writer`], which takes the UART even if the interrupted code
-//! held the lock: the machine is about to stop anyway.
+//! `uart_16550` crate, behind a spin lock; `print!`/`println!` and the
+//! fatal paths' writer are the shared `console` glue.
 
 use core::fmt::{self, Write};
 
 use spin::Mutex;
 use uart_16550::backend::PioBackend;
 use uart_16550::{BaudRate, Config, Uart16550};
+
+// `_print`, `emergency_writer`, `print!`/`println!`: shared with the other guest.
+#[path = "console.rs"]
+mod console;
+pub use console::{_print, emergency_writer};
 
 /// COM1's base I/O port.
 const COM1: u16 = 0x3f8;
@@ -51,38 +52,4 @@ pub fn init() {
     if uart.init(config).is_ok() {
         CONSOLE.lock().uart = Some(uart);
     }
-}
-
-#[doc(hidden)]
-pub fn _print(args: fmt::Arguments<'_>) {
-    let _ = CONSOLE.lock().write_fmt(args);
-}
-
-/// A writer for fatal paths that must print even if the code they
-/// interrupted held the console lock.
-pub fn emergency_writer() -> impl Write {
-    struct Emergency;
-    impl Write for Emergency {
-        fn write_str(&mut self, s: &str) -> fmt::Result {
-            // SAFETY: only used on paths that never return to the interrupted
-            // code (they end in `exit`), so breaking its lock cannot let two
-            // owners interleave beyond one garbled line.
-            unsafe { CONSOLE.force_unlock() };
-            CONSOLE.lock().write_str(s)
-        }
-    }
-    Emergency
-}
-
-/// Prints to the serial console.
-#[macro_export]
-macro_rules! print {
-    ($($arg:tt)*) => ($crate::serial::_print(format_args!($($arg)*)));
-}
-
-/// Prints a line to the serial console.
-#[macro_export]
-macro_rules! println {
-    () => ($crate::print!("\n"));
-    ($($arg:tt)*) => ($crate::serial::_print(format_args!("{}\n", format_args!($($arg)*))));
 }

@@ -1,4 +1,4 @@
-//! The PL011 console (`print!`/`println!`). The UART's address comes from
+//! The PL011 console (`print!`/`println!` are the shared `console` glue). The UART's address comes from
 //! the DTB (`/chosen/stdout-path`, else the first `arm,pl011`), or from
 //! the comm region under Jailhouse. The firmware / root cell has set the
 //! baud rate; the guest only writes the data register when the transmit
@@ -8,6 +8,11 @@ use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::Mutex;
+
+// `_print`, `emergency_writer`, `print!`/`println!`: shared with the other guest.
+#[path = "../../src/console.rs"]
+mod console;
+pub use console::{_print, emergency_writer};
 
 /// UARTDR: data register.
 const UARTDR: u64 = 0x00;
@@ -53,38 +58,4 @@ impl Write for Console {
 /// Uses the PL011 at `base`, which must be mapped (`Kind::Mmio`).
 pub fn init(base: u64) {
     BASE.store(base, Ordering::Relaxed);
-}
-
-#[doc(hidden)]
-pub fn _print(args: fmt::Arguments<'_>) {
-    let _ = CONSOLE.lock().write_fmt(args);
-}
-
-/// A writer for the fault and panic paths that does not wait for the
-/// console lock (the interrupted code may hold it).
-pub fn emergency_writer() -> impl Write {
-    struct Emergency;
-    impl Write for Emergency {
-        fn write_str(&mut self, s: &str) -> fmt::Result {
-            // SAFETY: only used on paths that never return to the interrupted
-            // code (they end in `exit`), so breaking its lock cannot let two
-            // owners interleave beyond one garbled line.
-            unsafe { CONSOLE.force_unlock() };
-            CONSOLE.lock().write_str(s)
-        }
-    }
-    Emergency
-}
-
-/// `print!` on the serial console.
-#[macro_export]
-macro_rules! print {
-    ($($arg:tt)*) => ($crate::serial::_print(format_args!($($arg)*)));
-}
-
-/// `println!` on the serial console.
-#[macro_export]
-macro_rules! println {
-    () => ($crate::print!("\n"));
-    ($($arg:tt)*) => ($crate::print!("{}\n", format_args!($($arg)*)));
 }
