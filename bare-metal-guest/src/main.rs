@@ -6,7 +6,7 @@
 //! | module | what |
 //! |---|---|
 //! | `boot` | PVH note, Jailhouse 16-bit reset entry, 32→64-bit trampoline |
-//! | `serial` | 16550 console, `print!`/`println!` |
+//! | `serial` | 16550 console; `print!`/`println!` from the shared `console` glue (`console.rs`) |
 //! | `logger` | the `log` facade on the console, with a byte budget |
 //! | `exit` | `isa-debug-exit` |
 //! | `cpu` | CPUID features, NX, TSC |
@@ -23,6 +23,7 @@
 //! | `net` | smoltcp interface, services, the NAPI-style main loop |
 //! | `footprint` | image size and stack high-water mark |
 //! | `selftest` | platform self-tests selected on the command line |
+//! | `start` | after bring-up: the NIC (ivshmem-net or virtio-net), then services or a self-test (shared with the aarch64 guest) |
 //!
 //! Boot order: console → start info and command line → CPU features →
 //! GDT/IDT → own page tables → legacy PIC masked → LAPIC → clock → devices →
@@ -46,13 +47,14 @@ mod pci;
 mod platform;
 mod selftest;
 mod serial;
+mod start;
 mod time;
 mod virtio_net;
 
 use core::fmt::Write;
 use core::panic::PanicInfo;
 
-use ivnet_guest::cmdline::{self, CmdlineError, GuestConfig, Mode, NicKind};
+use ivnet_guest::cmdline::{self, CmdlineError};
 use ivnet_guest::exit_code::ExitCode;
 use pvh::start_info::reader::StartInfoReader;
 
@@ -159,63 +161,7 @@ extern "C" fn rust_entry(start_info_paddr: u32) -> ! {
     );
     x86_64::instructions::interrupts::enable();
 
-    run(&config)
-}
-
-fn run(config: &GuestConfig) -> ! {
-    if config.nic == NicKind::Virtio && config.selftest.is_none() {
-        run_virtio(config);
-    }
-    let nic = match device::bring_up(apic::id()) {
-        Ok(nic) => Some(nic),
-        Err(device::BringUpError::NotFound)
-            if config.selftest.is_some_and(|t| !t.needs_device()) =>
-        {
-            None
-        }
-        Err(e @ device::BringUpError::NotFound) => fail(ExitCode::NoDevice, format_args!("{e}")),
-        Err(e) => fail(ExitCode::DeviceError, format_args!("ivshmem: {e}")),
-    };
-    let usage = paging::usage();
-    println!(
-        "platform up: page tables {}/{} used; {}; stack used {} bytes",
-        usage.used,
-        usage.total,
-        footprint::Image,
-        footprint::stack_used()
-    );
-    match (config.selftest, nic) {
-        (Some(test), nic) => selftest::run(test, nic.as_ref()),
-        (None, Some(device)) => {
-            // The NIC (its ring endpoint keeps per-slot state) lives in a
-            // static, not on the stack.
-            static NIC: static_cell::StaticCell<nic::Nic> = static_cell::StaticCell::new();
-            let (rx_buf, tx_scratch) = net::frame_buffers();
-            let nic = nic::Nic::new(device, config.mode, config.mtu, rx_buf, tx_scratch)
-                .unwrap_or_else(|e| fail(ExitCode::DeviceError, format_args!("nic: {e}")));
-            net::run(NIC.init(nic), config)
-        }
-        (None, None) => unreachable!("bring_up failures without a self-test exit above"),
-    }
-}
-
-/// `nic=virtio`: the same services on a virtio-net device (the baseline
-/// ivnet is measured against).
-fn run_virtio(config: &GuestConfig) -> ! {
-    static NIC: static_cell::StaticCell<virtio_net::VirtioNic> = static_cell::StaticCell::new();
-    let (rx_buf, tx_scratch) = net::frame_buffers();
-    let event_mode = config.mode == Mode::Event;
-    let nic = virtio_net::VirtioNic::bring_up(apic::id(), event_mode, rx_buf, tx_scratch)
-        .unwrap_or_else(|e| match e {
-            virtio_net::VirtioError::NotFound => fail(ExitCode::NoDevice, format_args!("{e}")),
-            e => fail(ExitCode::DeviceError, format_args!("virtio-net: {e}")),
-        });
-    println!(
-        "platform up: {}; stack used {} bytes",
-        footprint::Image,
-        footprint::stack_used()
-    );
-    net::run(NIC.init(nic), config)
+    start::run(&config, apic::id())
 }
 
 #[panic_handler]

@@ -1,5 +1,5 @@
 //! The ivnet bare-metal guest on aarch64: the x86 guest's NICs, driver glue
-//! and smoltcp services (`../../src/{device,nic,virtio_net,net,logger,footprint,selftest}.rs`,
+//! and smoltcp services (`../../src/{device,nic,virtio_net,net,start,logger,footprint,selftest}.rs`,
 //! compiled here unchanged over the same driver core) on an arm64 platform
 //! layer.
 //!
@@ -44,6 +44,8 @@ mod net;
 mod nic;
 #[path = "../../src/selftest.rs"]
 mod selftest;
+#[path = "../../src/start.rs"]
+mod start;
 #[path = "../../src/virtio_net.rs"]
 mod virtio_net;
 
@@ -62,7 +64,7 @@ mod cpu {
 use core::fmt::Write;
 use core::panic::PanicInfo;
 
-use ivnet_guest::cmdline::{self, GuestConfig, Mode, NicKind};
+use ivnet_guest::cmdline;
 use ivnet_guest::exit_code::ExitCode;
 
 /// Prints a fatal error and stops the guest with `code`.
@@ -105,63 +107,7 @@ extern "C" fn rust_entry(dtb: u64, entry_el: u64) -> ! {
         machine.host.window.end
     );
     exceptions::enable();
-    run(&config)
-}
-
-fn run(config: &GuestConfig) -> ! {
-    if config.nic == NicKind::Virtio && config.selftest.is_none() {
-        run_virtio(config);
-    }
-    let nic = match device::bring_up(0) {
-        Ok(nic) => Some(nic),
-        Err(device::BringUpError::NotFound)
-            if config.selftest.is_some_and(|t| !t.needs_device()) =>
-        {
-            None
-        }
-        Err(e @ device::BringUpError::NotFound) => fail(ExitCode::NoDevice, format_args!("{e}")),
-        Err(e) => fail(ExitCode::DeviceError, format_args!("ivshmem: {e}")),
-    };
-    let usage = mmu::usage();
-    println!(
-        "platform up: page tables {}/{} used; {}; stack used {} bytes",
-        usage.used,
-        usage.total,
-        footprint::Image,
-        footprint::stack_used()
-    );
-    match (config.selftest, nic) {
-        (Some(test), nic) => selftest::run(test, nic.as_ref()),
-        (None, Some(device)) => {
-            static NIC: static_cell::StaticCell<nic::Nic> = static_cell::StaticCell::new();
-            let (rx_buf, tx_scratch) = net::frame_buffers();
-            let nic = nic::Nic::new(device, config.mode, config.mtu, rx_buf, tx_scratch)
-                .unwrap_or_else(|e| fail(ExitCode::DeviceError, format_args!("nic: {e}")));
-            net::run(NIC.init(nic), config)
-        }
-        (None, None) => unreachable!("bring_up failures without a self-test exit above"),
-    }
-}
-
-/// `nic=virtio`: the same services on a virtio-net device (MSI-X through
-/// GICv2m as for ivshmem).
-fn run_virtio(config: &GuestConfig) -> ! {
-    static NIC: static_cell::StaticCell<virtio_net::VirtioNic> = static_cell::StaticCell::new();
-    let (rx_buf, tx_scratch) = net::frame_buffers();
-    let event_mode = config.mode == Mode::Event;
-    let nic =
-        virtio_net::VirtioNic::bring_up(0, event_mode, rx_buf, tx_scratch).unwrap_or_else(|e| {
-            match e {
-                virtio_net::VirtioError::NotFound => fail(ExitCode::NoDevice, format_args!("{e}")),
-                e => fail(ExitCode::DeviceError, format_args!("virtio-net: {e}")),
-            }
-        });
-    println!(
-        "platform up: {}; stack used {} bytes",
-        footprint::Image,
-        footprint::stack_used()
-    );
-    net::run(NIC.init(nic), config)
+    start::run(&config, 0)
 }
 
 #[panic_handler]
