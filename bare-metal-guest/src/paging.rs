@@ -22,10 +22,14 @@
 //! 4 KiB pages elsewhere. Every mapped range is recorded with a name so that
 //! the page-fault handler can say what the faulting address belongs to.
 //!
+//! The region kinds, the table pool, the named regions and the image's
+//! sections are the architecture-independent half in `page_tables.rs`,
+//! shared with the aarch64 guest; this module is the x86 entry encoding
+//! and the walk.
+//!
 //! Written by hand: the `x86_64` crate provides the table and entry types
 //! used here, but its mappers cannot split 2 MiB pages or describe regions.
 
-use core::fmt;
 use core::ptr;
 
 use spin::Mutex;
@@ -34,34 +38,29 @@ use x86_64::registers::control::{Cr3, Cr3Flags};
 use x86_64::structures::paging::page_table::PageTableEntry;
 use x86_64::structures::paging::{PageTable, PageTableFlags as F, PhysFrame};
 
+// The region kinds, the table pool, the named regions, the image's
+// sections, the errors: shared with the aarch64 guest's `mmu`.
+#[path = "page_tables.rs"]
+mod common;
+use common::Ledger;
+pub use common::{Kind, MapError, describe, map, usage};
+
 const SIZE_4K: u64 = 0x1000;
 const SIZE_2M: u64 = 0x20_0000;
 /// Page tables available for all mappings (each maps 2 MiB in 4 KiB pages,
 /// or 1 GiB in 2 MiB pages, or is one of the upper levels).
 const POOL_TABLES: usize = 16;
+/// One table of the shared pool.
+type Table = PageTable;
+const EMPTY_TABLE: Table = PageTable::new();
+/// `Kind::Mmio` in fault reports.
+const MMIO_DESCRIPTION: &str = "uncached MMIO";
+/// The verb of `MapError::BadRange`'s message.
+const BAD_RANGE: &str = "identity-map";
 /// Named regions remembered for fault reports.
 const MAX_REGIONS: usize = 24;
 /// First non-canonical address of the lower half (48-bit virtual addresses).
 const CANONICAL_LOWER_HALF_END: u64 = 1 << 47;
-
-/// What a range of memory is, which decides its permissions and caching.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// Guest code: read-only, executable.
-    Code,
-    /// Guest constants: read-only.
-    ReadOnly,
-    /// Guest data, bss, stacks: read-write.
-    Data,
-    /// Device registers: read-write, uncached.
-    Mmio,
-    /// Shared memory the guest must only read: read-only, write-back.
-    SharedReadOnly,
-    /// Shared memory the guest owns: read-write, write-back.
-    SharedReadWrite,
-    /// Deliberately unmapped (guard pages); recorded for fault reports only.
-    Guard,
-}
 
 impl Kind {
     fn flags(self, nx: bool) -> F {
@@ -74,94 +73,22 @@ impl Kind {
             Kind::Guard => F::empty(),
         }
     }
-
-    const fn describe(self) -> &'static str {
-        match self {
-            Kind::Code => "code, read-only",
-            Kind::ReadOnly => "read-only",
-            Kind::Data => "read-write",
-            Kind::Mmio => "uncached MMIO",
-            Kind::SharedReadOnly => "shared memory, read-only",
-            Kind::SharedReadWrite => "shared memory, read-write",
-            Kind::Guard => "unmapped guard page",
-        }
-    }
-}
-
-/// Why a mapping could not be made.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MapError {
-    /// The static table pool is exhausted.
-    OutOfTables,
-    /// The range is empty, wraps around, or lies outside the physical
-    /// address width / the canonical lower half.
-    BadRange {
-        /// Start of the rejected range.
-        start: u64,
-        /// Length of the rejected range.
-        len: u64,
-    },
-    /// A page is already mapped with other permissions.
-    Conflict {
-        /// The page in conflict.
-        addr: u64,
-    },
-}
-
-impl fmt::Display for MapError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            MapError::OutOfTables => write!(f, "out of page tables ({POOL_TABLES} in the pool)"),
-            MapError::BadRange { start, len } => {
-                write!(f, "cannot identity-map {len:#x} bytes at {start:#x}")
-            }
-            MapError::Conflict { addr } => {
-                write!(f, "page {addr:#x} is already mapped with other permissions")
-            }
-        }
-    }
-}
-
-#[repr(C, align(4096))]
-struct Pool([PageTable; POOL_TABLES]);
-
-/// The page tables. Only [`Mapper`] touches them, under the `MAPPER` lock.
-static mut POOL: Pool = Pool([const { PageTable::new() }; POOL_TABLES]);
-
-#[derive(Clone, Copy)]
-struct Region {
-    start: u64,
-    end: u64,
-    kind: Kind,
-    name: &'static str,
 }
 
 struct Mapper {
     pml4: *mut PageTable,
-    used: usize,
+    ledger: Ledger,
     nx: bool,
     max_phys: u64,
-    regions: [Option<Region>; MAX_REGIONS],
 }
 
-// SAFETY: the raw table pointers point into `POOL`, which lives forever and
-// is only accessed through the `Mapper` behind `MAPPER`'s lock.
+// SAFETY: the raw table pointers point into the shared pool, which lives
+// forever and is only accessed through the `Mapper` behind `MAPPER`'s lock.
 unsafe impl Send for Mapper {}
 
 static MAPPER: Mutex<Option<Mapper>> = Mutex::new(None);
 
 impl Mapper {
-    fn alloc_table(&mut self) -> Result<*mut PageTable, MapError> {
-        if self.used == POOL_TABLES {
-            return Err(MapError::OutOfTables);
-        }
-        // SAFETY: `used < POOL_TABLES`, so the element exists; each element
-        // is handed out once, and only raw pointers to it are kept.
-        let table = unsafe { (&raw mut POOL.0[self.used]).cast::<PageTable>() };
-        self.used += 1;
-        Ok(table)
-    }
-
     /// The table an upper-level `entry` points to, creating it (or splitting
     /// a 2 MiB page into 512 4 KiB pages with the same attributes) if needed.
     fn next_table(&mut self, entry: *mut PageTableEntry) -> Result<*mut PageTable, MapError> {
@@ -170,14 +97,14 @@ impl Mapper {
         let e = unsafe { &mut *entry };
         let link = F::PRESENT | F::WRITABLE;
         if e.is_unused() {
-            let t = self.alloc_table()?;
+            let t = self.ledger.alloc_table()?;
             e.set_addr(PhysAddr::new(t as u64), link);
             return Ok(t);
         }
         if e.flags().contains(F::HUGE_PAGE) {
             let base = e.addr().as_u64();
             let leaf = e.flags() - F::HUGE_PAGE;
-            let t = self.alloc_table()?;
+            let t = self.ledger.alloc_table()?;
             // SAFETY: `t` is a fresh table from the pool, not yet linked.
             let table = unsafe { &mut *t };
             for (i, pte) in table.iter_mut().enumerate() {
@@ -244,15 +171,7 @@ impl Mapper {
         let end = virt_end.checked_add(SIZE_4K - 1).ok_or(bad)? & !(SIZE_4K - 1);
         // Physical = virtual + delta, for every page of the range.
         let delta = (phys & !(SIZE_4K - 1)).wrapping_sub(start);
-        let slot = self.regions.iter_mut().find(|r| r.is_none());
-        if let Some(slot) = slot {
-            *slot = Some(Region {
-                start,
-                end,
-                kind,
-                name,
-            });
-        }
+        self.ledger.record(start, end, kind, name);
         if kind == Kind::Guard {
             return Ok(());
         }
@@ -283,32 +202,9 @@ impl Mapper {
 }
 
 unsafe extern "C" {
-    static __text_start: u8;
-    static __text_end: u8;
-    static __rodata_start: u8;
-    static __rodata_end: u8;
-    static __data_start: u8;
-    static __data_end: u8;
-    static __bss_start: u8;
-    static __bss_end: u8;
-    static __stack_guard: u8;
-    static __stack_bottom: u8;
     static __ist_guard: u8;
     static __ist_stacks: u8;
     static __ist_stacks_end: u8;
-}
-
-fn sym(s: *const u8) -> u64 {
-    s as u64
-}
-
-/// Statistics for the boot log.
-#[derive(Clone, Copy, Debug)]
-pub struct PoolUsage {
-    /// Tables in use.
-    pub used: usize,
-    /// Tables in the pool.
-    pub total: usize,
 }
 
 /// Builds the guest's own page tables for the image and switches to them.
@@ -324,71 +220,21 @@ pub fn init(nx: bool, phys_addr_bits: u8) -> Result<(), MapError> {
     let mut guard = MAPPER.lock();
     let mut m = Mapper {
         pml4: ptr::null_mut(),
-        used: 0,
+        ledger: Ledger::new(),
         nx,
         // Identity mapping needs canonical lower-half addresses too.
         max_phys: 1u64 << phys_addr_bits.min(52),
-        regions: [None; MAX_REGIONS],
     };
-    m.pml4 = m.alloc_table()?;
-    let sections = [
-        (
-            &raw const __text_start,
-            &raw const __text_end,
-            Kind::Code,
-            "guest code",
-        ),
-        (
-            &raw const __rodata_start,
-            &raw const __rodata_end,
-            Kind::ReadOnly,
-            "guest rodata",
-        ),
-        (
-            &raw const __data_start,
-            &raw const __data_end,
-            Kind::Data,
-            "guest data",
-        ),
-        (
-            &raw const __bss_start,
-            &raw const __bss_end,
-            Kind::Data,
-            "guest bss",
-        ),
-        (
-            &raw const __stack_guard,
-            &raw const __stack_bottom,
-            Kind::Guard,
-            "main stack guard (stack overflow)",
-        ),
-        (
-            &raw const __stack_bottom,
-            &raw const __ist_guard,
-            Kind::Data,
-            "main stack",
-        ),
-        (
-            &raw const __ist_guard,
-            &raw const __ist_stacks,
-            Kind::Guard,
-            "exception stack guard",
-        ),
-        (
-            &raw const __ist_stacks,
-            &raw const __ist_stacks_end,
-            Kind::Data,
-            "exception stacks",
-        ),
-    ];
-    for (start, end, kind, name) in sections {
-        let (start, end) = (sym(start), sym(end));
-        // A section may be empty (e.g. no initialised data).
-        if end > start {
-            m.map(start, end - start, kind, name)?;
-        }
-    }
-    m.map(0, SIZE_4K, Kind::Guard, "null page")?;
+    m.pml4 = m.ledger.alloc_table()?;
+    let exception_stacks = (
+        &raw const __ist_guard,
+        &raw const __ist_stacks,
+        &raw const __ist_stacks_end,
+        "exception stacks",
+    );
+    common::map_image(exception_stacks, |start, len, kind, name| {
+        m.map(start, len, kind, name)
+    })?;
     let frame = PhysFrame::from_start_address(PhysAddr::new(m.pml4 as u64)).map_err(|_| {
         MapError::BadRange {
             start: m.pml4 as u64,
@@ -402,12 +248,6 @@ pub fn init(nx: bool, phys_addr_bits: u8) -> Result<(), MapError> {
     unsafe { Cr3::write(frame, Cr3Flags::empty()) };
     *guard = Some(m);
     Ok(())
-}
-
-/// Identity-maps `len` bytes at physical address `start` as `kind`, and
-/// records the range as `name` for fault reports.
-pub fn map(start: u64, len: u64, kind: Kind, name: &'static str) -> Result<(), MapError> {
-    map_at(start, start, len, kind, name)
 }
 
 /// Maps `len` bytes of physical memory at `phys` to the virtual address
@@ -426,47 +266,4 @@ pub fn map_at(
     // Entries may have changed (2 MiB pages split): drop stale translations.
     x86_64::instructions::tlb::flush_all();
     r
-}
-
-/// Page-table pool usage.
-pub fn usage() -> PoolUsage {
-    let used = MAPPER.lock().as_ref().map_or(0, |m| m.used);
-    PoolUsage {
-        used,
-        total: POOL_TABLES,
-    }
-}
-
-/// What `addr` belongs to, for fault reports. Never blocks: called from the
-/// page-fault handler, which may have interrupted a mapping in progress.
-pub fn describe(addr: u64) -> Describe {
-    let found = MAPPER.try_lock().and_then(|g| {
-        g.as_ref().and_then(|m| {
-            m.regions
-                .iter()
-                .flatten()
-                .find(|r| (r.start..r.end).contains(&addr))
-                .copied()
-        })
-    });
-    Describe(found)
-}
-
-/// The region an address belongs to (see [`describe`]).
-pub struct Describe(Option<Region>);
-
-impl fmt::Display for Describe {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(r) => write!(
-                f,
-                "{} [{:#x}..{:#x}) ({})",
-                r.name,
-                r.start,
-                r.end,
-                r.kind.describe()
-            ),
-            None => write!(f, "no mapped region"),
-        }
-    }
 }

@@ -1,7 +1,8 @@
 //! The guest's own stage-1 translation tables (EL1, TTBR0, 4 KiB granule,
 //! 48-bit VA, identity mapping plus the one state-table alias) with
 //! per-region permissions, the same `Kind`s and interface as the x86
-//! `paging` module:
+//! `paging` module (both compile the architecture-independent half,
+//! `../../src/page_tables.rs`; here the descriptor encoding and the walk):
 //!
 //! | kind | memory type (MAIR index) | access |
 //! |---|---|---|
@@ -19,15 +20,29 @@
 //! pages. Remapping a page with the same descriptor is a no-op, with
 //! another one a `Conflict` (blocks are never split).
 
-use core::fmt;
 use core::ptr;
 
 use spin::Mutex;
+
+// The region kinds, the table pool, the named regions, the image's
+// sections, the errors: shared with the x86 guest's `paging`.
+#[path = "../../src/page_tables.rs"]
+mod common;
+use common::Ledger;
+pub use common::{Kind, MapError, describe, map, usage};
 
 const SIZE_4K: u64 = 0x1000;
 const SIZE_2M: u64 = 0x20_0000;
 /// Tables in the static pool (4 KiB each).
 const POOL_TABLES: usize = 48;
+/// One translation table: 512 descriptors.
+#[repr(C, align(4096))]
+struct Table([u64; 512]);
+const EMPTY_TABLE: Table = Table([0; 512]);
+/// `Kind::Mmio` in fault reports.
+const MMIO_DESCRIPTION: &str = "Device-nGnRE MMIO";
+/// The verb of `MapError::BadRange`'s message.
+const BAD_RANGE: &str = "map";
 /// Named regions remembered for fault reports.
 const MAX_REGIONS: usize = 32;
 /// 48-bit virtual addresses (TCR_EL1.T0SZ = 16).
@@ -49,25 +64,6 @@ const OUTPUT_ADDRESS: u64 = 0x0000_ffff_ffff_f000;
 /// index 1 Device-nGnRE.
 const MAIR: u64 = 0xff | 0x04 << 8;
 
-/// What a range of memory is, which decides its permissions and caching.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// Guest code: read-only, executable.
-    Code,
-    /// Guest constants and the DTB: read-only.
-    ReadOnly,
-    /// Guest data, bss, stacks: read-write.
-    Data,
-    /// Device registers: read-write, Device-nGnRE.
-    Mmio,
-    /// Shared memory the guest must only read: read-only, write-back.
-    SharedReadOnly,
-    /// Shared memory the guest owns: read-write, write-back.
-    SharedReadWrite,
-    /// Deliberately unmapped (guard pages); recorded for fault reports only.
-    Guard,
-}
-
 impl Kind {
     /// Descriptor attribute bits (without the address and type bits).
     fn attributes(self) -> u64 {
@@ -80,76 +76,12 @@ impl Kind {
             Kind::Guard => 0,
         }
     }
-
-    const fn describe(self) -> &'static str {
-        match self {
-            Kind::Code => "code, read-only",
-            Kind::ReadOnly => "read-only",
-            Kind::Data => "read-write",
-            Kind::Mmio => "Device-nGnRE MMIO",
-            Kind::SharedReadOnly => "shared memory, read-only",
-            Kind::SharedReadWrite => "shared memory, read-write",
-            Kind::Guard => "unmapped guard page",
-        }
-    }
-}
-
-/// Why a mapping could not be made.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MapError {
-    /// The static table pool is exhausted.
-    OutOfTables,
-    /// The range is empty, wraps around, or lies outside the physical
-    /// address range / the 48-bit virtual address space.
-    BadRange {
-        /// Start of the rejected range.
-        start: u64,
-        /// Length of the rejected range.
-        len: u64,
-    },
-    /// A page is already mapped with other permissions.
-    Conflict {
-        /// The page in conflict.
-        addr: u64,
-    },
-}
-
-impl fmt::Display for MapError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            MapError::OutOfTables => write!(f, "out of page tables ({POOL_TABLES} in the pool)"),
-            MapError::BadRange { start, len } => {
-                write!(f, "cannot map {len:#x} bytes at {start:#x}")
-            }
-            MapError::Conflict { addr } => {
-                write!(f, "page {addr:#x} is already mapped with other permissions")
-            }
-        }
-    }
-}
-
-#[repr(C, align(4096))]
-struct Table([u64; 512]);
-
-#[repr(C, align(4096))]
-struct Pool([Table; POOL_TABLES]);
-
-/// The tables. Only [`Mapper`] touches them, under the `MAPPER` lock.
-static mut POOL: Pool = Pool([const { Table([0; 512]) }; POOL_TABLES]);
-
-#[derive(Clone, Copy)]
-struct Region {
-    start: u64,
-    end: u64,
-    kind: Kind,
-    name: &'static str,
 }
 
 struct Mapper {
     root: *mut Table,
-    used: usize,
+    ledger: Ledger,
     max_phys: u64,
-    regions: [Option<Region>; MAX_REGIONS],
 }
 
 // SAFETY: the raw pointers point into the static pool; the mapper lives
@@ -159,24 +91,13 @@ unsafe impl Send for Mapper {}
 static MAPPER: Mutex<Option<Mapper>> = Mutex::new(None);
 
 impl Mapper {
-    fn alloc_table(&mut self) -> Result<*mut Table, MapError> {
-        if self.used == POOL_TABLES {
-            return Err(MapError::OutOfTables);
-        }
-        // SAFETY: the index is in bounds; each pool entry is handed out
-        // once, and only through the mapper (under its lock).
-        let t = unsafe { &raw mut POOL.0[self.used] };
-        self.used += 1;
-        Ok(t)
-    }
-
     /// The next-level table behind `entry`, created if empty. `None` if
     /// the entry is a block.
     fn next_table(&mut self, entry: *mut u64) -> Result<Option<*mut Table>, MapError> {
         // SAFETY: `entry` points into a pool table (see `map_to`).
         let e = unsafe { entry.read_volatile() };
         if e & DESC_VALID == 0 {
-            let t = self.alloc_table()?;
+            let t = self.ledger.alloc_table()?;
             // SAFETY: as above; the new table is zeroed (bss, used once).
             unsafe { entry.write_volatile(t as u64 | DESC_TABLE_OR_PAGE | DESC_VALID) };
             return Ok(Some(t));
@@ -206,14 +127,7 @@ impl Mapper {
         if len == 0 || pend > self.max_phys || vstart.checked_add(size).is_none_or(|e| e > VA_END) {
             return Err(bad);
         }
-        if let Some(slot) = self.regions.iter_mut().find(|r| r.is_none()) {
-            *slot = Some(Region {
-                start: vstart,
-                end: vstart + size,
-                kind,
-                name,
-            });
-        }
+        self.ledger.record(vstart, vstart + size, kind, name);
         if kind == Kind::Guard {
             return Ok(());
         }
@@ -268,32 +182,9 @@ impl Mapper {
 }
 
 unsafe extern "C" {
-    static __text_start: u8;
-    static __text_end: u8;
-    static __rodata_start: u8;
-    static __rodata_end: u8;
-    static __data_start: u8;
-    static __data_end: u8;
-    static __bss_start: u8;
-    static __bss_end: u8;
-    static __stack_guard: u8;
-    static __stack_bottom: u8;
     static __exception_stack_guard: u8;
     static __exception_stack_bottom: u8;
     static __exception_stack_top: u8;
-}
-
-fn sym(s: *const u8) -> u64 {
-    s as u64
-}
-
-/// Statistics for the boot log.
-#[derive(Clone, Copy, Debug)]
-pub struct PoolUsage {
-    /// Tables in use.
-    pub used: usize,
-    /// Tables in the pool.
-    pub total: usize,
 }
 
 /// Physical address bits of the CPU (ID_AA64MMFR0_EL1.PARange) and the
@@ -317,68 +208,19 @@ pub fn init() -> Result<u8, MapError> {
     let mut guard = MAPPER.lock();
     let mut m = Mapper {
         root: ptr::null_mut(),
-        used: 0,
+        ledger: Ledger::new(),
         max_phys: 1u64 << pa_bits,
-        regions: [None; MAX_REGIONS],
     };
-    m.root = m.alloc_table()?;
-    let sections = [
-        (
-            &raw const __text_start,
-            &raw const __text_end,
-            Kind::Code,
-            "guest code",
-        ),
-        (
-            &raw const __rodata_start,
-            &raw const __rodata_end,
-            Kind::ReadOnly,
-            "guest rodata",
-        ),
-        (
-            &raw const __data_start,
-            &raw const __data_end,
-            Kind::Data,
-            "guest data",
-        ),
-        (
-            &raw const __bss_start,
-            &raw const __bss_end,
-            Kind::Data,
-            "guest bss",
-        ),
-        (
-            &raw const __stack_guard,
-            &raw const __stack_bottom,
-            Kind::Guard,
-            "main stack guard (stack overflow)",
-        ),
-        (
-            &raw const __stack_bottom,
-            &raw const __exception_stack_guard,
-            Kind::Data,
-            "main stack",
-        ),
-        (
-            &raw const __exception_stack_guard,
-            &raw const __exception_stack_bottom,
-            Kind::Guard,
-            "exception stack guard",
-        ),
-        (
-            &raw const __exception_stack_bottom,
-            &raw const __exception_stack_top,
-            Kind::Data,
-            "exception stack",
-        ),
-    ];
-    for (start, end, kind, name) in sections {
-        let (start, end) = (sym(start), sym(end));
-        if end > start {
-            m.map_to(start, start, end - start, kind, name)?;
-        }
-    }
-    m.map_to(0, 0, SIZE_4K, Kind::Guard, "null page")?;
+    m.root = m.ledger.alloc_table()?;
+    let exception_stack = (
+        &raw const __exception_stack_guard,
+        &raw const __exception_stack_bottom,
+        &raw const __exception_stack_top,
+        "exception stack",
+    );
+    common::map_image(exception_stack, |start, len, kind, name| {
+        m.map_to(start, start, len, kind, name)
+    })?;
     let tcr: u64 = 16 // T0SZ: 48-bit VA
         | 1 << 8 // IRGN0: write-back, write-allocate
         | 1 << 10 // ORGN0: write-back, write-allocate
@@ -417,12 +259,6 @@ pub fn init() -> Result<u8, MapError> {
     Ok(pa_bits)
 }
 
-/// Identity-maps `len` bytes at physical address `start` as `kind`, and
-/// records the range as `name` for fault reports.
-pub fn map(start: u64, len: u64, kind: Kind, name: &'static str) -> Result<(), MapError> {
-    map_at(start, start, len, kind, name)
-}
-
 /// Maps `len` bytes of physical memory at `phys` to the virtual address
 /// `virt` (the state-table alias).
 pub fn map_at(
@@ -447,46 +283,4 @@ pub fn map_at(
         );
     }
     r
-}
-
-/// Page-table pool usage.
-pub fn usage() -> PoolUsage {
-    let used = MAPPER.lock().as_ref().map_or(0, |m| m.used);
-    PoolUsage {
-        used,
-        total: POOL_TABLES,
-    }
-}
-
-/// What `addr` belongs to, for fault reports. Never blocks.
-pub fn describe(addr: u64) -> Describe {
-    let found = MAPPER.try_lock().and_then(|g| {
-        g.as_ref().and_then(|m| {
-            m.regions
-                .iter()
-                .flatten()
-                .find(|r| (r.start..r.end).contains(&addr))
-                .copied()
-        })
-    });
-    Describe(found)
-}
-
-/// The region an address belongs to (see [`describe`]).
-pub struct Describe(Option<Region>);
-
-impl fmt::Display for Describe {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(r) => write!(
-                f,
-                "{} [{:#x}..{:#x}) ({})",
-                r.name,
-                r.start,
-                r.end,
-                r.kind.describe()
-            ),
-            None => write!(f, "no mapped region"),
-        }
-    }
 }
