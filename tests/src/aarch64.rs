@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use crate::qemu::{Accel, GuestConfig, QemuProcess, repo_root, unique_dir};
+use crate::qemu::{
+    Accel, GuestConfig, QemuProcess, build_guest, console_args, ivshmem_args, repo_root, unique_dir,
+};
 
 /// The QEMU binary (Debian package `qemu-system-arm`).
 pub const QEMU_AARCH64: &str = "qemu-system-aarch64";
@@ -73,31 +75,14 @@ pub fn aarch64_image() -> Result<PathBuf, String> {
                 return Ok(PathBuf::from(p));
             }
             let dir = repo_root().join("bare-metal-guest/aarch64");
-            let out = Command::new("sh")
-                .arg(dir.join("build-image.sh"))
-                .current_dir(&dir)
-                .env_remove("CARGO_TARGET_DIR")
-                .env_remove("CARGO_BUILD_TARGET")
-                .env_remove("RUSTFLAGS")
-                .env_remove("CARGO_ENCODED_RUSTFLAGS")
-                .env_remove("CARGO_BUILD_RUSTFLAGS")
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .output()
-                .map_err(|e| format!("running build-image.sh: {e}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "building the aarch64 guest failed ({}):\n{}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
-            let image = dir.join("target/aarch64-unknown-none/release/ivnet-guest-aarch64.bin");
-            if image.is_file() {
-                Ok(image)
-            } else {
-                Err(format!("{} is missing after the build", image.display()))
-            }
+            let mut cmd = Command::new("sh");
+            cmd.arg(dir.join("build-image.sh"));
+            build_guest(
+                cmd,
+                &dir,
+                "the aarch64 guest",
+                dir.join("target/aarch64-unknown-none/release/ivnet-guest-aarch64.bin"),
+            )
         })
         .clone()
 }
@@ -108,34 +93,18 @@ pub(crate) fn start(cfg: &GuestConfig) -> Result<QemuProcess, String> {
     ensure_qemu_aarch64_installed()?;
     let image = aarch64_image()?;
     let dir = unique_dir(&cfg.name).map_err(|e| format!("temp dir: {e}"))?;
-    let serial = dir.join("serial.log");
     let machine = match cfg.arch {
         Arch::Aarch64El2 => "virt,gic-version=2,virtualization=on",
         _ => "virt,gic-version=2",
     };
     let mut cmd = Command::new(QEMU_AARCH64);
-    cmd.args(["-machine", machine, "-cpu", "cortex-a57", "-m", &cfg.memory])
-        .args(["-nodefaults", "-display", "none", "-accel", "tcg"])
-        .args((!cfg.reboot_on_reset).then_some("-no-reboot"))
-        .arg("-serial")
-        .arg(format!("file:{}", serial.display()))
-        .arg("-qmp")
-        .arg(format!(
-            "unix:{},server=on,wait=off",
-            dir.join("qmp.sock").display()
-        ))
+    cmd.args(["-machine", machine, "-cpu", "cortex-a57", "-m", &cfg.memory]);
+    console_args(&mut cmd, cfg, &dir);
+    cmd.args(["-accel", "tcg"])
         .args(["-semihosting-config", "enable=on,target=native"])
         .arg("-kernel")
         .arg(&image)
         .args(["-append", &cfg.cmdline]);
-    if let Some(sock) = &cfg.ivshmem_socket {
-        cmd.arg("-chardev")
-            .arg(format!("socket,path={},id=ivs", sock.display()))
-            .arg("-device")
-            .arg(format!(
-                "ivshmem-doorbell,chardev=ivs,vectors={}",
-                cfg.vectors
-            ));
-    }
+    ivshmem_args(&mut cmd, cfg);
     QemuProcess::spawn(&mut cmd, dir, Accel::Tcg, "aarch64 guest")
 }

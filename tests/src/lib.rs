@@ -3,6 +3,7 @@
 #![allow(missing_docs)]
 
 pub mod aarch64;
+pub mod guest_device;
 pub mod hostile;
 pub mod ivshmem2;
 pub mod linuxvm;

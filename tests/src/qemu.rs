@@ -178,39 +178,83 @@ pub fn guest_image() -> Result<PathBuf, String> {
             }
             let dir = repo_root().join("bare-metal-guest");
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            // The guest's .cargo/config.toml (target, relocation model) is
-            // found from the working directory; variables that would
-            // override it or redirect the output are removed.
-            let out = Command::new(cargo)
-                .current_dir(&dir)
-                .args(["build", "--release", "--bin", "ivnet-guest"])
-                .env_remove("CARGO_TARGET_DIR")
-                .env_remove("CARGO_BUILD_TARGET")
-                .env_remove("RUSTFLAGS")
-                .env_remove("CARGO_ENCODED_RUSTFLAGS")
-                .env_remove("CARGO_BUILD_RUSTFLAGS")
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .output()
-                .map_err(|e| format!("running cargo for the guest: {e}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "building bare-metal-guest failed ({}):\n{}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
-            let elf = dir.join("target/x86_64-unknown-none/release/ivnet-guest");
-            if elf.is_file() {
-                Ok(elf)
-            } else {
-                Err(format!(
-                    "guest build succeeded but {} is missing",
-                    elf.display()
-                ))
-            }
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "--release", "--bin", "ivnet-guest"]);
+            build_guest(
+                cmd,
+                &dir,
+                "bare-metal-guest",
+                dir.join("target/x86_64-unknown-none/release/ivnet-guest"),
+            )
         })
         .clone()
+}
+
+/// Runs a guest's build `cmd` in its directory `dir` and returns its
+/// `artifact`. The guest's .cargo/config.toml (target, relocation model) is
+/// found from the working directory; variables that would override it or
+/// redirect the output are removed. `what` names the guest in errors.
+pub(crate) fn build_guest(
+    mut cmd: Command,
+    dir: &Path,
+    what: &str,
+    artifact: PathBuf,
+) -> Result<PathBuf, String> {
+    let out = cmd
+        .current_dir(dir)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_RUSTFLAGS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("running the build of {what}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "building {what} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    if artifact.is_file() {
+        Ok(artifact)
+    } else {
+        Err(format!(
+            "{what} built but {} is missing",
+            artifact.display()
+        ))
+    }
+}
+
+/// The QEMU arguments both guests' machines share: no default devices, no
+/// display, `-no-reboot` unless `cfg` asks to reboot, the serial console
+/// into `dir/serial.log`, QMP at `dir/qmp.sock`.
+pub(crate) fn console_args(cmd: &mut Command, cfg: &GuestConfig, dir: &Path) {
+    cmd.args(["-nodefaults", "-display", "none"])
+        .args((!cfg.reboot_on_reset).then_some("-no-reboot"))
+        .arg("-serial")
+        .arg(format!("file:{}", dir.join("serial.log").display()))
+        .arg("-qmp")
+        .arg(format!(
+            "unix:{},server=on,wait=off",
+            dir.join(QMP_SOCKET).display()
+        ));
+}
+
+/// The `ivshmem-doorbell` on the server socket `cfg` names, if any, with
+/// its vector count.
+pub(crate) fn ivshmem_args(cmd: &mut Command, cfg: &GuestConfig) {
+    if let Some(sock) = &cfg.ivshmem_socket {
+        cmd.arg("-chardev")
+            .arg(format!("socket,path={},id=ivs", sock.display()))
+            .arg("-device")
+            .arg(format!(
+                "ivshmem-doorbell,chardev=ivs,vectors={}",
+                cfg.vectors
+            ));
+    }
 }
 
 /// How QEMU executes the guest.
@@ -583,33 +627,16 @@ impl Guest {
         let image = guest_image()?;
         let accel = cfg.accel.clone().unwrap_or_else(default_accel);
         let dir = unique_dir(&cfg.name).map_err(|e| format!("temp dir: {e}"))?;
-        let serial = dir.join("serial.log");
         let mut cmd = Command::new(QEMU);
-        cmd.args(["-machine", "q35", "-m", &cfg.memory])
-            .args(["-nodefaults", "-display", "none"])
-            .args((!cfg.reboot_on_reset).then_some("-no-reboot"))
-            .arg("-serial")
-            .arg(format!("file:{}", serial.display()))
-            .arg("-qmp")
-            .arg(format!(
-                "unix:{},server=on,wait=off",
-                dir.join(QMP_SOCKET).display()
-            ))
-            .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        cmd.args(["-machine", "q35", "-m", &cfg.memory]);
+        console_args(&mut cmd, cfg, &dir);
+        cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
             .args(accel.args())
             .args(cfg.firmware.args())
             .arg("-kernel")
             .arg(&image)
             .args(["-append", &cfg.cmdline]);
-        if let Some(sock) = &cfg.ivshmem_socket {
-            cmd.arg("-chardev")
-                .arg(format!("socket,path={},id=ivs", sock.display()))
-                .arg("-device")
-                .arg(format!(
-                    "ivshmem-doorbell,chardev=ivs,vectors={}",
-                    cfg.vectors
-                ));
-        }
+        ivshmem_args(&mut cmd, cfg);
         cmd.args(&cfg.extra_args);
         let process = QemuProcess::spawn(&mut cmd, dir, accel, "guest")?;
         Ok(Guest { process })

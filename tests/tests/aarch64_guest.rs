@@ -5,10 +5,11 @@
 //! and the state table (a write faults and the report names the region),
 //! MSI-X doorbells both ways through GICv2m, and no device.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use ivnet_e2e::guest_device::{answer_doorbell, assert_no_device, assert_shared_memory_unchanged};
 use ivnet_e2e::qemu::{Arch, BOOT_TIMEOUT, ExitCode, Guest, GuestConfig, GuestExit, IvshmemServer};
-use ivshmem_server::{Event, HostPeer};
+use ivshmem_server::HostPeer;
 
 fn config(cmdline: &str, name: &str) -> GuestConfig {
     GuestConfig {
@@ -99,7 +100,6 @@ fn peer_section_and_state_table_are_read_only() {
         let server = IvshmemServer::start("a64ro").unwrap();
         let host = HostPeer::connect(server.socket(), Duration::from_secs(10)).unwrap();
         assert_eq!(host.id(), 0);
-        let (own, _) = host.own_section();
         let (exit, log) = run_to_exit(GuestConfig {
             ivshmem_socket: Some(server.socket()),
             ..config(&format!("ip=10.77.0.2/24 selftest={test}"), "a64ro")
@@ -111,11 +111,7 @@ fn peer_section_and_state_table_are_read_only() {
                 && log.contains(region),
             "{test}\n{log}"
         );
-        // SAFETY: `own` is the host peer's own output section, mapped
-        // read-write while `host` lives; a volatile byte read.
-        let first = unsafe { own.read_volatile() };
-        assert_eq!(first, 0, "the guest's store reached shared memory");
-        assert_eq!(host.peer_state(1), Some(0), "state table changed");
+        assert_shared_memory_unchanged(&host);
     }
 }
 
@@ -130,20 +126,7 @@ fn doorbells_travel_both_ways_through_gicv2m() {
         ..config("ip=10.77.0.2/24 selftest=doorbell", "a64doorbell")
     })
     .unwrap();
-    let deadline = Instant::now() + BOOT_TIMEOUT;
-    let (mut joined, mut rang_back) = (false, false);
-    while Instant::now() < deadline && g.is_running() {
-        for event in host.wait(Some(Duration::from_millis(100))).unwrap() {
-            match event {
-                Event::PeerJoined(1) => joined = true,
-                Event::Vector(1) if joined => {
-                    host.doorbell(1, 1).unwrap();
-                    rang_back = true;
-                }
-                _ => {}
-            }
-        }
-    }
+    let (joined, rang_back) = answer_doorbell(&mut host, &mut g);
     let exit = g.wait_exit(Duration::from_secs(30)).unwrap();
     let log = g.diagnostics();
     assert!(
@@ -161,9 +144,5 @@ fn doorbells_travel_both_ways_through_gicv2m() {
 #[test]
 fn without_a_device_the_guest_exits_with_no_device() {
     let (exit, log) = run_to_exit(config("ip=10.77.0.2/24", "a64nodev"));
-    assert_eq!(exit, GuestExit::Code(ExitCode::NoDevice), "{log}");
-    assert!(
-        log.contains("FATAL: no ivshmem device (1af4:1110 or 110a:4106) on the PCI bus"),
-        "{log}"
-    );
+    assert_no_device(&exit, &log);
 }

@@ -4,12 +4,13 @@
 //! directions through MSI-X and the local APIC, with the test process as the
 //! other peer.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use ivnet_e2e::guest_device::{answer_doorbell, assert_no_device, assert_shared_memory_unchanged};
 use ivnet_e2e::qemu::{
     BOOT_TIMEOUT, ExitCode, Firmware, Guest, GuestConfig, GuestExit, IvshmemServer, accelerators,
 };
-use ivshmem_server::{Event, HostPeer};
+use ivshmem_server::HostPeer;
 
 fn guest_on(server: &IvshmemServer, cmdline: &str, name: &str) -> GuestConfig {
     GuestConfig {
@@ -69,7 +70,6 @@ fn peer_section_and_state_table_are_read_only_in_the_guest() {
         // The host peer takes ID 0, so the guest's peer section is ours.
         let host = HostPeer::connect(server.socket(), Duration::from_secs(10)).unwrap();
         assert_eq!(host.id(), 0);
-        let (own, _) = host.own_section();
         let mut g = Guest::start(&guest_on(
             &server,
             &format!("ip=10.77.0.2/24 selftest={test}"),
@@ -83,12 +83,7 @@ fn peer_section_and_state_table_are_read_only_in_the_guest() {
             log.contains("(protection violation on write data access)") && log.contains(region),
             "{test}\n{log}"
         );
-        // SAFETY: `own` points to the host peer's own output section, mapped
-        // read-write for as long as `host` lives; a volatile byte read of
-        // shared memory.
-        let first = unsafe { own.read_volatile() };
-        assert_eq!(first, 0, "the guest's store reached shared memory");
-        assert_eq!(host.peer_state(1), Some(0), "state table changed");
+        assert_shared_memory_unchanged(&host);
     }
 }
 
@@ -104,23 +99,7 @@ fn doorbells_travel_both_ways_through_msix() {
         let mut cfg = guest_on(&server, "ip=10.77.0.2/24 selftest=doorbell", "doorbell");
         cfg.accel = Some(accel.clone());
         let mut g = Guest::start(&cfg).unwrap();
-        let deadline = Instant::now() + BOOT_TIMEOUT;
-        let mut joined = false;
-        let mut rang_back = false;
-        while Instant::now() < deadline && g.is_running() {
-            for event in host.wait(Some(Duration::from_millis(100))).unwrap() {
-                match event {
-                    Event::PeerJoined(1) => joined = true,
-                    Event::Vector(1) if joined => {
-                        // MSI-X is enabled before the guest rings, so this
-                        // doorbell is not dropped.
-                        host.doorbell(1, 1).unwrap();
-                        rang_back = true;
-                    }
-                    _ => {}
-                }
-            }
-        }
+        let (joined, rang_back) = answer_doorbell(&mut host, &mut g);
         let exit = g.wait_exit(Duration::from_secs(30)).unwrap();
         let log = g.diagnostics();
         assert!(
@@ -150,12 +129,7 @@ fn without_a_device_the_guest_exits_with_no_device() {
     })
     .unwrap();
     let exit = g.wait_exit(BOOT_TIMEOUT).unwrap();
-    let log = g.diagnostics();
-    assert_eq!(exit, GuestExit::Code(ExitCode::NoDevice), "{log}");
-    assert!(
-        log.contains("FATAL: no ivshmem device (1af4:1110 or 110a:4106) on the PCI bus"),
-        "{log}"
-    );
+    assert_no_device(&exit, &g.diagnostics());
 }
 
 /// A link that is not ivshmem-net (another protocol, or more than two
