@@ -10,7 +10,7 @@
 //! `scripts/bench-regression.sh` runs it at two frame counts and takes the
 //! difference, so setup and handshake cancel out.
 //!
-//! Written against the API every version since the ring's first release has
+//! Written against the API that both a921f51 and later versions have
 //! (`send`, `flush_tx`, `recv`, `flush_rx`, `reclaim`); the only line that
 //! differs between versions is the `Config` constructor, which the script
 //! rewrites when it builds an older tree.
