@@ -27,6 +27,42 @@ use std::time::Duration;
 use ivnet_driver::LinkDevice;
 use ivnet_ring::LinkState;
 
+/// `LinkDevice` for a backend on the Jailhouse 2.0 register profile (UIO
+/// and VFIO alike): its `link` ([`jailhouse_link::JailhouseLink`]) reads the
+/// peer's state, publishes its own, rings and re-arms; `vectors` is how many
+/// vectors the device has.
+macro_rules! jailhouse_link_device {
+    ($backend:ty) => {
+        impl ivnet_driver::LinkDevice for $backend {
+            type Error = $crate::backend::BackendError;
+
+            fn peer_state(&self) -> u32 {
+                self.link.peer_state()
+            }
+            fn publish_state(
+                &mut self,
+                state: ivnet_ring::LinkState,
+            ) -> Result<(), $crate::backend::BackendError> {
+                self.link.publish_state(state);
+                Ok(())
+            }
+            fn vectors(&self) -> u32 {
+                self.vectors as u32
+            }
+            fn ring(&mut self, vector: u16) -> Result<(), $crate::backend::BackendError> {
+                self.link.ring(vector);
+                Ok(())
+            }
+            fn rearm(&mut self) {
+                self.link.rearm();
+            }
+            fn now_us(&self) -> u64 {
+                $crate::backend::monotonic_us()
+            }
+        }
+    };
+}
+
 pub mod jailhouse_link;
 pub mod qemu_window;
 pub mod server;

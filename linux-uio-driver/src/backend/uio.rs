@@ -282,35 +282,7 @@ impl Backend for JailhouseUio {
     }
 }
 
-impl LinkDevice for JailhouseUio {
-    type Error = BackendError;
-
-    fn peer_state(&self) -> u32 {
-        self.link.peer_state()
-    }
-
-    fn publish_state(&mut self, state: LinkState) -> Result<(), BackendError> {
-        self.link.publish_state(state);
-        Ok(())
-    }
-
-    fn vectors(&self) -> u32 {
-        self.vectors as u32
-    }
-
-    fn ring(&mut self, vector: u16) -> Result<(), BackendError> {
-        self.link.ring(vector);
-        Ok(())
-    }
-
-    fn rearm(&mut self) {
-        self.link.rearm();
-    }
-
-    fn now_us(&self) -> u64 {
-        monotonic_us()
-    }
-}
+jailhouse_link_device!(JailhouseUio);
 
 /// QEMU ivshmem-doorbell on a generic MSI-X UIO driver.
 pub struct QemuUio {
