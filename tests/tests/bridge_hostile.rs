@@ -94,6 +94,50 @@ impl Peer {
     }
 }
 
+/// One `ivnet-bridge` in its own namespace on a fresh server, with the test
+/// process as its raw host peer.
+struct Rig {
+    peer: Peer,
+    bridge: Proc,
+    _server: Server,
+    ns: Netns,
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    fn start(ns: &str, extra: &[&str]) -> Rig {
+        netns::require_root();
+        netns::ensure_base_tools();
+        let dir = tempfile::tempdir().unwrap();
+        let ns = Netns::new(ns);
+        let server = Server::start(dir.path(), &[]);
+        let spec = BridgeSpec {
+            name: "bridge".into(),
+            socket: server.socket.clone(),
+            netns: ns.name().into(),
+            tap: TAP.into(),
+            mtu: 1500,
+            extra: extra.iter().map(|a| (*a).into()).collect(),
+        };
+        let mut bridge = spec.spawn(dir.path());
+        bridge
+            .wait_stderr("TAP, MTU", 1, Duration::from_secs(20))
+            .unwrap();
+        let host = HostPeer::connect(&server.socket, Duration::from_secs(5)).unwrap();
+        let peer = Peer {
+            bridge: 1 - host.id(),
+            host,
+        };
+        Rig {
+            peer,
+            bridge,
+            _server: server,
+            ns,
+            _dir: dir,
+        }
+    }
+}
+
 fn stats(p: &Proc) -> serde_json::Value {
     netns::signal_report(p)
 }
@@ -101,28 +145,15 @@ fn stats(p: &Proc) -> serde_json::Value {
 #[test]
 fn hostile_peer_resets_the_link_and_the_bridge_recovers() {
     let _serial = netns::serial();
-    netns::require_root();
-    netns::ensure_base_tools();
-    let dir = tempfile::tempdir().unwrap();
-    let ns = Netns::new("hostile");
-    let server = Server::start(dir.path(), &[]);
-    let spec = BridgeSpec {
-        name: "bridge".into(),
-        socket: server.socket.clone(),
-        netns: ns.name().into(),
-        tap: TAP.into(),
-        mtu: 1500,
-        extra: vec![],
-    };
-    let mut bridge = spec.spawn(dir.path());
-    bridge
-        .wait_stderr("TAP, MTU", 1, Duration::from_secs(20))
-        .unwrap();
-    let host = HostPeer::connect(&server.socket, Duration::from_secs(5)).unwrap();
-    let peer = Peer {
-        bridge: 1 - host.id(),
-        host,
-    };
+    // Bound in this order so that they drop in reverse: peer and bridge
+    // first, the directory last.
+    let Rig {
+        _dir,
+        ns,
+        _server,
+        mut bridge,
+        peer,
+    } = Rig::start("hostile", &[]);
     peer.wait_bridge(INIT, &bridge);
 
     peer.handshake(&bridge);
@@ -336,28 +367,15 @@ fn tail_of(p: &Proc) -> String {
 fn flapping_peer_is_held_back_like_a_faulting_one_then_links() {
     const FLAP_FOR: Duration = Duration::from_secs(10);
     let _serial = netns::serial();
-    netns::require_root();
-    netns::ensure_base_tools();
-    let dir = tempfile::tempdir().unwrap();
-    let ns = Netns::new("hflap");
-    let server = Server::start(dir.path(), &[]);
-    let spec = BridgeSpec {
-        name: "bridge".into(),
-        socket: server.socket.clone(),
-        netns: ns.name().into(),
-        tap: TAP.into(),
-        mtu: 1500,
-        extra: vec!["--mode".into(), "event".into()],
-    };
-    let mut bridge = spec.spawn(dir.path());
-    bridge
-        .wait_stderr("TAP, MTU", 1, Duration::from_secs(20))
-        .unwrap();
-    let host = HostPeer::connect(&server.socket, Duration::from_secs(5)).unwrap();
-    let peer = Peer {
-        bridge: 1 - host.id(),
-        host,
-    };
+    // Bound in this order so that they drop in reverse: peer and bridge
+    // first, the directory last.
+    let Rig {
+        _dir,
+        ns,
+        _server,
+        mut bridge,
+        peer,
+    } = Rig::start("hflap", &["--mode", "event"]);
     peer.wait_bridge(INIT, &bridge);
     let before = stats(&bridge);
 
