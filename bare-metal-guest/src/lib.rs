@@ -8,6 +8,7 @@
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
 
+pub mod bdf;
 pub mod cmdline;
 pub mod console_budget;
 pub mod exit_code;

@@ -8,22 +8,7 @@ use x86_64::instructions::port::Port;
 const CONFIG_ADDRESS: u16 = 0xcf8;
 const CONFIG_DATA: u16 = 0xcfc;
 
-/// Bus, device and function of a PCI function.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Bdf {
-    /// Bus number.
-    pub bus: u8,
-    /// Device number, 0..32.
-    pub device: u8,
-    /// Function number, 0..8.
-    pub function: u8,
-}
-
-impl core::fmt::Display for Bdf {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "{:02x}:{:02x}.{}", self.bus, self.device, self.function)
-    }
-}
+pub use ivnet_guest::bdf::Bdf;
 
 /// Where unassigned memory BARs are placed: the top of q35's 32-bit PCI
 /// hole, above the MMCONFIG window (0xB000_0000..0xC000_0000) and below the

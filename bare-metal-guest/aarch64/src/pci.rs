@@ -8,22 +8,7 @@ use core::ops::Range;
 use ivshmem::pci::{ConfigSpace, HEADER_TYPE, Header, VENDOR_ID};
 use spin::Once;
 
-/// Bus, device and function of a PCI function.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Bdf {
-    /// Bus number.
-    pub bus: u8,
-    /// Device number, 0..32.
-    pub device: u8,
-    /// Function number, 0..8.
-    pub function: u8,
-}
-
-impl core::fmt::Display for Bdf {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "{:02x}:{:02x}.{}", self.bus, self.device, self.function)
-    }
-}
+pub use ivnet_guest::bdf::Bdf;
 
 /// The host bridge: where ECAM is, which buses it decodes, and the 32-bit
 /// memory window unassigned BARs go to.
