@@ -19,7 +19,7 @@ use ivnet_e2e::qemu::{Arch, Guest, GuestConfig, in_netns};
 const ARCH: Arch = Arch::X86_64;
 
 mod guest_common;
-use guest_common::{fragmented_udp_echo, pattern, stat};
+use guest_common::{fragmented_udp_echo, guest_stats, pattern, stat};
 
 const HOST: &str = "10.77.0.1";
 const GUEST: &str = "10.77.0.2";
@@ -159,16 +159,7 @@ impl Rig {
 
     /// The guest's counters line, fetched over UDP.
     fn guest_stats(&self) -> String {
-        let sock = in_netns(self.ns.name(), || UdpSocket::bind("0.0.0.0:0").unwrap());
-        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut buf = [0u8; 4096];
-        for _ in 0..5 {
-            sock.send_to(b"stats", (GUEST, 7777)).unwrap();
-            if let Ok((n, _)) = sock.recv_from(&mut buf) {
-                return String::from_utf8_lossy(&buf[..n]).into_owned();
-            }
-        }
-        panic!("no stats answer\n{}", self.logs());
+        guest_stats(self.ns.name(), GUEST, &|| self.logs())
     }
 
     fn tcp_connect(&self, port: u16) -> TcpStream {

@@ -18,7 +18,7 @@ use ivnet_e2e::netns::{self, Netns};
 use ivnet_e2e::qemu::{Guest, GuestConfig, in_netns};
 
 mod guest_common;
-use guest_common::{fragmented_udp_echo, pattern, stat};
+use guest_common::{fragmented_udp_echo, guest_stats, pattern, stat};
 
 const HOST: &str = "10.78.0.1";
 const GUEST: &str = "10.78.0.2";
@@ -89,16 +89,7 @@ impl VirtioRig {
     }
 
     fn guest_stats(&self) -> String {
-        let sock = in_netns(self.ns.name(), || UdpSocket::bind("0.0.0.0:0").unwrap());
-        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut buf = [0u8; 4096];
-        for _ in 0..5 {
-            sock.send_to(b"stats", (GUEST, 7777)).unwrap();
-            if let Ok((n, _)) = sock.recv_from(&mut buf) {
-                return String::from_utf8_lossy(&buf[..n]).into_owned();
-            }
-        }
-        panic!("no stats answer\n{}", self.logs());
+        guest_stats(self.ns.name(), GUEST, &|| self.logs())
     }
 }
 

@@ -5,6 +5,8 @@
 use std::net::UdpSocket;
 use std::time::Duration;
 
+use ivnet_e2e::qemu::in_netns;
+
 /// A counter value from the guest's `key=value` stats line.
 pub fn stat(line: &str, key: &str) -> u64 {
     line.split_whitespace()
@@ -51,4 +53,19 @@ pub fn fragmented_udp_echo(sock: &UdpSocket, logs: &dyn Fn() -> String) {
         assert_eq!(n, size, "echo length");
         assert!(buf[..n] == data[..], "echo of {size} bytes differs");
     }
+}
+
+/// The guest's counters line, fetched over UDP (`stats` to port 7777 of
+/// `guest`) from inside the network namespace `ns`; five tries.
+pub fn guest_stats(ns: &str, guest: &str, logs: &dyn Fn() -> String) -> String {
+    let sock = in_netns(ns, || UdpSocket::bind("0.0.0.0:0").unwrap());
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 4096];
+    for _ in 0..5 {
+        sock.send_to(b"stats", (guest, 7777)).unwrap();
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            return String::from_utf8_lossy(&buf[..n]).into_owned();
+        }
+    }
+    panic!("no stats answer\n{}", logs());
 }
