@@ -699,6 +699,23 @@ pub struct LinuxVmConfig {
     /// A virtual Intel IOMMU (`-device intel-iommu`, `intel_iommu=on`), so
     /// that stock `vfio-pci` binds the ivshmem device.
     pub iommu: bool,
+    /// The QEMU binary; `None` = [`QEMU`] (the ivshmem 2.0 device needs
+    /// `crate::ivshmem2::qemu_binary`).
+    pub qemu: Option<PathBuf>,
+    /// The ivshmem device on [`Self::ivshmem_socket`].
+    pub ivshmem_device: IvshmemDevice,
+}
+
+/// Which ivshmem device the Linux VM gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IvshmemDevice {
+    /// QEMU's `ivshmem-doorbell` (1af4:1110, the QEMU profile).
+    Doorbell,
+    /// The ivshmem 2.0 device of `tests/qemu-ivshmem2` (110a:4106, the
+    /// Jailhouse profile) with its shared memory at guest-physical `base`:
+    /// outside the VM's RAM and outside the PCI window (q35: RAM below
+    /// 2 GiB ends at `-m`, the 32-bit PCI window starts at 2 GiB).
+    Ivshmem2 { base: u64 },
 }
 
 impl Default for LinuxVmConfig {
@@ -711,6 +728,8 @@ impl Default for LinuxVmConfig {
             ivshmem_socket: None,
             vectors: 2,
             iommu: false,
+            qemu: None,
+            ivshmem_device: IvshmemDevice::Doorbell,
         }
     }
 }
@@ -805,7 +824,7 @@ impl LinuxVm {
         let initramfs = dir.join("initramfs.cpio");
         guest.write_initramfs(&initramfs)?;
         let serial = dir.join("serial.log");
-        let mut cmd = Command::new(QEMU);
+        let mut cmd = Command::new(cfg.qemu.as_deref().unwrap_or(Path::new(QEMU)));
         cmd.args(["-machine", "q35", "-m", &cfg.memory, "-smp", "1"])
             .args(["-nodefaults", "-display", "none", "-no-reboot"])
             .arg("-serial")
@@ -834,10 +853,14 @@ impl LinuxVm {
             cmd.arg("-chardev")
                 .arg(format!("socket,path={},id=ivs", sock.display()))
                 .arg("-device")
-                .arg(format!(
-                    "ivshmem-doorbell,chardev=ivs,vectors={}",
-                    cfg.vectors
-                ));
+                .arg(match cfg.ivshmem_device {
+                    IvshmemDevice::Doorbell => {
+                        format!("ivshmem-doorbell,chardev=ivs,vectors={}", cfg.vectors)
+                    }
+                    IvshmemDevice::Ivshmem2 { base } => {
+                        format!("ivshmem2,chardev=ivs,base={base:#x}")
+                    }
+                });
         }
         let process = QemuProcess::spawn(&mut cmd, dir, accel, "Linux VM")?;
         Ok(LinuxVm { process })

@@ -437,6 +437,9 @@ pub struct GuestConfig {
     pub extra_args: Vec<String>,
     /// Which guest (x86_64 by default; see `crate::aarch64`).
     pub arch: Arch,
+    /// The QEMU binary; `None` = [`QEMU`] (e.g. the one with the ivshmem
+    /// 2.0 device, `crate::ivshmem2::qemu_binary`).
+    pub qemu: Option<PathBuf>,
 }
 
 impl Default for GuestConfig {
@@ -452,6 +455,7 @@ impl Default for GuestConfig {
             reboot_on_reset: false,
             extra_args: Vec::new(),
             arch: Arch::default(),
+            qemu: None,
         }
     }
 }
@@ -627,7 +631,7 @@ impl Guest {
         let image = guest_image()?;
         let accel = cfg.accel.clone().unwrap_or_else(default_accel);
         let dir = unique_dir(&cfg.name).map_err(|e| format!("temp dir: {e}"))?;
-        let mut cmd = Command::new(QEMU);
+        let mut cmd = Command::new(cfg.qemu.as_deref().unwrap_or(Path::new(QEMU)));
         cmd.args(["-machine", "q35", "-m", &cfg.memory]);
         console_args(&mut cmd, cfg, &dir);
         cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::linuxvm::{LinuxVm, LinuxVmConfig, tagged_lines};
+use crate::linuxvm::{IvshmemDevice, LinuxVm, LinuxVmConfig, tagged_lines};
 use crate::netns::Server;
 use crate::qemu::{BOOT_TIMEOUT, Guest, GuestConfig};
 
@@ -29,20 +29,30 @@ pub enum LinuxDriver {
     /// Stock `vfio-pci` behind the VM's virtual IOMMU, `--vfio BDF`
     /// (`ivnet_test=two-vm-vfio`).
     Vfio,
+    /// `--vfio BDF` on the ivshmem 2.0 device (`tests/qemu-ivshmem2`, the
+    /// Jailhouse profile) in both VMs: registers through vfio-pci, the
+    /// shared memory through `/dev/mem` at the vendor capability's base.
+    VfioIvshmem2,
 }
+
+/// Where the Linux VM's ivshmem 2.0 device puts the shared memory: above
+/// its 512 MiB of RAM (which ends at the device's default base,
+/// 0x20000000), below q35's 32-bit PCI window (2 GiB).
+pub const LINUX_VM_IVSHMEM2_BASE: u64 = 0x4000_0000;
 
 impl LinuxDriver {
     fn name(&self) -> &'static str {
         match self {
             LinuxDriver::Uio => "uio",
             LinuxDriver::Vfio => "vfio",
+            LinuxDriver::VfioIvshmem2 => "vfio-ivshmem2",
         }
     }
 
     fn init_mode(&self) -> &'static str {
         match self {
             LinuxDriver::Uio => "two-vm",
-            LinuxDriver::Vfio => "two-vm-vfio",
+            LinuxDriver::Vfio | LinuxDriver::VfioIvshmem2 => "two-vm-vfio",
         }
     }
 
@@ -73,6 +83,20 @@ impl LinuxDriver {
                     start,
                     format!("the vfio-pci device fd (BAR2 at {start:#x})"),
                 )
+            }
+            LinuxDriver::VfioIvshmem2 => {
+                let base = info
+                    .iter()
+                    .find_map(|l| l.strip_prefix("shmem-base 0x"))
+                    .and_then(|a| u64::from_str_radix(a.trim(), 16).ok())
+                    .unwrap_or_else(|| panic!("no shared-memory base reported\n{}", diag()));
+                assert_eq!(
+                    base,
+                    LINUX_VM_IVSHMEM2_BASE,
+                    "the vendor capability's base address\n{}",
+                    diag()
+                );
+                (base, format!("/dev/mem (shared memory at {base:#x})"))
             }
         }
     }
@@ -119,6 +143,65 @@ pub fn regions(own_id: u16) -> Regions {
         ],
         own_state_page: own_entry & !0xfff,
     }
+}
+
+/// Checks the bridge's `/dev/mem` mappings of the ivshmem 2.0 shared
+/// memory (offsets from the vendor capability's base; the sizes are the
+/// server's, the device's capability reports them: state table at 0, the
+/// R/W section after it, then one output section per peer): the state
+/// table and the peer's output section only read-only, the own output
+/// section mapped writable, nothing else writable. Returns the violations.
+pub fn check_maps_ivshmem2(vmas: &[Vma], own_id: u16) -> Vec<String> {
+    let layout = ivshmem_server::ServerConfig::new("/unused")
+        .layout()
+        .expect("default layout")
+        .layout;
+    let sec = layout.output_section_size;
+    let section = |id: u16| layout.state_table_size + layout.rw_section_size + u64::from(id) * sec;
+    let own = (section(own_id), sec);
+    let read_only = [
+        ("state table", 0, layout.state_table_size),
+        ("peer output section", section(1 - own_id), sec),
+    ];
+    let mapped: Vec<&Vma> = vmas.iter().filter(|v| v.bar2_offset.is_some()).collect();
+    let overlaps = |v: &Vma, off: u64, len: u64| {
+        let o = v.bar2_offset.unwrap();
+        o < off + len && off < o + (v.end - v.start)
+    };
+    let mut bad = Vec::new();
+    for (name, off, len) in read_only {
+        let views: Vec<&&Vma> = mapped.iter().filter(|v| overlaps(v, off, len)).collect();
+        if views.is_empty() {
+            bad.push(format!("{name} ({off:#x}+{len:#x}) is not mapped"));
+        }
+        for v in views.iter().filter(|v| v.perms != "r--s") {
+            bad.push(format!(
+                "{name} ({off:#x}+{len:#x}) is mapped {} (want r--s) at {:#x}-{:#x}",
+                v.perms, v.start, v.end
+            ));
+        }
+    }
+    let own_rw = mapped.iter().any(|v| {
+        let o = v.bar2_offset.unwrap();
+        v.perms == "rw-s" && o <= own.0 && o + (v.end - v.start) >= own.0 + own.1
+    });
+    if !own_rw {
+        bad.push(format!(
+            "own output section ({:#x}+{:#x}) has no rw-s mapping",
+            own.0, own.1
+        ));
+    }
+    for v in mapped.iter().filter(|v| v.perms.contains('w')) {
+        let o = v.bar2_offset.unwrap();
+        if o < own.0 || o + (v.end - v.start) > own.0 + own.1 {
+            bad.push(format!(
+                "writable view {o:#x}+{:#x} ({}) outside the own output section",
+                v.end - v.start,
+                v.perms
+            ));
+        }
+    }
+    bad
 }
 
 /// One line of `/proc/PID/maps` for the device (`/dev/uio0`, `[vfio-device]`).
@@ -398,11 +481,28 @@ pub fn two_vms_across_restart(driver: &LinuxDriver) {
         .unwrap();
     let server = Server::start(dir.path(), &[]);
 
-    let vm1_config = GuestConfig {
-        cmdline: format!("ip={VM1_ADDR}/24"),
-        ivshmem_socket: Some(server.socket.clone()),
-        name: format!("{name}-vm1"),
-        ..GuestConfig::default()
+    // The 2.0 device needs the QEMU built with it, in both VMs.
+    let ivshmem2_qemu = (*driver == LinuxDriver::VfioIvshmem2)
+        .then(|| crate::ivshmem2::qemu_binary().unwrap_or_else(|e| panic!("{e}")));
+    let vm1_config = match &ivshmem2_qemu {
+        None => GuestConfig {
+            cmdline: format!("ip={VM1_ADDR}/24"),
+            ivshmem_socket: Some(server.socket.clone()),
+            name: format!("{name}-vm1"),
+            ..GuestConfig::default()
+        },
+        Some(qemu) => GuestConfig {
+            cmdline: format!("ip={VM1_ADDR}/24"),
+            name: format!("{name}-vm1"),
+            qemu: Some(qemu.clone()),
+            extra_args: vec![
+                "-chardev".into(),
+                format!("socket,path={},id=ivs", server.socket.display()),
+                "-device".into(),
+                "ivshmem2,chardev=ivs".into(),
+            ],
+            ..GuestConfig::default()
+        },
     };
     let mut vm1 = Guest::start(&vm1_config).unwrap_or_else(|e| panic!("{e}"));
     vm1.wait_for_serial("nic: ivshmem-net", BOOT_TIMEOUT)
@@ -415,7 +515,15 @@ pub fn two_vms_across_restart(driver: &LinuxDriver) {
             driver.init_mode()
         ),
         ivshmem_socket: Some(server.socket.clone()),
-        iommu: matches!(driver, LinuxDriver::Vfio),
+        iommu: matches!(driver, LinuxDriver::Vfio | LinuxDriver::VfioIvshmem2),
+        qemu: ivshmem2_qemu.clone(),
+        ivshmem_device: if ivshmem2_qemu.is_some() {
+            IvshmemDevice::Ivshmem2 {
+                base: LINUX_VM_IVSHMEM2_BASE,
+            }
+        } else {
+            IvshmemDevice::Doorbell
+        },
         ..LinuxVmConfig::default()
     })
     .unwrap_or_else(|e| panic!("{e}"));
@@ -474,7 +582,10 @@ pub fn two_vms_across_restart(driver: &LinuxDriver) {
     let vmas = parse_maps(&maps, bar2_base);
     // Checked now, asserted at the end, so that one run reports the
     // restart as well.
-    let violations = check_maps(&vmas, &regions(own_id), bar2_len);
+    let violations = match driver {
+        LinuxDriver::VfioIvshmem2 => check_maps_ivshmem2(&vmas, own_id),
+        _ => check_maps(&vmas, &regions(own_id), bar2_len),
+    };
     let maps_report = format!(
         "bridge (peer {own_id}) maps {bar2_name}:\n  {}",
         maps.join("\n  ")
@@ -483,6 +594,11 @@ pub fn two_vms_across_restart(driver: &LinuxDriver) {
 
     // Restart VM1 while VM2 keeps running.
     let bridge_lines_before = bridge_lines.len();
+    let vm1_before = vm1.diagnostics();
+    assert!(
+        !vm1_before.contains("WRITE VIOLATION"),
+        "VM1 wrote into a read-only section of the shared memory\n{vm1_before}"
+    );
     vm1.kill();
     let killed = Instant::now();
     phase(&mut vm2, &vm1, "IVNET-LINK down", LINK_TIMEOUT);
@@ -537,6 +653,13 @@ pub fn two_vms_across_restart(driver: &LinuxDriver) {
     );
     vm2.wait_exit(Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("{e}"));
+    // The 2.0 device reports a store into a read-only section (the state
+    // table, another peer's output section) on QEMU's stderr.
+    let diag = both(&vm2, &vm1);
+    assert!(
+        !diag.contains("WRITE VIOLATION"),
+        "a VM wrote into a read-only section of the shared memory\n{diag}"
+    );
     assert!(
         violations.is_empty(),
         "the bridge's mappings of the shared memory are wrong:\n  {}\n{maps_report}",
@@ -613,6 +736,35 @@ mod tests {
         );
         assert!(
             bad.iter().any(|b| b.starts_with("extra writable view")),
+            "{bad:?}"
+        );
+    }
+
+    /// The `/dev/mem` check of the 2.0 device on the bridge's mappings as
+    /// the end-to-end run produced them (peer 1, base 0x40000000), and
+    /// with the state table or the peer's section writable.
+    #[test]
+    fn ivshmem2_maps_check_requires_read_only_peer_memory() {
+        let base = LINUX_VM_IVSHMEM2_BASE;
+        let seen = [
+            "7f1c02399000-7f1c02418000 rw-s 40080000 00:05 3 /dev/mem",
+            "7f1c02418000-7f1c02516000 r--s 40001000 00:05 3 /dev/mem",
+            "7f1c02516000-7f1c02517000 r--s 40000000 00:05 3 /dev/mem",
+        ];
+        let ok = check_maps_ivshmem2(&parse_maps(&seen, base), 1);
+        assert!(ok.is_empty(), "{ok:?}");
+        // Peer 0's view of the same mappings: its own section is not writable.
+        let bad = check_maps_ivshmem2(&parse_maps(&seen, base), 0);
+        assert!(bad.iter().any(|b| b.contains("no rw-s")), "{bad:?}");
+        let mut state_writable = seen;
+        state_writable[2] = "7f1c02516000-7f1c02517000 rw-s 40000000 00:05 3 /dev/mem";
+        let bad = check_maps_ivshmem2(&parse_maps(&state_writable, base), 1);
+        assert!(bad.iter().any(|b| b.starts_with("state table")), "{bad:?}");
+        let mut inputs_writable = seen;
+        inputs_writable[1] = "7f1c02418000-7f1c02516000 rw-s 40001000 00:05 3 /dev/mem";
+        let bad = check_maps_ivshmem2(&parse_maps(&inputs_writable, base), 1);
+        assert!(
+            bad.iter().any(|b| b.starts_with("peer output section")),
             "{bad:?}"
         );
     }

@@ -26,3 +26,25 @@ use ivnet_e2e::two_vms::{LinuxDriver, two_vms_across_restart};
 fn vfio_bridge_in_linux_vm_links_to_bare_metal_guest_across_restart() {
     two_vms_across_restart(&LinuxDriver::Vfio);
 }
+
+/// The same link with the ivshmem 2.0 device (`tests/qemu-ivshmem2`, the
+/// Jailhouse profile, 110a:4106) in both VMs, both run by the QEMU built
+/// with it: the bare-metal guest on its Jailhouse profile; in VM2 the
+/// bridge's `--vfio` on the 2.0 device — BAR0 registers (ID, STATE,
+/// one-shot INT_CONTROL, DOORBELL) and both MSI-X vectors through
+/// vfio-pci, the shared memory at the vendor capability's base address
+/// (0x40000000 in VM2) through `/dev/mem`: the state table and VM1's
+/// output section mapped `r--s`, only the own output section writable.
+/// The Debian kernel's `CONFIG_STRICT_DEVMEM`/`CONFIG_IO_STRICT_DEVMEM`
+/// let `/dev/mem` map it: the range is neither RAM nor a claimed resource.
+#[test]
+fn vfio_bridge_on_ivshmem2_device_links_to_bare_metal_guest_across_restart() {
+    if ivnet_e2e::ivshmem2::qemu_binary_or_skip(
+        "vfio_bridge_on_ivshmem2_device_links_to_bare_metal_guest_across_restart",
+    )
+    .is_none()
+    {
+        return;
+    }
+    two_vms_across_restart(&LinuxDriver::VfioIvshmem2);
+}
