@@ -10,7 +10,10 @@
 //!    ring is empty or the budget is spent;
 //! 4. TX: read TAP frames straight into reserved slots of the own section.
 //!    When the ring is full, the TAP is taken out of the epoll set until
-//!    completions free space (backpressure instead of dropping);
+//!    completions free space (backpressure instead of dropping). After RX
+//!    wrote frames, the TAP is read at once if the kernel tends to answer
+//!    inside the write (a ping reply leaves in the round of its request,
+//!    see `ReplyCatcher`);
 //! 5. `flush`: both queues published, at most one data doorbell;
 //! 6. before sleeping, `prepare_sleep` (NAPI style: RX notify on, re-arm the
 //!    device interrupt, re-check) decides whether sleeping is safe.
@@ -109,6 +112,9 @@ pub struct Bridge {
     tap_readable: bool,
     /// Frames from the peer may be waiting (doorbell, or budget exhausted).
     rx_pending: bool,
+    /// Whether the TAP is read right after frames were written to it,
+    /// before epoll says so (see [`ReplyCatcher`]).
+    catcher: ReplyCatcher,
     /// The peer's state entry may have changed (seen at the re-check
     /// before sleeping).
     link_recheck: bool,
@@ -253,6 +259,7 @@ impl Bridge {
             tap_armed: true,
             tap_readable: true,
             rx_pending: true,
+            catcher: ReplyCatcher::default(),
             link_recheck: false,
             left: false,
             started: now,
@@ -586,6 +593,9 @@ impl Bridge {
         if moved == self.cfg.budget {
             self.rx_pending = true;
         }
+        if moved > 0 && self.tap_armed && !self.tap_readable && self.catcher.try_now() {
+            self.tap_readable = true;
+        }
         moved
     }
 
@@ -621,6 +631,7 @@ impl Bridge {
                         .read_split(&mut hdr, slot.as_mut_ptr(), slot.capacity())
                 }
             };
+            self.catcher.saw(!matches!(read, Ok(None)));
             match read {
                 Ok(Some(len)) if len > 0 && len <= slot.capacity() => {
                     self.counters.tap_read_frames += 1;
@@ -781,6 +792,51 @@ impl Bridge {
     }
 }
 
+/// Catches a reply in the round that wrote its request.
+///
+/// The kernel answers many frames written to the TAP (an ICMP echo, a TCP
+/// ACK) inside the `write` itself, so the reply is queued on the TAP before
+/// the bridge looks again. Reading the TAP at once sends it in the same
+/// round and saves the loop a pass through `prepare_sleep` and an
+/// `epoll_wait` on the round trip's critical path. Where frames written
+/// are rarely answered at once (the side whose TAP leads to the pinging
+/// socket), that read only finds the TAP empty: after such a miss the
+/// bridge waits for epoll as before and tries again only every
+/// [`ReplyCatcher::PROBE`] rounds, so the miss costs 1/PROBE of a `read`.
+#[derive(Clone, Copy, Debug, Default)]
+struct ReplyCatcher {
+    /// The last early read found a frame.
+    hit: bool,
+    /// Rounds since the last early read, while missing.
+    skipped: u8,
+    /// An early read is in progress: its result decides `hit`.
+    armed: bool,
+}
+
+impl ReplyCatcher {
+    const PROBE: u8 = 16;
+
+    /// Whether to read the TAP now, after frames were written to it.
+    fn try_now(&mut self) -> bool {
+        let now = self.hit || {
+            self.skipped += 1;
+            self.skipped >= Self::PROBE
+        };
+        if now {
+            self.skipped = 0;
+            self.armed = true;
+        }
+        now
+    }
+
+    /// The result of a TAP read: whether it returned a frame.
+    fn saw(&mut self, frame: bool) {
+        if std::mem::take(&mut self.armed) {
+            self.hit = frame;
+        }
+    }
+}
+
 fn tap_fd(tap: &Tap) -> BorrowedFd<'_> {
     // SAFETY: the TAP's descriptor lives as long as `tap`, which outlives the
     // returned borrow.
@@ -804,4 +860,38 @@ fn probe_offloads(tap: &Tap) -> Features {
         warn!("{}: TUNSETOFFLOAD 0 failed: {e}", tap.name());
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReplyCatcher;
+
+    #[test]
+    fn reply_catcher_reads_early_while_replies_come_and_backs_off_after_a_miss() {
+        let mut c = ReplyCatcher::default();
+        // Starts cautious: the first early read comes after PROBE rounds.
+        let first = (1..=ReplyCatcher::PROBE)
+            .find(|_| c.try_now())
+            .expect("an early read within PROBE rounds");
+        assert_eq!(first, ReplyCatcher::PROBE);
+        c.saw(true);
+        // While early reads find replies, every round reads early.
+        for _ in 0..5 {
+            assert!(c.try_now());
+            c.saw(true);
+        }
+        // One miss: back to one early read per PROBE rounds.
+        assert!(c.try_now());
+        c.saw(false);
+        let tries = (0..3 * ReplyCatcher::PROBE).filter(|_| c.try_now()).count();
+        assert_eq!(tries, 3);
+    }
+
+    #[test]
+    fn reply_catcher_ignores_reads_it_did_not_ask_for() {
+        let mut c = ReplyCatcher::default();
+        // A read epoll asked for says nothing about early reads.
+        c.saw(true);
+        assert!(!c.try_now());
+    }
 }

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Wake-ups and system calls per ping round trip through two ivnet-bridges
+# (two network namespaces, one ivshmem-server, MTU 1500), and system calls
+# per frame under TCP load. Not a test: a measurement for BENCHMARKS.md §2.
+#
+# Per round trip: context switches of both bridge processes (voluntary =
+# the thread slept and was woken; from /proc/PID/status, and `perf stat -e
+# context-switches` when perf works), system calls of both bridges
+# (`perf stat -e raw_syscalls:sys_enter`), doorbells received (the bridges'
+# counters), RTT. Then an iperf3 run: system calls per frame moved.
+#
+# Run as root:  scripts/bench-wakeups.sh
+# Environment: PINGS (default 2000), INTERVAL (ping -i, default 0.002),
+# MODE (event|hybrid|poll), OFFLOAD (off|auto, default off: a plain peer),
+# DURATION (iperf3 seconds, default 5), BRIDGE (binary, default the
+# workspace's release build), CARGO_TARGET_DIR.
+set -euo pipefail
+
+PINGS=${PINGS:-2000}
+INTERVAL=${INTERVAL:-0.002}
+MODE=${MODE:-event}
+OFFLOAD=${OFFLOAD:-off}
+DURATION=${DURATION:-5}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+TAG=ivwake$$
+WORK=$(mktemp -d /tmp/ivnet-wake.XXXXXX)
+A=$TAG-a
+B=$TAG-b
+[ "$(id -u)" = 0 ] || { echo "run as root (network namespaces, TAP devices)" >&2; exit 1; }
+# shellcheck source=scripts/wait-for.sh
+source "$ROOT/scripts/wait-for.sh"
+if [ -z "${BRIDGE:-}" ]; then
+    cargo build --release -q --manifest-path "$ROOT/Cargo.toml" --target-dir "$TARGET" \
+        -p ivnet-bridge -p ivshmem-server
+    BRIDGE=$TARGET/release/ivnet-bridge
+fi
+SERVER=${SERVER:-$TARGET/release/ivshmem-server}
+
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    for ns in "$A" "$B"; do ip netns del "$ns" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+ctxt() {  # PID... -> "voluntary nonvoluntary" summed over all threads
+    local v=0 n=0 p t
+    for p in "$@"; do
+        for t in /proc/"$p"/task/*/status; do
+            v=$((v + $(awk '/^voluntary_ctxt_switches/ {print $2}' "$t")))
+            n=$((n + $(awk '/^nonvoluntary_ctxt_switches/ {print $2}' "$t")))
+        done
+    done
+    echo "$v $n"
+}
+snapshot() {  # PID OUTFILE -> the bridge's counters (SIGUSR1), as one JSON line
+    local before
+    before=$(count_lines '"reason":"signal"' "$2")
+    kill -USR1 "$1"
+    wait_for 10 "bridge $1's counters after SIGUSR1" more_lines_than "$before" '"reason":"signal"' "$2" || exit 1
+    complete_lines "$2" | grep -F '"reason":"signal"' | tail -1
+}
+field() {  # JSON_BEFORE JSON_AFTER SECTION KEY -> difference
+    python3 -c 'import json,sys; a,b=json.loads(sys.argv[1]),json.loads(sys.argv[2]); print(b[sys.argv[3]][sys.argv[4]]-a[sys.argv[3]][sys.argv[4]])' "$@"
+}
+PERF=0
+perf stat -e context-switches,raw_syscalls:sys_enter true >/dev/null 2>&1 && PERF=1
+perf_counts() {  # OUT PIDS(comma) -> runs until killed, writes perf's CSV to OUT
+    perf stat -x, -e context-switches,raw_syscalls:sys_enter,syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_readv,syscalls:sys_enter_writev,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_ioctl,syscalls:sys_enter_epoll_ctl -p "$2" -o "$1" &
+}
+perf_value() {  # FILE EVENT -> count
+    awk -F, -v e="$2" '$3 == e {print $1}' "$1"
+}
+perf_breakdown() {  # FILE DIVISOR -> system calls by name, per DIVISOR
+    awk -F, -v n="$2" '$3 ~ /^syscalls:sys_enter_/ && $1 > 0 {sub("syscalls:sys_enter_", "", $3); printf " %s %.2f", $3, $1 / n}' "$1"
+}
+
+ip netns add "$A"; ip netns add "$B"
+for ns in "$A" "$B"; do ip -n "$ns" link set lo up; done
+"$SERVER" --socket "$WORK/s.sock" --ready-file "$WORK/ready" 2>"$WORK/server.err" &
+PIDS+=($!)
+wait_for 10 "ivshmem-server readiness" test -e "$WORK/ready" || { cat "$WORK/server.err"; exit 1; }
+"$BRIDGE" --server "$WORK/s.sock" --netns "$A" --tap ivn0 --mtu 1500 --mode "$MODE" --offload "$OFFLOAD" \
+    --stats-json >"$WORK/a.json" 2>"$WORK/a.err" &
+PA=$!; PIDS+=($PA)
+"$BRIDGE" --server "$WORK/s.sock" --netns "$B" --tap ivn0 --mtu 1500 --mode "$MODE" --offload "$OFFLOAD" \
+    --stats-json >"$WORK/b.json" 2>"$WORK/b.err" &
+PB=$!; PIDS+=($PB)
+tap_exists() { ip -n "$1" link show ivn0 >/dev/null 2>&1; }
+for ns in "$A" "$B"; do wait_for 20 "TAP ivn0 in $ns" tap_exists "$ns" || { cat "$WORK"/*.err; exit 1; }; done
+ip -n "$A" addr add 10.77.0.1/24 dev ivn0; ip -n "$B" addr add 10.77.0.2/24 dev ivn0
+carrier_on() { [ "$(ip netns exec "$1" cat /sys/class/net/ivn0/carrier 2>/dev/null)" = 1 ]; }
+for ns in "$A" "$B"; do wait_for 20 "carrier in $ns" carrier_on "$ns" || exit 1; done
+ip netns exec "$A" ping -c 20 -i 0.01 -q 10.77.0.2 >/dev/null
+
+echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, $(uname -r), mode $MODE, offload $OFFLOAD, bridge $BRIDGE"
+echo "# load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+# 1. ping: wake-ups and system calls per round trip
+sa0=$(snapshot "$PA" "$WORK/a.json"); sb0=$(snapshot "$PB" "$WORK/b.json")
+read -r v0 n0 < <(ctxt "$PA" "$PB")
+[ $PERF = 1 ] && { perf_counts "$WORK/perf-ping" "$PA,$PB"; PP=$!; }
+rtt=$(ip netns exec "$A" ping -n -q -c "$PINGS" -i "$INTERVAL" -s 56 10.77.0.2 | awk -F'/' '/^rtt/ {printf "%.1f", $5 * 1000}')
+[ $PERF = 1 ] && { kill -INT "$PP"; wait "$PP" || true; }
+read -r v1 n1 < <(ctxt "$PA" "$PB")
+sa1=$(snapshot "$PA" "$WORK/a.json"); sb1=$(snapshot "$PB" "$WORK/b.json")
+db=$(( $(field "$sa0" "$sa1" bridge doorbells_received) + $(field "$sb0" "$sb1" bridge doorbells_received) ))
+python3 - "$PINGS" "$rtt" "$((v1 - v0))" "$((n1 - n0))" "$db" <<'PY'
+import sys
+n, rtt, vol, inv, db = int(sys.argv[1]), sys.argv[2], *map(int, sys.argv[3:])
+print("ping: %d round trips, RTT %s us; per round trip, both bridges: %.2f voluntary + %.2f involuntary context switches, %.2f doorbells received"
+      % (n, rtt, vol / n, inv / n, db / n))
+PY
+if [ $PERF = 1 ]; then
+    cs=$(perf_value "$WORK/perf-ping" context-switches); sc=$(perf_value "$WORK/perf-ping" raw_syscalls:sys_enter)
+    python3 -c 'import sys; n,cs,sc=map(float,sys.argv[1:]); print("perf: per round trip, both bridges: %.2f context switches, %.2f system calls" % (cs/n, sc/n))' "$PINGS" "$cs" "$sc"
+    echo "perf: by name, per round trip:$(perf_breakdown "$WORK/perf-ping" "$PINGS")"
+fi
+# 2. TCP: system calls per frame moved
+command -v iperf3 >/dev/null || exit 0
+ip netns exec "$B" iperf3 -s -1 -D -I "$WORK/iperf.pid" >/dev/null
+iperf3_listening() { [ -n "$(ip netns exec "$B" ss -Hltn 'sport = :5201')" ]; }
+wait_for 10 "iperf3 server" iperf3_listening || exit 1
+sa0=$(snapshot "$PA" "$WORK/a.json"); sb0=$(snapshot "$PB" "$WORK/b.json")
+read -r v0 n0 < <(ctxt "$PA" "$PB")
+[ $PERF = 1 ] && { perf_counts "$WORK/perf-tcp" "$PA,$PB"; PP=$!; }
+gbit=$(ip netns exec "$A" iperf3 -c 10.77.0.2 -t "$DURATION" -J | python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))')
+[ $PERF = 1 ] && { kill -INT "$PP"; wait "$PP" || true; }
+read -r v1 n1 < <(ctxt "$PA" "$PB")
+sa1=$(snapshot "$PA" "$WORK/a.json"); sb1=$(snapshot "$PB" "$WORK/b.json")
+frames=$(( $(field "$sa0" "$sa1" ring tx_frames) + $(field "$sb0" "$sb1" ring tx_frames) ))
+echo "tcp A->B: $gbit Gbit/s, $frames frames sent (both bridges), $(python3 -c "print('%.3f' % (($v1-$v0+$n1-$n0)/$frames))") context switches per frame"
+if [ $PERF = 1 ]; then
+    sc=$(perf_value "$WORK/perf-tcp" raw_syscalls:sys_enter)
+    python3 -c 'import sys; f,sc=map(float,sys.argv[1:]); print("perf: %.2f system calls per frame sent (both bridges; each frame is one TAP read and one TAP write)" % (sc/f))' "$frames" "$sc"
+    echo "perf: by name, per frame:$(perf_breakdown "$WORK/perf-tcp" "$frames")"
+fi
+echo "# load average: $(cut -d' ' -f1-3 /proc/loadavg)"
