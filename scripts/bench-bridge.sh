@@ -37,9 +37,8 @@ WORK=$(mktemp -d /tmp/ivnet-bench.XXXXXX)
 A=$TAG-a
 B=$TAG-b
 
-[ "$(id -u)" = 0 ] || { echo "run as root (network namespaces, TAP devices)" >&2; exit 1; }
-# shellcheck source=scripts/wait-for.sh
-source "$ROOT/scripts/wait-for.sh"
+# shellcheck source=scripts/bench-lib.sh
+source "$ROOT/scripts/bench-lib.sh"
 need=()
 command -v ip >/dev/null || need+=(iproute2)
 command -v ping >/dev/null || need+=(iputils-ping)
@@ -55,47 +54,7 @@ BRIDGE=$TARGET/release/ivnet-bridge
 SERVER=$TARGET/release/ivshmem-server
 RELAY=$TARGET/release/tap-relay
 
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    for ns in "$A" "$B"; do ip netns del "$ns" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
 
-ping_avg() {  # NS DST -> average RTT in microseconds
-    ip netns exec "$1" ping -n -q -c "$PINGS" -i 0.002 -s 56 "$2" \
-        | awk -F'/' '/^rtt/ { printf "%.1f\n", $5 * 1000 }'
-}
-iperf3_listening() { [ -n "$(ip netns exec "$1" ss -Hltn 'sport = :5201')" ]; }
-tcp_gbit() {  # NS_CLIENT NS_SERVER DST -> Gbit/s received
-    ip netns exec "$2" iperf3 -s -1 -D -I "$WORK/iperf.pid" >/dev/null
-    wait_for 10 "iperf3 server in $2" iperf3_listening "$2" || exit 1
-    ip netns exec "$1" iperf3 -c "$3" -t "$DURATION" -J >"$WORK/iperf.json"
-    python3 -c 'import json,sys; print("%.2f" % (json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"]/1e9))' "$WORK/iperf.json"
-}
-cpu_ticks() {  # PID... -> utime+stime summed, in clock ticks
-    local t=0 p
-    for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
-    echo "$t"
-}
-snapshot() {  # PID OUTFILE -> the bridge's counters (SIGUSR1), as one JSON line
-    local before
-    before=$(count_lines '"reason":"signal"' "$2")
-    kill -USR1 "$1"
-    wait_for 10 "bridge $1's counters after SIGUSR1" more_lines_than "$before" '"reason":"signal"' "$2" || exit 1
-    complete_lines "$2" | grep -F '"reason":"signal"' | tail -1
-}
-doorbells() {  # A_BEFORE A_AFTER B_BEFORE B_AFTER -> data doorbells rung per frame sent, both bridges
-    python3 - "$@" <<'PY'
-import json, sys
-s = [json.loads(x) for x in sys.argv[1:]]
-rung = sum(b["bridge"]["doorbells_sent"] - a["bridge"]["doorbells_sent"] for a, b in (s[0:2], s[2:4]))
-frames = sum(b["ring"]["tx_frames"] - a["ring"]["tx_frames"] for a, b in (s[0:2], s[2:4]))
-print("%.3f" % (rung / frames) if frames else "n/a")
-PY
-}
 ns_up() {
     ip netns add "$A"; ip netns add "$B"
     for ns in "$A" "$B"; do ip -n "$ns" link set lo up; done
@@ -103,7 +62,6 @@ ns_up() {
 ns_down() { for ns in "$A" "$B"; do ip netns del "$ns"; done; }
 addrs() {  # IFNAME
     ip -n "$A" addr add 10.77.0.1/24 dev "$1"; ip -n "$B" addr add 10.77.0.2/24 dev "$1"
-    carrier_on() { [ "$(ip netns exec "$1" cat "/sys/class/net/$2/carrier" 2>/dev/null)" = 1 ]; }
     for ns in "$A" "$B"; do wait_for 20 "carrier on $1 in $ns" carrier_on "$ns" "$1" || exit 1; done
     ip netns exec "$A" ping -c 3 -i 0.05 -q 10.77.0.2 >/dev/null
 }
@@ -144,7 +102,6 @@ start_bridges() {  # MTU OFFLOAD
     "$BRIDGE" --server "$WORK/s.sock" --netns "$B" --tap ivn0 --mtu "$1" --mode "$MODE" --offload "$2" \
         --stats-json $BRIDGE_ARGS >"$WORK/b.json" 2>"$WORK/b.err" &
     PB=$!; PIDS+=($PB)
-    tap_exists() { ip -n "$1" link show ivn0 >/dev/null 2>&1; }
     for ns in "$A" "$B"; do wait_for 20 "TAP ivn0 in $ns" tap_exists "$ns" || { cat "$WORK"/*.err; exit 1; }; done
 }
 stop_all() {

@@ -37,9 +37,8 @@ TAG=ivreg$$
 WORK=$(mktemp -d /tmp/ivnet-regression.XXXXXX)
 A=$TAG-a
 B=$TAG-b
-[ "$(id -u)" = 0 ] || { echo "run as root (network namespaces, TAP devices)" >&2; exit 1; }
-# shellcheck source=scripts/wait-for.sh
-source "$ROOT/scripts/wait-for.sh"
+# shellcheck source=scripts/bench-lib.sh
+source "$ROOT/scripts/bench-lib.sh"
 
 # ---- build both trees (each its own target directory) ------------------------
 [ -d "$BASE_TREE" ] || git -C "$ROOT" worktree add --detach "$BASE_TREE" "$BASE"
@@ -88,41 +87,6 @@ for r in $(seq "$ROUNDS"); do
 done
 
 # ---- bridge ------------------------------------------------------------------
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    for ns in "$A" "$B"; do ip netns del "$ns" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-ping_avg() { ip netns exec "$1" ping -n -q -c "$PINGS" -i 0.002 -s 56 "$2" | awk -F'/' '/^rtt/ { printf "%.1f\n", $5 * 1000 }'; }
-iperf3_listening() { [ -n "$(ip netns exec "$1" ss -Hltn 'sport = :5201')" ]; }
-tcp_gbit() {
-    ip netns exec "$2" iperf3 -s -1 -D -I "$WORK/iperf.pid" >/dev/null
-    wait_for 10 "iperf3 server in $2" iperf3_listening "$2" || exit 1
-    ip netns exec "$1" iperf3 -c "$3" -t "$DURATION" -J >"$WORK/iperf.json"
-    python3 -c 'import json,sys; print("%.2f" % (json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"]/1e9))' "$WORK/iperf.json"
-}
-cpu_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
-snapshot() {
-    local before
-    before=$(count_lines '"reason":"signal"' "$2")
-    kill -USR1 "$1"
-    wait_for 10 "bridge $1's counters after SIGUSR1" more_lines_than "$before" '"reason":"signal"' "$2" || exit 1
-    complete_lines "$2" | grep -F '"reason":"signal"' | tail -1
-}
-doorbells() {
-    python3 - "$@" <<'PY'
-import json, sys
-s = [json.loads(x) for x in sys.argv[1:]]
-rung = sum(b["bridge"]["doorbells_sent"] - a["bridge"]["doorbells_sent"] for a, b in (s[0:2], s[2:4]))
-frames = sum(b["ring"]["tx_frames"] - a["ring"]["tx_frames"] for a, b in (s[0:2], s[2:4]))
-print("%.3f" % (rung / frames) if frames else "n/a")
-PY
-}
-carrier_on() { [ "$(ip netns exec "$1" cat "/sys/class/net/$2/carrier" 2>/dev/null)" = 1 ]; }
-tap_exists() { ip -n "$1" link show ivn0 >/dev/null 2>&1; }
 bridge_round() {  # old|new MTU
     local t=$1 mtu=$2 tree bin off=() ns
     tree=$(tree_of "$t"); bin=$tree/target/release

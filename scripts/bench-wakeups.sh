@@ -27,9 +27,8 @@ TAG=ivwake$$
 WORK=$(mktemp -d /tmp/ivnet-wake.XXXXXX)
 A=$TAG-a
 B=$TAG-b
-[ "$(id -u)" = 0 ] || { echo "run as root (network namespaces, TAP devices)" >&2; exit 1; }
-# shellcheck source=scripts/wait-for.sh
-source "$ROOT/scripts/wait-for.sh"
+# shellcheck source=scripts/bench-lib.sh
+source "$ROOT/scripts/bench-lib.sh"
 if [ -z "${BRIDGE:-}" ]; then
     cargo build --release -q --manifest-path "$ROOT/Cargo.toml" --target-dir "$TARGET" \
         -p ivnet-bridge -p ivshmem-server
@@ -37,14 +36,6 @@ if [ -z "${BRIDGE:-}" ]; then
 fi
 SERVER=${SERVER:-$TARGET/release/ivshmem-server}
 
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    for ns in "$A" "$B"; do ip netns del "$ns" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
 
 ctxt() {  # PID... -> "voluntary nonvoluntary" summed over all threads
     local v=0 n=0 p t
@@ -55,13 +46,6 @@ ctxt() {  # PID... -> "voluntary nonvoluntary" summed over all threads
         done
     done
     echo "$v $n"
-}
-snapshot() {  # PID OUTFILE -> the bridge's counters (SIGUSR1), as one JSON line
-    local before
-    before=$(count_lines '"reason":"signal"' "$2")
-    kill -USR1 "$1"
-    wait_for 10 "bridge $1's counters after SIGUSR1" more_lines_than "$before" '"reason":"signal"' "$2" || exit 1
-    complete_lines "$2" | grep -F '"reason":"signal"' | tail -1
 }
 field() {  # JSON_BEFORE JSON_AFTER SECTION KEY -> difference
     python3 -c 'import json,sys; a,b=json.loads(sys.argv[1]),json.loads(sys.argv[2]); print(b[sys.argv[3]][sys.argv[4]]-a[sys.argv[3]][sys.argv[4]])' "$@"
@@ -89,10 +73,8 @@ PA=$!; PIDS+=($PA)
 "$BRIDGE" --server "$WORK/s.sock" --netns "$B" --tap ivn0 --mtu 1500 --mode "$MODE" --offload "$OFFLOAD" \
     --stats-json >"$WORK/b.json" 2>"$WORK/b.err" &
 PB=$!; PIDS+=($PB)
-tap_exists() { ip -n "$1" link show ivn0 >/dev/null 2>&1; }
 for ns in "$A" "$B"; do wait_for 20 "TAP ivn0 in $ns" tap_exists "$ns" || { cat "$WORK"/*.err; exit 1; }; done
 ip -n "$A" addr add 10.77.0.1/24 dev ivn0; ip -n "$B" addr add 10.77.0.2/24 dev ivn0
-carrier_on() { [ "$(ip netns exec "$1" cat /sys/class/net/ivn0/carrier 2>/dev/null)" = 1 ]; }
 for ns in "$A" "$B"; do wait_for 20 "carrier in $ns" carrier_on "$ns" || exit 1; done
 ip netns exec "$A" ping -c 20 -i 0.01 -q 10.77.0.2 >/dev/null
 
@@ -121,8 +103,7 @@ fi
 # 2. TCP: system calls per frame moved
 command -v iperf3 >/dev/null || exit 0
 ip netns exec "$B" iperf3 -s -1 -D -I "$WORK/iperf.pid" >/dev/null
-iperf3_listening() { [ -n "$(ip netns exec "$B" ss -Hltn 'sport = :5201')" ]; }
-wait_for 10 "iperf3 server" iperf3_listening || exit 1
+wait_for 10 "iperf3 server" iperf3_listening "$B" || exit 1
 sa0=$(snapshot "$PA" "$WORK/a.json"); sb0=$(snapshot "$PB" "$WORK/b.json")
 read -r v0 n0 < <(ctxt "$PA" "$PB")
 [ $PERF = 1 ] && { perf_counts "$WORK/perf-tcp" "$PA,$PB"; PP=$!; }
