@@ -56,6 +56,14 @@ impl LinuxDriver {
         }
     }
 
+    /// The init script's mode that kills and restarts the bridge.
+    fn bridge_restart_mode(&self) -> &'static str {
+        match self {
+            LinuxDriver::Uio => "bridge-restart",
+            LinuxDriver::Vfio | LinuxDriver::VfioIvshmem2 => "bridge-restart-vfio",
+        }
+    }
+
     /// The mmap offset of BAR2 in the bridge's `/proc/PID/maps` lines and
     /// what the mapped file is, from VM2's `IVNET-INFO` lines.
     fn bar2_offset(&self, info: &[&str], diag: &dyn Fn() -> String) -> (u64, String) {
@@ -468,32 +476,34 @@ pub fn both(vm2: &LinuxVm, vm1: &Guest) -> String {
     format!("{}\n--- VM1:\n{}", vm2.diagnostics(), vm1.diagnostics())
 }
 
-/// The two-VM scenario of `uio_two_vms` and `vfio_two_vms`: VM1 the
-/// bare-metal guest, VM2 the Linux guest with `ivnet-bridge` on `driver`;
-/// traffic, interrupts per vector, read-only mappings, VM1 killed and
-/// started again, traffic again. Panics with both consoles on failure.
-pub fn two_vms_across_restart(driver: &LinuxDriver) {
+/// Starts the link of `driver`'s scenario: an ivshmem-server in a fresh
+/// directory, VM1 (the bare-metal guest, up to its NIC line) and VM2 (the
+/// Linux guest, its init run with `append` and the addresses). The 2.0
+/// device needs the QEMU built with it, in both VMs. Returns VM1's config
+/// for a restart; the directory and the server must outlive the VMs.
+pub fn start_vms(
+    driver: &LinuxDriver,
+    test: &str,
+    append: &str,
+) -> (tempfile::TempDir, Server, GuestConfig, Guest, LinuxVm) {
     let name = driver.name();
-    let started = Instant::now();
     let dir = tempfile::Builder::new()
-        .prefix(&format!("ivnet-{name}-two-vms"))
+        .prefix(&format!("ivnet-{name}-{test}"))
         .tempdir()
         .unwrap();
     let server = Server::start(dir.path(), &[]);
-
-    // The 2.0 device needs the QEMU built with it, in both VMs.
     let ivshmem2_qemu = (*driver == LinuxDriver::VfioIvshmem2)
         .then(|| crate::ivshmem2::qemu_binary().unwrap_or_else(|e| panic!("{e}")));
     let vm1_config = match &ivshmem2_qemu {
         None => GuestConfig {
             cmdline: format!("ip={VM1_ADDR}/24"),
             ivshmem_socket: Some(server.socket.clone()),
-            name: format!("{name}-vm1"),
+            name: format!("{name}-{test}-vm1"),
             ..GuestConfig::default()
         },
         Some(qemu) => GuestConfig {
             cmdline: format!("ip={VM1_ADDR}/24"),
-            name: format!("{name}-vm1"),
+            name: format!("{name}-{test}-vm1"),
             qemu: Some(qemu.clone()),
             extra_args: vec![
                 "-chardev".into(),
@@ -508,12 +518,9 @@ pub fn two_vms_across_restart(driver: &LinuxDriver) {
     vm1.wait_for_serial("nic: ivshmem-net", BOOT_TIMEOUT)
         .unwrap_or_else(|e| panic!("VM1: {e}"));
 
-    let mut vm2 = LinuxVm::start(&LinuxVmConfig {
-        name: format!("{name}-vm2"),
-        append: format!(
-            "ivnet_test={} ivnet_peer={VM1_ADDR} ivnet_self={VM2_CIDR} ivnet_tcp_bytes={TCP_BYTES}",
-            driver.init_mode()
-        ),
+    let vm2 = LinuxVm::start(&LinuxVmConfig {
+        name: format!("{name}-{test}-vm2"),
+        append: format!("{append} ivnet_peer={VM1_ADDR} ivnet_self={VM2_CIDR}"),
         ivshmem_socket: Some(server.socket.clone()),
         iommu: matches!(driver, LinuxDriver::Vfio | LinuxDriver::VfioIvshmem2),
         qemu: ivshmem2_qemu.clone(),
@@ -527,6 +534,50 @@ pub fn two_vms_across_restart(driver: &LinuxDriver) {
         ..LinuxVmConfig::default()
     })
     .unwrap_or_else(|e| panic!("{e}"));
+    (dir, server, vm1_config, vm1, vm2)
+}
+
+/// The end of VM2's run (`log` up to its `IVNET-DONE` line): the init
+/// script finished ok, the (last) bridge left with status 0 on SIGTERM,
+/// VM2 powered off, and neither VM stored into a read-only section (the
+/// 2.0 device reports that on QEMU's stderr: the state table, another
+/// peer's output section).
+pub fn vm2_finished_cleanly(log: &str, vm2: &mut LinuxVm, vm1: &Guest) {
+    assert_eq!(
+        tagged_lines(log, "IVNET-DONE"),
+        ["ok"],
+        "VM2 did not finish cleanly\n{}",
+        both(vm2, vm1)
+    );
+    assert!(
+        tagged_lines(log, "IVNET-INFO").contains(&"bridge-exit 0"),
+        "the bridge must leave with status 0 on SIGTERM\n{}",
+        both(vm2, vm1)
+    );
+    vm2.wait_exit(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let diag = both(vm2, vm1);
+    assert!(
+        !diag.contains("WRITE VIOLATION"),
+        "a VM wrote into a read-only section of the shared memory\n{diag}"
+    );
+}
+
+/// The two-VM scenario of `uio_two_vms` and `vfio_two_vms`: VM1 the
+/// bare-metal guest, VM2 the Linux guest with `ivnet-bridge` on `driver`;
+/// traffic, interrupts per vector, read-only mappings, VM1 killed and
+/// started again, traffic again. Panics with both consoles on failure.
+pub fn two_vms_across_restart(driver: &LinuxDriver) {
+    let name = driver.name();
+    let started = Instant::now();
+    let (_dir, _server, vm1_config, mut vm1, mut vm2) = start_vms(
+        driver,
+        "two-vms",
+        &format!(
+            "ivnet_test={} ivnet_tcp_bytes={TCP_BYTES}",
+            driver.init_mode()
+        ),
+    );
     let vm2_started = Instant::now();
     eprintln!(
         "VM1 (bare metal) on {}, VM2 (Linux) on {}; images ready after {:.1?}",
@@ -640,26 +691,7 @@ pub fn two_vms_across_restart(driver: &LinuxDriver) {
         after.join("\n  "),
         diag()
     );
-    assert_eq!(
-        tagged_lines(&log, "IVNET-DONE"),
-        ["ok"],
-        "VM2 did not finish cleanly\n{}",
-        diag()
-    );
-    assert!(
-        tagged_lines(&log, "IVNET-INFO").contains(&"bridge-exit 0"),
-        "the bridge must leave with status 0 on SIGTERM\n{}",
-        diag()
-    );
-    vm2.wait_exit(Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("{e}"));
-    // The 2.0 device reports a store into a read-only section (the state
-    // table, another peer's output section) on QEMU's stderr.
-    let diag = both(&vm2, &vm1);
-    assert!(
-        !diag.contains("WRITE VIOLATION"),
-        "a VM wrote into a read-only section of the shared memory\n{diag}"
-    );
+    vm2_finished_cleanly(&log, &mut vm2, &vm1);
     assert!(
         violations.is_empty(),
         "the bridge's mappings of the shared memory are wrong:\n  {}\n{maps_report}",
@@ -667,6 +699,102 @@ pub fn two_vms_across_restart(driver: &LinuxDriver) {
     );
     eprintln!(
         "two-VM {name} test: VM2 on {}, {:.1?} in all",
+        vm2.accel().name(),
+        started.elapsed()
+    );
+}
+
+/// TCP echo volume of the bridge-restart test (each phase).
+pub const RESTART_TCP_BYTES: u64 = 1 << 20;
+
+/// `ivnet-bridge` inside the Linux VM is killed with SIGKILL while the link
+/// is up and started again, with VM2 (and its QEMU, connected to the
+/// server) alive all along (`ivnet_test=bridge-restart[-vfio]`): nobody
+/// writes RESET into the dead bridge's state entry — the server sees no
+/// disconnect, the bridge had no chance — so on ivshmem-doorbell it still
+/// says RUN (checked: VM2 reads the state table through BAR2 after the
+/// kill), and VM1 keeps RUN with its carrier on. The restarted bridge must
+/// publish RESET itself at start, as the reference driver does at probe:
+/// VM1 then drops and renegotiates the link, and ping, UDP echo and TCP
+/// echo pass again. Without that, the new bridge waits in RESET for a peer
+/// that stays in RUN. Under vfio-pci the new bridge must also open the
+/// group and device again and get fresh eventfds for both vectors. The
+/// ivshmem 2.0 device's state is its STATE register (no BAR2 to read it
+/// through): there only the relink is checked.
+pub fn linux_bridge_restart(driver: &LinuxDriver) {
+    let name = driver.name();
+    let started = Instant::now();
+    let (_dir, _server, _vm1_config, vm1, mut vm2) = start_vms(
+        driver,
+        "bridge-restart",
+        &format!(
+            "ivnet_test={} ivnet_tcp_bytes={RESTART_TCP_BYTES} ivnet_relink_timeout=60",
+            driver.bridge_restart_mode()
+        ),
+    );
+
+    let log = vm2
+        .wait_for_serial("IVNET-PHASE first done", PHASE_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\n--- VM1:\n{}", vm1.diagnostics()));
+    let first = check_phase(&log, "first", RESTART_TCP_BYTES, &|| both(&vm2, &vm1));
+    eprintln!("{first}");
+    let own_id: u16 = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("bridge: "))
+        .find_map(|l| l.split("own peer ID ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the bridge did not log its peer ID\n{}", both(&vm2, &vm1)));
+    let vm1_carrier_ons = vm1.serial().matches("link: carrier on").count();
+
+    // The stale entry: after the kill, the dead bridge's entry says RUN.
+    let log = vm2
+        .wait_for_serial("IVNET-STATES after-kill", LINK_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\n--- VM1:\n{}", vm1.diagnostics()));
+    let killed = Instant::now();
+    let states = tagged_lines(&log, "IVNET-STATES")
+        .into_iter()
+        .find_map(|l| l.strip_prefix("after-kill "))
+        .unwrap_or_default();
+    if *driver == LinuxDriver::VfioIvshmem2 {
+        assert_eq!(states, "none", "{}", both(&vm2, &vm1));
+    } else {
+        let states: Vec<u32> = states
+            .strip_prefix("states ")
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        assert_eq!(
+            states.get(usize::from(own_id)),
+            Some(&3),
+            "the killed bridge's entry must still say RUN (3): states {states:?}, bridge peer {own_id}\n{}",
+            both(&vm2, &vm1)
+        );
+    }
+
+    let log = vm2
+        .wait_for_serial("IVNET-PHASE bridge-restarted done", PHASE_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\n--- VM1:\n{}", vm1.diagnostics()));
+    let relinked = killed.elapsed();
+    let again = check_phase(&log, "bridge-restarted", RESTART_TCP_BYTES, &|| {
+        both(&vm2, &vm1)
+    });
+    eprintln!("{again} (phase done {relinked:.1?} after the kill was reported)");
+    // VM1 went down (the new bridge's RESET) and up again, without a reboot.
+    let vm1_log = vm1.serial();
+    assert!(
+        vm1_log.matches("link: carrier on").count() > vm1_carrier_ons
+            && vm1_log.matches("booting (PVH").count() == 1,
+        "VM1 must relink with the restarted bridge, without a reboot\n{}",
+        both(&vm2, &vm1)
+    );
+    let log = vm2
+        .wait_for_serial("IVNET-DONE", Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+    vm2_finished_cleanly(&log, &mut vm2, &vm1);
+    eprintln!(
+        "{name} bridge restart test: VM2 on {}, {:.1?} in all",
         vm2.accel().name(),
         started.elapsed()
     );

@@ -19,8 +19,10 @@
 //! polling fallback; the layout page, state table and VM1's section mapped
 //! read-only from the device fd (`/proc/<bridge>/maps`, where vfio-pci's
 //! mappings carry the BAR's physical address as offset); VM1 killed and started again, the traffic again.
+//! And the other side's restart: the bridge killed with SIGKILL with the link
+//! up and started again (`ivnet_e2e::two_vms::linux_bridge_restart`).
 
-use ivnet_e2e::two_vms::{LinuxDriver, two_vms_across_restart};
+use ivnet_e2e::two_vms::{LinuxDriver, linux_bridge_restart, two_vms_across_restart};
 
 #[test]
 fn vfio_bridge_in_linux_vm_links_to_bare_metal_guest_across_restart() {
@@ -39,12 +41,32 @@ fn vfio_bridge_in_linux_vm_links_to_bare_metal_guest_across_restart() {
 /// let `/dev/mem` map it: the range is neither RAM nor a claimed resource.
 #[test]
 fn vfio_bridge_on_ivshmem2_device_links_to_bare_metal_guest_across_restart() {
-    if ivnet_e2e::ivshmem2::qemu_binary_or_skip(
+    on_ivshmem2(
         "vfio_bridge_on_ivshmem2_device_links_to_bare_metal_guest_across_restart",
-    )
-    .is_none()
-    {
-        return;
+        two_vms_across_restart,
+    );
+}
+
+/// Runs `scenario` on the ivshmem 2.0 device, or skips `test` when the
+/// QEMU built with it is not available.
+fn on_ivshmem2(test: &str, scenario: fn(&LinuxDriver)) {
+    if ivnet_e2e::ivshmem2::qemu_binary_or_skip(test).is_some() {
+        scenario(&LinuxDriver::VfioIvshmem2);
     }
-    two_vms_across_restart(&LinuxDriver::VfioIvshmem2);
+}
+
+/// `ivnet-bridge --vfio` killed with SIGKILL with the link up and started
+/// again, on ivshmem-doorbell and on the ivshmem 2.0 device: the new bridge
+/// opens the VFIO group and device again, relinks, and the traffic passes.
+#[test]
+fn vfio_bridge_killed_with_the_link_up_relinks_after_a_restart() {
+    linux_bridge_restart(&LinuxDriver::Vfio);
+}
+
+#[test]
+fn vfio_bridge_on_ivshmem2_device_killed_with_the_link_up_relinks_after_a_restart() {
+    on_ivshmem2(
+        "vfio_bridge_on_ivshmem2_device_killed_with_the_link_up_relinks_after_a_restart",
+        linux_bridge_restart,
+    );
 }
