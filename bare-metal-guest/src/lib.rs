@@ -10,12 +10,66 @@
 
 pub mod bdf;
 pub mod cmdline;
+pub mod comm_region;
 pub mod console_budget;
 pub mod exit_code;
 
 #[cfg(test)]
 #[path = "../fuzz/cmdline_oracle.rs"]
 mod cmdline_oracle;
+
+#[cfg(test)]
+#[path = "../fuzz/comm_region_oracle.rs"]
+mod comm_region_oracle;
+
+/// Replays the checked-in corpus of the `comm_region` fuzz target
+/// (fuzz/corpus/comm_region), then seeded random headers around the valid
+/// one.
+#[cfg(test)]
+mod comm_region_replay {
+    use super::comm_region_oracle::check;
+
+    #[test]
+    fn replay_comm_region_corpus() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/comm_region");
+        let (mut count, mut accepted) = (0, 0);
+        for entry in std::fs::read_dir(dir).expect("corpus directory") {
+            let data = std::fs::read(entry.unwrap().path()).unwrap();
+            check(&data);
+            count += 1;
+            accepted += usize::from(crate::comm_region::parse(&data).is_ok());
+        }
+        assert!(
+            count > 0 && accepted > 0 && accepted < count,
+            "corpus must reach acceptance and refusal"
+        );
+    }
+
+    #[test]
+    fn seeded_mutations_of_a_valid_header() {
+        let mut base = [0u8; crate::comm_region::HEADER_LEN + 4];
+        base[..6].copy_from_slice(b"JHCOMM");
+        base[6] = 2;
+        base[0x44] = 1;
+        base[0x48] = 1;
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            let mut d = base;
+            for _ in 0..(x % 4) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                d[(x as usize) % d.len()] = (x >> 32) as u8;
+            }
+            let cut = if x % 5 == 0 {
+                (x >> 8) as usize % d.len()
+            } else {
+                d.len()
+            };
+            check(&d[..cut]);
+        }
+    }
+}
 
 /// Replays the checked-in corpus of the `cmdline` fuzz target
 /// (fuzz/corpus/cmdline) through its checks, then seeded random lines.

@@ -16,6 +16,10 @@
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
+use ivnet_guest::comm_region::{
+    self, Action, CommError, CommInfo, OFF_CELL_STATE, OFF_MSG_TO_CELL, OFF_REPLY_FROM_CELL,
+    REPLY_REQUEST_APPROVED, REPLY_UNKNOWN, TimerSource,
+};
 use ivnet_guest::exit_code::ExitCode;
 
 use crate::cpu::{CpuFeatures, HypervisorKind};
@@ -26,21 +30,6 @@ use crate::{apic, println, time};
 /// `JAILHOUSE_MEM_COMM_REGION`, right above the cell's 1 MiB of RAM).
 pub const COMM_REGION_BASE: u64 = 0x10_0000;
 const COMM_REGION_SIZE: u64 = 0x1000;
-/// `COMM_REGION_MAGIC`.
-const COMM_SIGNATURE: [u8; 6] = *b"JHCOMM";
-/// `COMM_REGION_ABI_REVISION`.
-const COMM_REVISION: u16 = 2;
-
-// Field offsets (COMM_REGION_GENERIC_HEADER + the x86 part, packed).
-const OFF_REVISION: u64 = 0x06;
-const OFF_CELL_STATE: u64 = 0x08;
-const OFF_MSG_TO_CELL: u64 = 0x0c;
-const OFF_REPLY_FROM_CELL: u64 = 0x10;
-const OFF_PM_TIMER_ADDRESS: u64 = 0x40;
-const OFF_NUM_CPUS: u64 = 0x42;
-const OFF_TSC_KHZ: u64 = 0x44;
-const OFF_APIC_KHZ: u64 = 0x48;
-
 /// `cell_state` values.
 pub mod cell_state {
     /// `JAILHOUSE_CELL_SHUT_DOWN` (terminal).
@@ -51,15 +40,9 @@ pub mod cell_state {
     pub const FAILED_COMM_REV: u32 = 4;
 }
 
-// Messages to the cell and replies (include/jailhouse/hypercall.h).
-const MSG_NONE: u32 = 0;
-const MSG_SHUTDOWN_REQUEST: u32 = 1;
-const MSG_RECONFIG_COMPLETED: u32 = 2;
-const REPLY_UNKNOWN: u32 = 1;
-const REPLY_REQUEST_APPROVED: u32 = 3;
-const REPLY_RECEIVED: u32 = 4;
-
 static JAILHOUSE: AtomicBool = AtomicBool::new(false);
+/// What [`detect`] read from the comm region (cells only).
+static COMM_INFO: spin::Mutex<Option<CommInfo>> = spin::Mutex::new(None);
 
 /// Whether the guest runs as a Jailhouse cell (set once by [`detect`]).
 pub fn is_jailhouse() -> bool {
@@ -73,33 +56,29 @@ pub fn is_jailhouse() -> bool {
 struct CommRegion;
 
 impl CommRegion {
-    fn read_u8(self, off: u64) -> u8 {
+    fn read_u8(self, off: usize) -> u8 {
         // SAFETY: `off` < COMM_REGION_SIZE; the page is identity-mapped (by
         // the boot tables, then by `init`) and belongs to the hypervisor's
         // per-cell comm page, which is always readable by the cell.
-        unsafe { ((COMM_REGION_BASE + off) as *const u8).read_volatile() }
+        unsafe { ((COMM_REGION_BASE as usize + off) as *const u8).read_volatile() }
     }
 
-    fn read_u16(self, off: u64) -> u16 {
-        // SAFETY: as in `read_u8`; every u16 field is 2-byte aligned.
-        unsafe { ((COMM_REGION_BASE + off) as *const u16).read_volatile() }
+    /// The header, copied out byte by byte with volatile reads, for
+    /// [`comm_region::parse`].
+    fn header(self) -> [u8; comm_region::HEADER_LEN] {
+        core::array::from_fn(|i| self.read_u8(i))
     }
 
-    fn read_u32(self, off: u64) -> u32 {
+    fn read_u32(self, off: usize) -> u32 {
         // SAFETY: as in `read_u8`; every u32 field is 4-byte aligned.
-        unsafe { ((COMM_REGION_BASE + off) as *const u32).read_volatile() }
+        unsafe { ((COMM_REGION_BASE as usize + off) as *const u32).read_volatile() }
     }
 
-    fn write_u32(self, off: u64, value: u32) {
+    fn write_u32(self, off: usize, value: u32) {
         // SAFETY: as in `read_u32`; the cell may write `cell_state`,
         // `msg_to_cell` and `reply_from_cell` (the only callers' offsets),
         // the region is mapped writable (JAILHOUSE_MEM_WRITE).
-        unsafe { ((COMM_REGION_BASE + off) as *mut u32).write_volatile(value) }
-    }
-
-    fn signature_ok(self) -> bool {
-        (0..6).all(|i| self.read_u8(i) == COMM_SIGNATURE[i as usize])
-            && self.read_u16(OFF_REVISION) == COMM_REVISION
+        unsafe { ((COMM_REGION_BASE as usize + off) as *mut u32).write_volatile(value) }
     }
 
     fn set_cell_state(self, state: u32) {
@@ -110,7 +89,7 @@ impl CommRegion {
     /// then the reply (the hypervisor cleared the reply before writing the
     /// message, and spins on it).
     fn reply(self, reply: u32) {
-        self.write_u32(OFF_MSG_TO_CELL, MSG_NONE);
+        self.write_u32(OFF_MSG_TO_CELL, 0);
         core::sync::atomic::fence(Ordering::SeqCst);
         self.write_u32(OFF_REPLY_FROM_CELL, reply);
     }
@@ -130,19 +109,21 @@ pub fn poll_messages(take_link_down: impl FnOnce()) {
         return;
     }
     let comm = CommRegion;
-    match comm.read_u32(OFF_MSG_TO_CELL) {
-        MSG_NONE => {}
-        MSG_SHUTDOWN_REQUEST => {
+    let msg = comm.read_u32(OFF_MSG_TO_CELL);
+    match comm_region::action_for(msg) {
+        Action::Nothing => {}
+        Action::ShutDown => {
             println!("comm: shutdown requested; taking the link down");
             take_link_down();
             comm.reply(REPLY_REQUEST_APPROVED);
             println!("comm: shutdown approved; halting until the hypervisor parks this CPU");
             halt_forever();
         }
-        MSG_RECONFIG_COMPLETED => comm.reply(REPLY_RECEIVED),
-        other => {
-            println!("comm: unknown message {other}");
-            comm.reply(REPLY_UNKNOWN);
+        Action::Reply(reply) => {
+            if reply == REPLY_UNKNOWN {
+                println!("comm: unknown message {msg}");
+            }
+            comm.reply(reply);
         }
     }
 }
@@ -161,14 +142,20 @@ pub fn detect(reset_entry: bool) {
         return;
     }
     let comm = CommRegion;
-    if !comm.signature_ok() {
-        println!(
-            "FATAL: no Jailhouse comm region (\"JHCOMM\", revision {COMM_REVISION}) at {COMM_REGION_BASE:#x} (revision {})",
-            comm.read_u16(OFF_REVISION)
-        );
-        comm.set_cell_state(cell_state::FAILED_COMM_REV);
-        halt_forever();
-    }
+    let info = match comm_region::parse(&comm.header()) {
+        Ok(info) => info,
+        Err(e) => {
+            println!("FATAL: Jailhouse comm region at {COMM_REGION_BASE:#x}: {e}");
+            comm.set_cell_state(match e {
+                CommError::Signature(_) | CommError::Revision(_) | CommError::Short(_) => {
+                    cell_state::FAILED_COMM_REV
+                }
+                CommError::NoTimer => cell_state::FAILED,
+            });
+            halt_forever();
+        }
+    };
+    *COMM_INFO.lock() = Some(info);
     JAILHOUSE.store(true, Ordering::Relaxed);
     println!(
         "platform: jailhouse cell ({}), comm region at {COMM_REGION_BASE:#x}: {} cpu(s), tsc {} kHz, apic {} kHz, pm timer port {:#x}",
@@ -177,10 +164,10 @@ pub fn detect(reset_entry: bool) {
         } else {
             "reset entry; CPUID does not say Jailhouse: test rig"
         },
-        comm.read_u16(OFF_NUM_CPUS),
-        comm.read_u32(OFF_TSC_KHZ),
-        comm.read_u32(OFF_APIC_KHZ),
-        comm.read_u16(OFF_PM_TIMER_ADDRESS),
+        info.num_cpus,
+        info.tsc_khz,
+        info.apic_khz,
+        info.pm_timer_port,
     );
 }
 
@@ -214,16 +201,16 @@ pub fn init_interrupts_and_time(
         // No PIC in a cell; x2APIC MSRs always work (emulated over xAPIC
         // if the host runs xAPIC), IA32_APIC_BASE must not be written.
         let mode = apic::init_x2apic_as_is();
-        let comm = CommRegion;
-        let tsc_khz = comm.read_u32(OFF_TSC_KHZ);
-        let apic_khz = comm.read_u32(OFF_APIC_KHZ);
-        let cal = if tsc_khz != 0 && apic_khz != 0 {
-            time::set_rates(
+        let timer = COMM_INFO
+            .lock()
+            .expect("detect() read the comm region before a cell gets here")
+            .timer;
+        let cal = match timer {
+            TimerSource::Rates { tsc_khz, apic_khz } => time::set_rates(
                 u64::from(tsc_khz),
                 u64::from(apic_khz) / apic::TIMER_DIVIDER,
-            )
-        } else {
-            time::calibrate_pm_timer(comm.read_u16(OFF_PM_TIMER_ADDRESS))
+            ),
+            TimerSource::PmTimer(port) => time::calibrate_pm_timer(port),
         };
         return Ok((mode, cal));
     }
