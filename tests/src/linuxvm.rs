@@ -109,7 +109,9 @@ pub struct LinuxGuest {
     pub echo_check: PathBuf,
 }
 
-fn run(cmd: &mut Command, what: &str) -> Result<String, String> {
+/// Runs `cmd` (no stdin); its stdout, or an error naming `what` with both
+/// outputs. Shared by the Linux VM and the Jailhouse rig builds.
+pub fn run(cmd: &mut Command, what: &str) -> Result<String, String> {
     let out = cmd
         .stdin(Stdio::null())
         .output()

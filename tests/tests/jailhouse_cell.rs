@@ -63,10 +63,11 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use ivnet_e2e::linuxvm::run;
 use ivnet_e2e::netns::{self, BridgeSpec, Netns, Proc, Server, tail};
 use ivnet_e2e::qemu::{Accel, QemuProcess, in_netns, repo_root};
 
@@ -100,23 +101,6 @@ const CELL_RUNNING: u32 = 0;
 
 fn rig_dir() -> PathBuf {
     repo_root().join("target/jailhouse-rig")
-}
-
-fn run(cmd: &mut Command, what: &str) -> Result<String, String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{what}: cannot run {:?}: {e}", cmd.get_program()))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{what} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
 }
 
 /// The flat Jailhouse image: the guest's `ivnet-guest-jailhouse` (linked at
