@@ -38,7 +38,14 @@ pub fn check(data: &[u8]) {
                 assert!(c.ip.contains(g), "gateway outside the subnet accepted");
             }
             assert!(c.ip.contains(c.ip.address));
-            assert!(line.split_ascii_whitespace().count() <= 8, "a key twice");
+            assert!(line.split_ascii_whitespace().count() <= 9, "a key twice");
+            if let Some(p) = c.ping {
+                assert_ne!(p.target, c.ip.address, "ping of the own address accepted");
+                assert!(!p.target.is_multicast() && !p.target.is_broadcast());
+                assert_ne!(Some(p.target), c.ip.broadcast());
+                assert!((1..=cmdline::MAX_PING_INTERVAL_MS).contains(&p.interval_ms));
+                assert_ne!(p.count, Some(0));
+            }
 
             let mut canonical = String::new();
             write!(canonical, "ip={}/{}", c.ip.address, c.ip.prefix_len).unwrap();
@@ -64,6 +71,12 @@ pub fn check(data: &[u8]) {
             if c.nic == cmdline::NicKind::Virtio {
                 canonical.push_str(" nic=virtio");
             }
+            if let Some(p) = c.ping {
+                write!(canonical, " ping={},interval={}", p.target, p.interval_ms).unwrap();
+                if let Some(n) = p.count {
+                    write!(canonical, ",count={n}").unwrap();
+                }
+            }
             assert_eq!(cmdline::parse(&canonical), Ok(c), "{canonical}");
         }
         Err(e) => {
@@ -80,7 +93,10 @@ pub fn check(data: &[u8]) {
                 | CmdlineError::BadMtu(s)
                 | CmdlineError::BadStatsInterval(s)
                 | CmdlineError::BadSelfTest(s)
-                | CmdlineError::BadNic(s) => Some(s),
+                | CmdlineError::BadNic(s)
+                | CmdlineError::BadPing(s)
+                | CmdlineError::BadPingCount(s)
+                | CmdlineError::BadPingInterval(s) => Some(s),
                 CmdlineError::MissingIp => {
                     assert!(!line.contains("ip="), "ip= given but reported missing");
                     None
@@ -90,6 +106,25 @@ pub fn check(data: &[u8]) {
                     None
                 }
                 CmdlineError::GatewayOutsideSubnet(_) => None,
+                CmdlineError::PingTarget(t) => {
+                    // Refused only once the whole line is read: exactly one
+                    // `ip=` word, and the target is special or one of its
+                    // subnet's own addresses.
+                    let ip_word = line
+                        .split_ascii_whitespace()
+                        .find(|w| w.starts_with("ip="))
+                        .expect("ping target refused without ip=");
+                    let own = cmdline::parse(ip_word).expect("the ip= word parses").ip;
+                    assert!(
+                        t.is_unspecified()
+                            || t.is_broadcast()
+                            || t.is_multicast()
+                            || t == own.address
+                            || Some(t) == own.broadcast(),
+                        "{t} refused"
+                    );
+                    None
+                }
                 CmdlineError::NotUtf8 | CmdlineError::TooLong(_) => {
                     panic!("the parser reported {e:?} for a str")
                 }

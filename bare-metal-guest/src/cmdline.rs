@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! ip=10.77.0.2/24 gw=10.77.0.1 mac=02:00:0a:4d:00:02 mode=event mtu=16384 stats=5 nic=ivnet
+//! ip=10.77.0.3/24 mtu=1500 ping=10.77.0.2,count=100,interval=200
 //! ```
 //!
 //! | key | meaning | default |
@@ -17,6 +18,7 @@
 //! | `stats` | seconds between counter lines on the serial console (`0` = off) | 5 |
 //! | `nic` | `ivnet` (the ivshmem-net link) or `virtio` (a virtio-net PCI device, MTU 1500, for comparisons; `mtu` does not apply) | `ivnet` |
 //! | `selftest` | run a platform self-test instead of the network services and exit (see [`SelfTest`]) | none |
+//! | `ping` | `A.B.C.D[,count=N][,interval=MS]`: send ICMP echo requests to that address once the link is up and check every reply (see [`PingConfig`]; `count` `1..`, `interval` `1..=60000` ms) | none (`count`: no limit, `interval`: 1000) |
 //!
 //! Every malformed or unknown word is a typed [`CmdlineError`]: a typo must
 //! not silently become a default.
@@ -31,6 +33,10 @@ pub const MAX_MTU: u16 = 16384;
 pub const MIN_MTU: u16 = 68;
 /// Default interval of the counters line on the serial console, in seconds.
 pub const DEFAULT_STATS_INTERVAL_S: u32 = 5;
+/// Default interval of the `ping=` client, in milliseconds.
+pub const DEFAULT_PING_INTERVAL_MS: u32 = 1000;
+/// Longest interval of the `ping=` client, in milliseconds.
+pub const MAX_PING_INTERVAL_MS: u32 = 60_000;
 
 /// How the NIC driver learns about new work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,6 +114,19 @@ impl SelfTest {
     ];
 }
 
+/// The `ping=` client: ICMP echo requests to another host (e.g. the
+/// guest at the other end of the link), every reply checked byte for byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PingConfig {
+    /// Where the requests go: a unicast address other than the guest's own.
+    pub target: Ipv4Addr,
+    /// How many requests in all; `None`: no limit.
+    pub count: Option<u32>,
+    /// Milliseconds between requests while no replies come (`1..=60000`);
+    /// a reply sends the next request at once (bounded per interval).
+    pub interval_ms: u32,
+}
+
 /// An IPv4 address with its prefix length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ipv4Cidr {
@@ -124,6 +143,13 @@ impl Ipv4Cidr {
             .checked_shl(32 - u32::from(self.prefix_len))
             .unwrap_or(0);
         (u32::from(self.address) & mask) == (u32::from(other) & mask)
+    }
+
+    /// The subnet's directed broadcast address, if it has one (prefixes
+    /// up to /30; /31 and /32 have none).
+    pub fn broadcast(&self) -> Option<Ipv4Addr> {
+        (self.prefix_len <= 30)
+            .then(|| Ipv4Addr::from(u32::from(self.address) | (u32::MAX >> self.prefix_len)))
     }
 }
 
@@ -162,6 +188,8 @@ pub struct GuestConfig {
     pub selftest: Option<SelfTest>,
     /// Which NIC the services run on.
     pub nic: NicKind,
+    /// The echo client, if asked for.
+    pub ping: Option<PingConfig>,
 }
 
 /// Why a command line was rejected. Borrowed strings point into the command
@@ -198,6 +226,16 @@ pub enum CmdlineError<'a> {
     BadSelfTest(&'a str),
     /// `nic=` is neither `ivnet` nor `virtio`.
     BadNic(&'a str),
+    /// A piece of `ping=` that is neither the address (first) nor
+    /// `count=N` or `interval=MS` once each.
+    BadPing(&'a str),
+    /// `count=` of `ping=` is not a number `1..`.
+    BadPingCount(&'a str),
+    /// `interval=` of `ping=` is not a number of milliseconds `1..=60000`.
+    BadPingInterval(&'a str),
+    /// The `ping=` address is not a unicast address other than the
+    /// guest's own.
+    PingTarget(Ipv4Addr),
     /// The command line is not valid UTF-8 (reported by the loader glue).
     NotUtf8,
     /// The command line is longer than the guest's buffer.
@@ -210,7 +248,7 @@ impl fmt::Display for CmdlineError<'_> {
             CmdlineError::NotKeyValue(w) => write!(f, "`{w}` is not key=value"),
             CmdlineError::UnknownKey(k) => write!(
                 f,
-                "unknown key `{k}` (known: ip gw mac mode mtu stats selftest nic)"
+                "unknown key `{k}` (known: ip gw mac mode mtu stats selftest nic ping)"
             ),
             CmdlineError::DuplicateKey(k) => write!(f, "key `{k}` given twice"),
             CmdlineError::MissingIp => write!(f, "missing ip=a.b.c.d/len"),
@@ -224,6 +262,21 @@ impl fmt::Display for CmdlineError<'_> {
             CmdlineError::MulticastMac(m) => write!(f, "mac={m} is a multicast address"),
             CmdlineError::BadMode(v) => write!(f, "mode=`{v}` is neither `event` nor `poll`"),
             CmdlineError::BadNic(v) => write!(f, "nic=`{v}` is neither `ivnet` nor `virtio`"),
+            CmdlineError::BadPing(v) => write!(
+                f,
+                "ping=: `{v}` is not where a.b.c.d[,count=N][,interval=MS] has it"
+            ),
+            CmdlineError::BadPingCount(v) => {
+                write!(f, "ping=: count=`{v}` is not a number of requests (1..)")
+            }
+            CmdlineError::BadPingInterval(v) => write!(
+                f,
+                "ping=: interval=`{v}` is not a number of milliseconds in 1..={MAX_PING_INTERVAL_MS}"
+            ),
+            CmdlineError::PingTarget(a) => write!(
+                f,
+                "ping={a}: not a unicast address other than the guest's own"
+            ),
             CmdlineError::BadMtu(v) => {
                 write!(f, "mtu=`{v}` is not a number in {MIN_MTU}..={MAX_MTU}")
             }
@@ -276,6 +329,38 @@ fn parse_mac(v: &str) -> Result<MacAddress, CmdlineError<'_>> {
     Ok(mac)
 }
 
+/// `A.B.C.D[,count=N][,interval=MS]` (the target is checked against the
+/// own address once the whole line is read).
+fn parse_ping(v: &str) -> Result<PingConfig, CmdlineError<'_>> {
+    let mut parts = v.split(',');
+    // `split` yields at least one piece.
+    let addr = parts.next().unwrap_or(v);
+    let target = Ipv4Addr::from_str(addr).map_err(|_| CmdlineError::BadPing(addr))?;
+    let (mut count, mut interval_ms) = (None, None);
+    for part in parts {
+        match part.split_once('=') {
+            Some(("count", n)) if count.is_none() => {
+                count = Some(match u32::from_str(n) {
+                    Ok(n @ 1..) => n,
+                    _ => return Err(CmdlineError::BadPingCount(n)),
+                });
+            }
+            Some(("interval", ms)) if interval_ms.is_none() => {
+                interval_ms = Some(match u32::from_str(ms) {
+                    Ok(ms @ 1..=MAX_PING_INTERVAL_MS) => ms,
+                    _ => return Err(CmdlineError::BadPingInterval(ms)),
+                });
+            }
+            _ => return Err(CmdlineError::BadPing(part)),
+        }
+    }
+    Ok(PingConfig {
+        target,
+        count,
+        interval_ms: interval_ms.unwrap_or(DEFAULT_PING_INTERVAL_MS),
+    })
+}
+
 /// Parses a command line (see the [module docs](self) for the keys).
 pub fn parse(line: &str) -> Result<GuestConfig, CmdlineError<'_>> {
     let mut ip = None;
@@ -286,6 +371,7 @@ pub fn parse(line: &str) -> Result<GuestConfig, CmdlineError<'_>> {
     let mut stats = None;
     let mut selftest = None;
     let mut nic = None;
+    let mut ping = None;
 
     fn set<'a, T>(slot: &mut Option<T>, key: &'a str, v: T) -> Result<(), CmdlineError<'a>> {
         if slot.replace(v).is_some() {
@@ -341,6 +427,7 @@ pub fn parse(line: &str) -> Result<GuestConfig, CmdlineError<'_>> {
                 };
                 set(&mut nic, key, n)?
             }
+            "ping" => set(&mut ping, key, parse_ping(value)?)?,
             _ => return Err(CmdlineError::UnknownKey(key)),
         }
     }
@@ -350,6 +437,17 @@ pub fn parse(line: &str) -> Result<GuestConfig, CmdlineError<'_>> {
         && !ip.contains(g)
     {
         return Err(CmdlineError::GatewayOutsideSubnet(g));
+    }
+    if let Some(p) = ping {
+        let t = p.target;
+        if t == ip.address
+            || t.is_unspecified()
+            || t.is_broadcast()
+            || t.is_multicast()
+            || ip.broadcast() == Some(t)
+        {
+            return Err(CmdlineError::PingTarget(t));
+        }
     }
     let o = ip.address.octets();
     Ok(GuestConfig {
@@ -361,6 +459,7 @@ pub fn parse(line: &str) -> Result<GuestConfig, CmdlineError<'_>> {
         stats_interval_s: stats.unwrap_or(DEFAULT_STATS_INTERVAL_S),
         selftest,
         nic: nic.unwrap_or(NicKind::Ivnet),
+        ping,
     })
 }
 
@@ -370,7 +469,7 @@ mod tests {
 
     #[test]
     fn full_line() {
-        let c = parse("ip=10.77.0.2/24 gw=10.77.0.1 mac=02:aa:bb:cc:dd:ee mode=poll mtu=1500 stats=0 selftest=boot nic=virtio")
+        let c = parse("ip=10.77.0.2/24 gw=10.77.0.1 mac=02:aa:bb:cc:dd:ee mode=poll mtu=1500 stats=0 selftest=boot nic=virtio ping=10.77.0.3,interval=250,count=7")
             .unwrap();
         assert_eq!(c.ip.address, Ipv4Addr::new(10, 77, 0, 2));
         assert_eq!(c.ip.prefix_len, 24);
@@ -381,6 +480,30 @@ mod tests {
         assert_eq!(c.stats_interval_s, 0);
         assert_eq!(c.selftest, Some(SelfTest::Boot));
         assert_eq!(c.nic, NicKind::Virtio);
+        assert_eq!(
+            c.ping,
+            Some(PingConfig {
+                target: Ipv4Addr::new(10, 77, 0, 3),
+                count: Some(7),
+                interval_ms: 250
+            })
+        );
+    }
+
+    #[test]
+    fn ping_defaults() {
+        let c = parse("ip=10.77.0.2/24 ping=10.77.1.9").unwrap();
+        assert_eq!(
+            c.ping,
+            Some(PingConfig {
+                target: Ipv4Addr::new(10, 77, 1, 9),
+                count: None,
+                interval_ms: DEFAULT_PING_INTERVAL_MS
+            })
+        );
+        // A /31 has no broadcast address: the other end is a host.
+        let c = parse("ip=10.77.0.2/31 ping=10.77.0.3,interval=60000").unwrap();
+        assert_eq!(c.ping.unwrap().interval_ms, MAX_PING_INTERVAL_MS);
     }
 
     #[test]
@@ -441,6 +564,56 @@ mod tests {
             ("ip=10.77.0.2/24 stats=-1", BadStatsInterval("-1")),
             ("ip=10.77.0.2/24 selftest=nope", BadSelfTest("nope")),
             ("ip=10.77.0.2/24 console=ttyS0", UnknownKey("console")),
+            ("ip=10.77.0.2/24 ping=", BadPing("")),
+            ("ip=10.77.0.2/24 ping=10.77.0", BadPing("10.77.0")),
+            ("ip=10.77.0.2/24 ping=10.77.0.3,", BadPing("")),
+            ("ip=10.77.0.2/24 ping=10.77.0.3,count", BadPing("count")),
+            ("ip=10.77.0.2/24 ping=10.77.0.3,size=9", BadPing("size=9")),
+            (
+                "ip=10.77.0.2/24 ping=10.77.0.3,count=1,count=2",
+                BadPing("count=2"),
+            ),
+            ("ip=10.77.0.2/24 ping=10.77.0.3,count=0", BadPingCount("0")),
+            (
+                "ip=10.77.0.2/24 ping=10.77.0.3,count=-1",
+                BadPingCount("-1"),
+            ),
+            (
+                "ip=10.77.0.2/24 ping=10.77.0.3,count=4294967296",
+                BadPingCount("4294967296"),
+            ),
+            (
+                "ip=10.77.0.2/24 ping=10.77.0.3,interval=0",
+                BadPingInterval("0"),
+            ),
+            (
+                "ip=10.77.0.2/24 ping=10.77.0.3,interval=60001",
+                BadPingInterval("60001"),
+            ),
+            (
+                "ip=10.77.0.2/24 ping=10.77.0.3 ping=10.77.0.4",
+                DuplicateKey("ping"),
+            ),
+            (
+                "ip=10.77.0.2/24 ping=10.77.0.2",
+                PingTarget(Ipv4Addr::new(10, 77, 0, 2)),
+            ),
+            (
+                "ip=10.77.0.2/24 ping=10.77.0.255",
+                PingTarget(Ipv4Addr::new(10, 77, 0, 255)),
+            ),
+            (
+                "ip=10.77.0.2/24 ping=255.255.255.255",
+                PingTarget(Ipv4Addr::BROADCAST),
+            ),
+            (
+                "ip=10.77.0.2/24 ping=224.0.0.1",
+                PingTarget(Ipv4Addr::new(224, 0, 0, 1)),
+            ),
+            (
+                "ip=10.77.0.2/24 ping=0.0.0.0",
+                PingTarget(Ipv4Addr::UNSPECIFIED),
+            ),
         ];
         for (line, want) in cases {
             assert_eq!(parse(line), Err(*want), "{line}");

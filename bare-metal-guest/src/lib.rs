@@ -13,6 +13,7 @@ pub mod cmdline;
 pub mod comm_region;
 pub mod console_budget;
 pub mod exit_code;
+pub mod ping;
 
 #[cfg(test)]
 #[path = "../fuzz/cmdline_oracle.rs"]
@@ -102,7 +103,12 @@ mod fuzz_replay {
             "mtu=",
             "stats=",
             "selftest=",
+            "ping=",
+            ",count=",
+            ",interval=",
+            ",",
             "10.77.0.2",
+            "10.77.0.255",
             "/24",
             "/0",
             "/32",

@@ -11,6 +11,14 @@
 //! | TCP discard | 9 | everything received is dropped (throughput sink) |
 //! | UDP stats | 7777 | any datagram: the counters line goes back (and to the serial console, within the log budget) |
 //!
+//! And one client, if the command line asks for it: `ping=` sends ICMP
+//! echo requests (an ICMP socket bound to its identifier) to another host
+//! once the carrier is on, and checks every reply byte for byte; the pacing,
+//! payloads and counts are `ivnet_guest::ping`, the socket I/O is
+//! [`PingClient`]. Its summary line goes with every counters line and once
+//! when `count` is reached; a line per reply and per loss goes through the
+//! log budget, at most [`PING_LINE_BYTES_PER_SECOND`] of it.
+//!
 //! The main loop is NAPI-style, on the driver core (`ivnet_driver::Driver`,
 //! through [`Nic`]). An interrupt (doorbell or timer) wakes it; it then
 //! steps the link (one load of the peer's state entry, every round: a
@@ -34,12 +42,16 @@ use core::fmt::{self, Write};
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use ivnet_guest::cmdline::{GuestConfig, Mode};
+use ivnet_guest::cmdline::{GuestConfig, Mode, PingConfig};
+use ivnet_guest::console_budget::{Admit, ByteBudget};
+use ivnet_guest::ping::{self, Pinger, Reply};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet, SocketStorage};
 use smoltcp::phy;
-use smoltcp::socket::{tcp, udp};
+use smoltcp::socket::{icmp, tcp, udp};
 use smoltcp::time::Instant;
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
+use smoltcp::wire::{
+    EthernetAddress, HardwareAddress, Icmpv4Message, Icmpv4Packet, IpAddress, IpCidr,
+};
 use static_cell::{ConstStaticCell, StaticCell};
 
 use crate::idt::{self, IRQ_COUNTERS};
@@ -73,12 +85,19 @@ const UDP_PAYLOAD: usize = 32 * 1024;
 const UDP_PACKETS: usize = 16;
 const STATS_PAYLOAD: usize = 2048;
 const STATS_PACKETS: usize = 2;
+/// The ping client's socket buffers: two large requests or replies each
+/// (ICMP header included).
+const PING_BUFFER: usize = 2 * (ping::LARGE_PAYLOAD + 8) + 64;
+const PING_PACKETS: usize = 4;
+/// Console bytes per second the ping client's per-reply and per-loss lines
+/// may use (burst: twice that), before the log budget they also go through.
+pub const PING_LINE_BYTES_PER_SECOND: u64 = 256;
 
 static RX_BUF: ConstStaticCell<[u8; MAX_FRAME]> = ConstStaticCell::new([0; MAX_FRAME]);
 static TX_SCRATCH: ConstStaticCell<[u8; MAX_FRAME]> = ConstStaticCell::new([0; MAX_FRAME]);
 static BOUNCE: ConstStaticCell<[u8; MAX_FRAME]> = ConstStaticCell::new([0; MAX_FRAME]);
-static SOCKETS: ConstStaticCell<[SocketStorage<'static>; 4]> =
-    ConstStaticCell::new([SocketStorage::EMPTY; 4]);
+static SOCKETS: ConstStaticCell<[SocketStorage<'static>; 5]> =
+    ConstStaticCell::new([SocketStorage::EMPTY; 5]);
 static ECHO_RX: ConstStaticCell<[u8; TCP_ECHO_RX]> = ConstStaticCell::new([0; TCP_ECHO_RX]);
 static ECHO_TX: ConstStaticCell<[u8; TCP_ECHO_TX]> = ConstStaticCell::new([0; TCP_ECHO_TX]);
 static DISCARD_RX: ConstStaticCell<[u8; TCP_DISCARD_RX]> =
@@ -97,6 +116,12 @@ static STATS_RX_META: ConstStaticCell<[udp::PacketMetadata; STATS_PACKETS]> =
     ConstStaticCell::new([udp::PacketMetadata::EMPTY; STATS_PACKETS]);
 static STATS_TX_META: ConstStaticCell<[udp::PacketMetadata; STATS_PACKETS]> =
     ConstStaticCell::new([udp::PacketMetadata::EMPTY; STATS_PACKETS]);
+static PING_RX: ConstStaticCell<[u8; PING_BUFFER]> = ConstStaticCell::new([0; PING_BUFFER]);
+static PING_TX: ConstStaticCell<[u8; PING_BUFFER]> = ConstStaticCell::new([0; PING_BUFFER]);
+static PING_RX_META: ConstStaticCell<[icmp::PacketMetadata; PING_PACKETS]> =
+    ConstStaticCell::new([icmp::PacketMetadata::EMPTY; PING_PACKETS]);
+static PING_TX_META: ConstStaticCell<[icmp::PacketMetadata; PING_PACKETS]> =
+    ConstStaticCell::new([icmp::PacketMetadata::EMPTY; PING_PACKETS]);
 
 /// The NIC's frame buffers (taken once, by `main`).
 pub fn frame_buffers() -> (&'static mut [u8; MAX_FRAME], &'static mut [u8; MAX_FRAME]) {
@@ -131,6 +156,11 @@ pub trait NetDevice: phy::Device {
     fn prepare_sleep(&mut self) -> bool;
     /// The IP MTU.
     fn mtu(&self) -> usize;
+    /// Whether frames can reach the other side (the ping client waits for
+    /// it); NICs without link state of their own always say yes.
+    fn carrier(&self) -> bool {
+        true
+    }
     /// The NIC's part of the boot line (queues, buffers).
     fn write_link(&self, w: &mut dyn Write) -> fmt::Result;
     /// The NIC's `key=value` words of the counters line, each preceded by a
@@ -172,6 +202,7 @@ struct Services {
     discard_was_active: bool,
     counters: ServiceCounters,
     bounce: &'static mut [u8; MAX_FRAME],
+    ping: Option<PingClient>,
 }
 
 fn new_tcp(rx: &'static mut [u8], tx: &'static mut [u8]) -> tcp::Socket<'static> {
@@ -198,7 +229,7 @@ fn new_udp(
 }
 
 impl Services {
-    fn new(sockets: &mut SocketSet<'static>) -> Services {
+    fn new(sockets: &mut SocketSet<'static>, ping: Option<PingClient>) -> Services {
         let tcp_echo = sockets.add(new_tcp(ECHO_RX.take(), ECHO_TX.take()));
         let tcp_discard = sockets.add(new_tcp(DISCARD_RX.take(), DISCARD_TX.take()));
         let udp_echo = sockets.add(new_udp(
@@ -224,6 +255,7 @@ impl Services {
             discard_was_active: false,
             counters: ServiceCounters::default(),
             bounce: BOUNCE.take(),
+            ping,
         }
     }
 
@@ -327,7 +359,142 @@ impl Services {
             let _ = s.send_slice(line.as_bytes(), meta.endpoint);
             moved = true;
         }
+
+        if let Some(ping) = &mut self.ping {
+            moved |= ping.process(sockets, nic.carrier(), now_us);
+        }
         moved
+    }
+}
+
+/// The `ping=` client's socket side: sends what the [`Pinger`] asks for,
+/// hands it every echo reply with its identifier from the target, and
+/// reports.
+struct PingClient {
+    pinger: Pinger,
+    socket: SocketHandle,
+    /// The per-reply and per-loss lines' own share of the log budget.
+    lines: ByteBudget,
+    done_reported: bool,
+    /// The last round's request found an earlier one still queued in the
+    /// socket (smoltcp keeps a packet while the neighbour does not answer
+    /// ARP, and sends it once it does): the new one waits, and the loop
+    /// does not ask for an immediate wake-up until the queue drains.
+    queue_full: bool,
+}
+
+impl PingClient {
+    fn new(
+        sockets: &mut SocketSet<'static>,
+        config: PingConfig,
+        own: core::net::Ipv4Addr,
+        mtu: usize,
+    ) -> Self {
+        let ident = Pinger::ident_for(own);
+        let mut s = icmp::Socket::new(
+            icmp::PacketBuffer::new(&mut PING_RX_META.take()[..], &mut PING_RX.take()[..]),
+            icmp::PacketBuffer::new(&mut PING_TX_META.take()[..], &mut PING_TX.take()[..]),
+        );
+        // Binding a fresh socket to an identifier cannot fail.
+        let _ = s.bind(icmp::Endpoint::Ident(ident));
+        PingClient {
+            pinger: Pinger::new(config, ident, mtu),
+            socket: sockets.add(s),
+            lines: ByteBudget::new(PING_LINE_BYTES_PER_SECOND, 2 * PING_LINE_BYTES_PER_SECOND),
+            done_reported: false,
+            queue_full: false,
+        }
+    }
+
+    /// When the client needs the main loop next (see `Pinger::deadline`).
+    fn deadline(&self, now_us: u64, link_up: bool) -> Option<u64> {
+        self.pinger
+            .deadline(now_us, link_up)
+            .filter(|&at| !(self.queue_full && at <= now_us))
+    }
+
+    /// A peer-triggered line: within the client's share, then the log budget.
+    fn line(&mut self, now_us: u64, args: fmt::Arguments<'_>) {
+        let mut line = LineBuf::new();
+        let _ = line.write_fmt(args);
+        if let Admit::Write { .. } = self.lines.admit(now_us, line.as_bytes().len() as u64 + 2) {
+            log::info!(target: "ping", "{}", line.as_str());
+        }
+    }
+
+    /// Takes the replies, expires a lost request, sends the next one.
+    /// Returns whether a request was queued.
+    fn process(&mut self, sockets: &mut SocketSet<'static>, link_up: bool, now_us: u64) -> bool {
+        let target = IpAddress::Ipv4(self.pinger.target());
+        let ident = self.pinger.ident();
+        let s = sockets.get_mut::<icmp::Socket>(self.socket);
+        while let Ok((data, from)) = s.recv() {
+            // smoltcp checked the checksum on the way in; echo requests
+            // that happen to carry our identifier are not ours.
+            let Ok(packet) = Icmpv4Packet::new_checked(data) else {
+                continue;
+            };
+            if from != target
+                || packet.msg_type() != Icmpv4Message::EchoReply
+                || packet.echo_ident() != ident
+            {
+                continue;
+            }
+            let seq = packet.echo_seq_no();
+            let payload = packet.data();
+            let len = payload.len();
+            match self.pinger.reply(seq, payload, now_us) {
+                Reply::Answered { rtt_us, fragmented } => self.line(
+                    now_us,
+                    format_args!(
+                        "ping: reply from {target} seq={seq} bytes={len} rtt_us={rtt_us} fragmented={}",
+                        u8::from(fragmented)
+                    ),
+                ),
+                Reply::Late => self.line(
+                    now_us,
+                    format_args!("ping: late reply from {target} seq={seq}"),
+                ),
+                Reply::Bad => self.line(
+                    now_us,
+                    format_args!("ping: BAD reply from {target} seq={seq} bytes={len}"),
+                ),
+            }
+        }
+        if let Some(seq) = self.pinger.expire(now_us) {
+            self.line(
+                now_us,
+                format_args!("ping: no reply from {target} seq={seq}"),
+            );
+        }
+        let mut queued = false;
+        self.queue_full = false;
+        let s = sockets.get_mut::<icmp::Socket>(self.socket);
+        if let Some(request) = self.pinger.next_request(now_us, link_up) {
+            let sent = match s.send_queue() {
+                0 => s.send(8 + request.len, target).ok(),
+                _ => None,
+            };
+            let Some(buf) = sent else {
+                self.queue_full = true;
+                return false;
+            };
+            let mut packet = Icmpv4Packet::new_unchecked(buf);
+            packet.set_msg_type(Icmpv4Message::EchoRequest);
+            packet.set_msg_code(0);
+            packet.set_echo_ident(ident);
+            packet.set_echo_seq_no(request.seq);
+            ping::fill_payload(ident, request.seq, packet.data_mut());
+            packet.fill_checksum();
+            self.pinger.sent(request, now_us);
+            queued = true;
+        }
+        if self.pinger.done() && !self.done_reported {
+            self.done_reported = true;
+            // Asked for by the operator (`count=`): printed directly, once.
+            println!("{}", self.pinger.summary());
+        }
+        queued
     }
 }
 
@@ -372,6 +539,20 @@ impl<N: NetDevice> fmt::Display for StatsLine<'_, N> {
             LOOP_COUNTERS.sleeps.load(Ordering::Relaxed),
             crate::footprint::stack_used(),
         )
+    }
+}
+
+/// The client part of the services line.
+struct PingWords<'a>(Option<&'a PingConfig>);
+
+impl fmt::Display for PingWords<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(p) = self.0 else { return Ok(()) };
+        write!(f, "; client: ping {} every {} ms", p.target, p.interval_ms)?;
+        match p.count {
+            Some(n) => write!(f, ", {n} requests"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -426,19 +607,23 @@ pub fn run<N: NetDevice>(nic: &'static mut N, config: &GuestConfig) -> ! {
         let _ = iface.routes_mut().add_default_ipv4_route(gw);
     }
     let mut sockets = SocketSet::new(&mut SOCKETS.take()[..]);
-    let mut services = Services::new(&mut sockets);
+    let ping = config
+        .ping
+        .map(|p| PingClient::new(&mut sockets, p, ip.address, nic.mtu()));
+    let mut services = Services::new(&mut sockets, ping);
 
     let mut link = LineBuf::new();
     let _ = nic.write_link(&mut link);
     println!(
         "net: {}/{} mac {} mtu {} mode {:?}; {}; \
-         services: icmp echo, udp echo {ECHO_PORT}, tcp echo {ECHO_PORT}, tcp discard {DISCARD_PORT}, udp stats {STATS_PORT}",
+         services: icmp echo, udp echo {ECHO_PORT}, tcp echo {ECHO_PORT}, tcp discard {DISCARD_PORT}, udp stats {STATS_PORT}{}",
         ip.address,
         ip.prefix_len,
         config.mac,
         nic.mtu(),
         config.mode,
         link.as_str(),
+        PingWords(config.ping.as_ref()),
     );
 
     let stats_interval_us = u64::from(config.stats_interval_s) * 1_000_000;
@@ -493,6 +678,9 @@ pub fn run<N: NetDevice>(nic: &'static mut N, config: &GuestConfig) -> ! {
                     now_us: now
                 }
             );
+            if let Some(ping) = &services.ping {
+                println!("{}", ping.pinger.summary());
+            }
         }
 
         if config.mode == Mode::Poll || budget == 0 || nic.rx_pending() {
@@ -526,6 +714,13 @@ pub fn run<N: NetDevice>(nic: &'static mut N, config: &GuestConfig) -> ! {
         }
         if stats_interval_us > 0 {
             delay_us = delay_us.min(next_stats.saturating_sub(now));
+        }
+        if let Some(at) = services
+            .ping
+            .as_ref()
+            .and_then(|p| p.deadline(now, nic.carrier()))
+        {
+            delay_us = delay_us.min(at.saturating_sub(now));
         }
         if delay_us == 0 {
             continue;

@@ -368,6 +368,10 @@ impl NetDevice for Nic {
         Nic::mtu(self)
     }
 
+    fn carrier(&self) -> bool {
+        self.driver.carrier()
+    }
+
     fn write_link(&self, w: &mut dyn fmt::Write) -> fmt::Result {
         let g = self.endpoint().geometry();
         write!(

@@ -88,7 +88,7 @@ pub fn aarch64_image() -> Result<PathBuf, String> {
 }
 
 /// Starts QEMU with the aarch64 guest as `cfg` says (its `firmware` and
-/// `accel` do not apply: no firmware, TCG).
+/// `accel` do not apply: no firmware, TCG), `extra_args` last.
 pub(crate) fn start(cfg: &GuestConfig) -> Result<QemuProcess, String> {
     ensure_qemu_aarch64_installed()?;
     let image = aarch64_image()?;
@@ -106,5 +106,6 @@ pub(crate) fn start(cfg: &GuestConfig) -> Result<QemuProcess, String> {
         .arg(&image)
         .args(["-append", &cfg.cmdline]);
     ivshmem_args(&mut cmd, cfg);
+    cmd.args(&cfg.extra_args);
     QemuProcess::spawn(&mut cmd, dir, Accel::Tcg, "aarch64 guest")
 }

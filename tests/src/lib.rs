@@ -10,3 +10,4 @@ pub mod linuxvm;
 pub mod netns;
 pub mod qemu;
 pub mod two_vms;
+pub mod virtio;
