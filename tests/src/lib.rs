@@ -6,6 +6,7 @@ pub mod aarch64;
 pub mod guest_device;
 pub mod hostile;
 pub mod ivshmem2;
+pub mod jailhouse;
 pub mod linuxvm;
 pub mod netns;
 pub mod qemu;

@@ -59,42 +59,30 @@
 //! BARs the guest reports having placed.
 
 use std::fs::{self, File};
-use std::io::{Read, Write};
-use std::net::{Shutdown, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use ivnet_e2e::jailhouse::{
+    HostLink, SharedRam, TraceAccess, bar_ranges, comm, console_bdf, scratch_dir, send_message,
+};
 use ivnet_e2e::linuxvm::run;
-use ivnet_e2e::netns::{self, BridgeSpec, Netns, Proc, Server, tail};
-use ivnet_e2e::qemu::{Accel, QemuProcess, in_netns, repo_root};
+use ivnet_e2e::netns::{self, tail};
+use ivnet_e2e::qemu::{Accel, QemuProcess, repo_root};
 
 const HOST: &str = "10.77.0.1";
 const GUEST: &str = "10.77.0.2";
 const TAP: &str = "ivj0";
 const LINK_TIMEOUT: Duration = Duration::from_secs(90);
-const IO_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Guest RAM of the rig (the cell itself uses 0..0x101000).
 const RAM_SIZE: usize = 128 << 20;
 const CMDLINE_ADDRESS: usize = 0x1000;
-const COMM_REGION: usize = 0x10_0000;
+const COMM_REGION: u64 = 0x10_0000;
 const PM_TIMER_PORT: u16 = 0x608;
 /// QEMU's APIC timer counts at 1 GHz (before the divider).
 const QEMU_APIC_KHZ: u32 = 1_000_000;
-
-// Comm region offsets and values (jailhouse-x86-cell.md §3.4, §3.5).
-const CELL_STATE: usize = 0x08;
-const MSG_TO_CELL: usize = 0x0c;
-const REPLY_FROM_CELL: usize = 0x10;
-const MSG_SHUTDOWN_REQUEST: u32 = 1;
-const MSG_RECONFIG_COMPLETED: u32 = 2;
-const REPLY_UNKNOWN: u32 = 1;
-const REPLY_REQUEST_APPROVED: u32 = 3;
-const REPLY_RECEIVED: u32 = 4;
-const CELL_RUNNING: u32 = 0;
 
 // ---------------------------------------------------------------------------
 // Building the rig's parts.
@@ -289,105 +277,6 @@ fn comm_region_page() -> Vec<u8> {
 // ---------------------------------------------------------------------------
 // One cell.
 
-/// Guest RAM, shared with QEMU through a file.
-struct SharedRam {
-    base: *mut u8,
-    len: usize,
-}
-
-// SAFETY: the mapping lives as long as the struct, and every access is a
-// volatile read or write of one aligned u32 through a raw pointer.
-unsafe impl Send for SharedRam {}
-// SAFETY: as for Send: no references into the mapping are ever made.
-unsafe impl Sync for SharedRam {}
-
-impl SharedRam {
-    fn create(path: &Path, len: usize) -> SharedRam {
-        let f = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .unwrap();
-        f.set_len(len as u64).unwrap();
-        // SAFETY: a fresh shared mapping of a file of `len` bytes; QEMU maps
-        // the same file (memory-backend-file,share=on).
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED, "mmap guest RAM");
-        SharedRam {
-            base: p.cast(),
-            len,
-        }
-    }
-
-    fn word(&self, addr: usize) -> *mut u32 {
-        assert!(addr.is_multiple_of(4) && addr + 4 <= self.len);
-        self.base.wrapping_add(addr).cast()
-    }
-
-    fn read_u32(&self, addr: usize) -> u32 {
-        let p = self.word(addr);
-        // SAFETY: in bounds and aligned (checked by `word`); volatile, no
-        // reference into memory the guest writes.
-        unsafe { p.read_volatile() }
-    }
-
-    fn write_u32(&self, addr: usize, value: u32) {
-        let p = self.word(addr);
-        // SAFETY: as in `read_u32`.
-        unsafe { p.write_volatile(value) }
-    }
-
-    /// Copies `bytes` to `addr` (before QEMU runs: nothing else writes).
-    fn load(&self, addr: usize, bytes: &[u8]) {
-        assert!(
-            addr + bytes.len() <= self.len,
-            "{} bytes at {addr:#x}",
-            bytes.len()
-        );
-        // SAFETY: in bounds (checked above): the result stays inside the
-        // mapping.
-        let dst = unsafe { self.base.add(addr) };
-        // SAFETY: `dst..dst + len` is inside the mapping (checked above), no
-        // reference into it exists, and `bytes` is the test's own memory.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) }
-    }
-}
-
-impl Drop for SharedRam {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `create`.
-        unsafe { libc::munmap(self.base.cast(), self.len) };
-    }
-}
-
-/// The hypervisor's side of a message (jailhouse_hypercall.h:175-183):
-/// clear the reply, fence, write the message; then wait for the reply.
-fn send_message(ram: &SharedRam, msg: u32, timeout: Duration) -> Option<u32> {
-    ram.write_u32(COMM_REGION + REPLY_FROM_CELL, 0);
-    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-    ram.write_u32(COMM_REGION + MSG_TO_CELL, msg);
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        let reply = ram.read_u32(COMM_REGION + REPLY_FROM_CELL);
-        if reply != 0 {
-            return Some(reply);
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    None
-}
-
 /// The cell's ivshmem device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Device {
@@ -440,11 +329,7 @@ impl Cell {
         };
         let image = flat_image().as_ref().unwrap_or_else(|e| panic!("{e}"));
         let fw = firmware().as_ref().unwrap_or_else(|e| panic!("{e}"));
-        let dir = tempfile::Builder::new()
-            .prefix("ivnet-jhcell")
-            .tempdir()
-            .unwrap()
-            .keep();
+        let dir = scratch_dir("ivnet-jhcell");
         // `jailhouse cell load ivnet-inmate ivnet-guest.bin -s "…" -a 0x1000`
         let mut img = fs::read(image).unwrap();
         let mut s = cmdline.as_bytes().to_vec();
@@ -458,7 +343,7 @@ impl Cell {
         // does (QEMU keeps the contents of a shared memory-backend-file; a
         // `loader` would write 0xc0000.. into q35's ROM instead, which the
         // firmware then replaces by RAM through PAM).
-        let ram = SharedRam::create(&dir.join("ram"), RAM_SIZE);
+        let ram = SharedRam::create(&dir.join("ram"), 0, RAM_SIZE);
         ram.load(0, &img);
         ram.load(COMM_REGION, comm);
 
@@ -510,7 +395,7 @@ impl Cell {
     }
 
     fn cell_state(&self) -> u32 {
-        self.ram.read_u32(COMM_REGION + CELL_STATE)
+        self.ram.read_u32(COMM_REGION + comm::CELL_STATE)
     }
 
     fn wait_serial(&mut self, needle: &str, timeout: Duration) {
@@ -528,13 +413,7 @@ impl Cell {
     fn violations(&self) -> Vec<String> {
         let serial = self.serial();
         // "pci 00:03.0: BAR0 …": the ivshmem function the cell owns.
-        let bdf = serial.lines().find_map(|l| {
-            let b = l.strip_prefix("pci ")?.get(..7)?;
-            let bus = u32::from_str_radix(b.get(0..2)?, 16).ok()?;
-            let dev = u32::from_str_radix(b.get(3..5)?, 16).ok()?;
-            let func = b.get(6..7)?.parse::<u32>().ok()?;
-            Some(bus << 8 | dev << 3 | func)
-        });
+        let bdf = console_bdf(&serial);
         let mut bad = check_trace(&self.trace(), PM_TIMER_PORT, bdf, &bar_ranges(&serial));
         // The 2.0 device reports writes into its read-only sections itself
         // (they are dropped; Jailhouse would stop the cell).
@@ -555,7 +434,7 @@ impl Cell {
     /// Waits until the guest has stopped itself (`cell_state` terminal).
     fn wait_cell_state(&mut self, timeout: Duration) -> u32 {
         let ok = netns::wait_until(timeout, Duration::from_millis(20), || {
-            self.cell_state() != CELL_RUNNING || self.process.exit().is_some()
+            self.cell_state() != comm::CELL_RUNNING || self.process.exit().is_some()
         });
         assert!(ok.is_ok(), "the cell did not stop\n{}", self.diagnostics());
         self.cell_state()
@@ -573,25 +452,6 @@ impl Cell {
             self.diagnostics()
         );
     }
-}
-
-/// The ivshmem device's BARs as the guest placed them, from its console
-/// ("pci 00:03.0: BAR0 32-bit at 0xc0000000 size 0x100 …"): `(start, end)`.
-/// These are the cell's only MMIO regions: on Jailhouse the shared memory
-/// is plain memory of the cell (reads and writes of the writable sections
-/// never trap, here they are RAM and never traced), so a traced access at
-/// the 2.0 device's base address is a write into a read-only section.
-fn bar_ranges(serial: &str) -> Vec<(u64, u64)> {
-    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
-    serial
-        .lines()
-        .filter(|l| l.starts_with("pci ") && l.contains(": BAR"))
-        .filter_map(|l| {
-            let start = hex(l.split(" at ").nth(1)?.split_whitespace().next()?)?;
-            let size = hex(l.split(" size ").nth(1)?.split_whitespace().next()?)?;
-            Some((start, start.checked_add(size)?))
-        })
-        .collect()
 }
 
 /// Checks a QEMU trace (memory_region_ops_read/write, cpu_set_apic_base)
@@ -617,33 +477,21 @@ fn check_trace(
             bad.push(format!("IA32_APIC_BASE write: {line}"));
             continue;
         }
-        let (write, rest) = if let Some(r) = line.strip_prefix("memory_region_ops_write ") {
-            (true, r)
-        } else if let Some(r) = line.strip_prefix("memory_region_ops_read ") {
-            (false, r)
-        } else {
+        let Some(TraceAccess {
+            write,
+            cpu,
+            addr,
+            value,
+            size,
+            name,
+        }) = TraceAccess::parse(line)
+        else {
             continue;
-        };
-        let field = |key: &str| {
-            rest.split_whitespace()
-                .skip_while(|w| *w != key)
-                .nth(1)
-                .unwrap_or("")
-                .to_string()
         };
         // cpu -1: the access came from a device model, not the guest.
-        if field("cpu").starts_with('-') {
+        if cpu < 0 {
             continue;
         }
-        let hex = |s: String| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap_or(0);
-        let addr = hex(field("addr"));
-        let value = hex(field("value"));
-        let size: u64 = field("size").parse().unwrap_or(0);
-        let name = rest
-            .split("name '")
-            .nth(1)
-            .unwrap_or("")
-            .trim_end_matches('\'');
         let end = addr + size;
         if addr < 0x1_0000 {
             let ok = (0x3f8..=0x400).contains(&end) && addr >= 0x3f8
@@ -690,147 +538,52 @@ fn check_trace(
 // The network around it.
 
 struct Rig {
-    bridge: Proc,
+    host: HostLink,
     cell: Cell,
-    server: Server,
-    ns: Netns,
-    dir: tempfile::TempDir,
 }
 
 const CMDLINE: &str = "ip=10.77.0.2/24 gw=10.77.0.1 stats=5";
 
 impl Rig {
     fn start(device: Device) -> Rig {
-        netns::require_root();
-        netns::ensure_base_tools();
-        let dir = tempfile::Builder::new()
-            .prefix("ivnet-jhrig")
-            .tempdir()
-            .unwrap();
-        let ns = Netns::new("jhcell");
-        let server = Server::start(dir.path(), &[]);
-        let mut cell = Cell::start(&server.socket, device, CMDLINE);
+        let host = HostLink::new("jhcell", TAP, HOST, GUEST);
+        let mut cell = Cell::start(&host.server.socket, device, CMDLINE);
         cell.wait_serial("platform: jailhouse cell", LINK_TIMEOUT);
-        let bridge = BridgeSpec {
-            name: "bridge".into(),
-            socket: server.socket.clone(),
-            netns: ns.name().into(),
-            tap: TAP.into(),
-            mtu: 16384,
-            extra: vec![],
-        }
-        .spawn_fresh(dir.path());
-        let mut rig = Rig {
-            bridge,
-            cell,
-            server,
-            ns,
-            dir,
-        };
-        let started = rig
-            .bridge
-            .wait_stderr("TAP, MTU", 1, Duration::from_secs(30));
-        assert!(started.is_ok(), "{started:?}\n{}", rig.logs());
-        let ok = netns::wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
-            rig.ns.has_link(TAP)
-        });
-        assert!(ok.is_ok(), "no {TAP}\n{}", rig.logs());
-        rig.ns.add_addr(TAP, &format!("{HOST}/24"));
+        let mut rig = Rig { host, cell };
+        let started = rig.host.start_bridge(16384);
+        rig.check(started);
         rig.wait_carrier(true);
         rig
     }
 
     fn logs(&self) -> String {
-        format!(
-            "--- bridge ---\n{}\n--- server ---\n{}\n{}",
-            tail(&self.bridge.stderr()),
-            tail(&self.server.proc.stderr()),
-            self.cell.diagnostics()
-        )
+        format!("{}\n{}", self.host.logs(), self.cell.diagnostics())
+    }
+
+    /// The result of a host-side step; on an error, with the cell's logs.
+    fn check<T>(&self, r: Result<T, String>) -> T {
+        r.unwrap_or_else(|e| panic!("{e}\n{}", self.cell.diagnostics()))
     }
 
     fn wait_carrier(&self, on: bool) -> Duration {
-        self.ns
-            .wait_carrier(TAP, on, LINK_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+        self.check(self.host.wait_carrier(on, LINK_TIMEOUT))
     }
 
     fn ping(&self, count: u32) {
-        let count = count.to_string();
-        let out = self.ns.try_run(&[
-            "ping", "-n", "-q", "-c", &count, "-i", "0.2", "-W", "5", GUEST,
-        ]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success() && text.contains(" 0% packet loss"),
-            "ping failed:\n{text}\n{}",
-            self.logs()
-        );
+        self.check(self.host.ping(count, None));
     }
 
     fn udp_echo(&self) {
-        let sock = in_netns(self.ns.name(), || UdpSocket::bind("0.0.0.0:0").unwrap());
-        sock.connect((GUEST, 7)).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut buf = vec![0u8; 65536];
-        for size in [1usize, 100, 1472, 8000, 16356] {
-            let data = pattern(size, size as u64);
-            let mut got = None;
-            for _attempt in 0..3 {
-                sock.send(&data).unwrap();
-                if let Ok(n) = sock.recv(&mut buf) {
-                    got = Some(n);
-                    break;
-                }
-            }
-            let n = got.unwrap_or_else(|| panic!("no UDP echo of {size} bytes\n{}", self.logs()));
-            assert!(buf[..n] == data[..], "UDP echo of {size} bytes differs");
-        }
+        self.check(self.host.udp_echo(&[1, 100, 1472, 8000, 16356]));
     }
 
     fn tcp_echo(&self, len: usize) {
-        let data = pattern(len, 42);
-        let mut stream = in_netns(self.ns.name(), || {
-            let addr =
-                std::net::SocketAddr::from((GUEST.parse::<std::net::Ipv4Addr>().unwrap(), 7));
-            std::net::TcpStream::connect_timeout(&addr, IO_TIMEOUT)
-        })
-        .unwrap_or_else(|e| panic!("connect: {e}\n{}", self.logs()));
-        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        let mut reader = stream.try_clone().unwrap();
-        let echoed = std::thread::scope(|s| {
-            let r = s.spawn(move || {
-                let mut got = Vec::with_capacity(len);
-                reader.read_to_end(&mut got).map(|_| got)
-            });
-            stream.write_all(&data).unwrap();
-            stream.shutdown(Shutdown::Write).unwrap();
-            r.join().unwrap()
-        })
-        .unwrap_or_else(|e| panic!("reading the TCP echo: {e}\n{}", self.logs()));
-        assert!(
-            echoed == data,
-            "TCP echo of {len} bytes differs\n{}",
-            self.logs()
-        );
+        self.check(self.host.tcp_echo(len));
     }
 
     fn stop_and_check(&mut self) {
         self.cell.stop_and_check();
     }
-}
-
-/// Deterministic pseudo-random bytes (xorshift).
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// The flat image boots from the reset entry, links with `ivnet-bridge`
@@ -869,7 +622,7 @@ fn run_cell(device: Device) {
     let started = Instant::now();
     let mut rig = Rig::start(device);
     eprintln!("{device:?}: cell linked after {:?}", started.elapsed());
-    assert_eq!(rig.cell.cell_state(), CELL_RUNNING, "{}", rig.logs());
+    assert_eq!(rig.cell.cell_state(), comm::CELL_RUNNING, "{}", rig.logs());
     let serial = rig.cell.serial();
     assert!(serial.contains("apic: X2Apic"), "{serial}");
     let profile = match device {
@@ -883,15 +636,25 @@ fn run_cell(device: Device) {
     rig.tcp_echo(1 << 20);
 
     // Informational and unknown messages.
-    let reply = send_message(&rig.cell.ram, MSG_RECONFIG_COMPLETED, LINK_TIMEOUT);
-    assert_eq!(reply, Some(REPLY_RECEIVED), "{}", rig.logs());
-    let reply = send_message(&rig.cell.ram, 0x77, LINK_TIMEOUT);
-    assert_eq!(reply, Some(REPLY_UNKNOWN), "{}", rig.logs());
+    let reply = send_message(
+        &rig.cell.ram,
+        COMM_REGION,
+        comm::MSG_RECONFIG_COMPLETED,
+        LINK_TIMEOUT,
+    );
+    assert_eq!(reply, Some(comm::REPLY_RECEIVED), "{}", rig.logs());
+    let reply = send_message(&rig.cell.ram, COMM_REGION, 0x77, LINK_TIMEOUT);
+    assert_eq!(reply, Some(comm::REPLY_UNKNOWN), "{}", rig.logs());
     rig.ping(1);
 
     // SHUTDOWN_REQUEST: the link goes down first, then the approval.
-    let reply = send_message(&rig.cell.ram, MSG_SHUTDOWN_REQUEST, LINK_TIMEOUT);
-    assert_eq!(reply, Some(REPLY_REQUEST_APPROVED), "{}", rig.logs());
+    let reply = send_message(
+        &rig.cell.ram,
+        COMM_REGION,
+        comm::MSG_SHUTDOWN_REQUEST,
+        LINK_TIMEOUT,
+    );
+    assert_eq!(reply, Some(comm::REPLY_REQUEST_APPROVED), "{}", rig.logs());
     let down = rig.wait_carrier(false);
     eprintln!("carrier off {down:?} after the approval");
     let serial = rig.cell.serial();
@@ -904,17 +667,12 @@ fn run_cell(device: Device) {
     rig.stop_and_check();
 
     // `cell load` + `cell start` again: a fresh cell relinks.
-    rig.cell = Cell::start(&rig.server.socket, device, CMDLINE);
+    rig.cell = Cell::start(&rig.host.server.socket, device, CMDLINE);
     rig.wait_carrier(true);
     rig.ping(3);
     rig.stop_and_check();
     eprintln!("{device:?}: rig test done after {:?}", started.elapsed());
-    drop(rig.dir);
 }
-
-const CELL_SHUT_DOWN: u32 = 2;
-const CELL_FAILED: u32 = 3;
-const CELL_FAILED_COMM_REV: u32 = 4;
 
 /// A self-test that passes ends the cell with SHUT_DOWN, one that panics
 /// with FAILED; neither touches `isa-debug-exit` (not even present here).
@@ -924,10 +682,14 @@ fn exits_set_the_cell_state() {
     for (cmdline, state, says) in [
         (
             "ip=10.77.0.2/24 selftest=boot",
-            CELL_SHUT_DOWN,
+            comm::CELL_SHUT_DOWN,
             "selftest boot: ok",
         ),
-        ("ip=10.77.0.2/24 selftest=panic", CELL_FAILED, "PANIC: "),
+        (
+            "ip=10.77.0.2/24 selftest=panic",
+            comm::CELL_FAILED,
+            "PANIC: ",
+        ),
     ] {
         let mut cell = Cell::start_with(None, cmdline, &comm_region_page());
         assert_eq!(
@@ -950,7 +712,7 @@ fn overlong_command_line_fails_the_cell() {
     let mut cell = Cell::start_with(None, &long, &comm_region_page());
     assert_eq!(
         cell.wait_cell_state(LINK_TIMEOUT),
-        CELL_FAILED,
+        comm::CELL_FAILED,
         "{}",
         cell.diagnostics()
     );
@@ -968,7 +730,7 @@ fn wrong_comm_region_revision_fails_with_comm_rev() {
     let mut cell = Cell::start_with(None, "ip=10.77.0.2/24", &comm);
     assert_eq!(
         cell.wait_cell_state(LINK_TIMEOUT),
-        CELL_FAILED_COMM_REV,
+        comm::CELL_FAILED_COMM_REV,
         "{}",
         cell.diagnostics()
     );
@@ -998,12 +760,12 @@ fn second_cpu_parks_at_the_reset_entry() {
     let mut cell = Cell::start_with(None, "ip=10.77.0.2/24 selftest=boot", &comm);
     assert_eq!(
         cell.wait_cell_state(LINK_TIMEOUT),
-        CELL_SHUT_DOWN,
+        comm::CELL_SHUT_DOWN,
         "{}",
         cell.diagnostics()
     );
     let tickets = ticket_address();
-    let word = cell.ram.read_u32(tickets & !3) >> (8 * (tickets & 3));
+    let word = cell.ram.read_u32((tickets & !3) as u64) >> (8 * (tickets & 3));
     assert_eq!(word & 0xffff, 2, "CPUs that took a ticket");
     let serial = cell.serial();
     assert_eq!(
