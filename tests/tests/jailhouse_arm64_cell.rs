@@ -64,7 +64,9 @@
 //! the trace (the ECAM region's largest), indistinguishable from two
 //! `ldr w` (the size check fires only for regions that take 8 bytes);
 //! system-register accesses Jailhouse traps (ACTLR_EL1 through HCR_EL2.TAC,
-//! ICC_SGI0R/ASGI1R writes: fatal there, executed here); cache maintenance
+//! ICC_SGI0R/ASGI1R writes: fatal there, executed here, untraced) — instead
+//! no instruction word of the image may access them at all
+//! ([`trapped_sysreg_accesses`], both start paths' code); cache maintenance
 //! by VA on trapped pages (hangs the CPU in EL2 there), memory attributes
 //! and cacheability (TCG has no caches); reads of RAM outside the cell
 //! (the 2 GiB are all RAM here); the timer's offset; a second CPU (Jailhouse
@@ -785,6 +787,73 @@ fn wrong_comm_region_revision_fails_with_comm_rev() {
         cell.diagnostics()
     );
     cell.stop_and_check();
+}
+
+/// System registers whose every access traps to Jailhouse and is fatal
+/// there (jailhouse-arm64-cell.md §2.4: ACTLR_EL1 through HCR_EL2.TAC,
+/// ICC_SGI0R/ICC_ASGI1R writes through IMO/FMO), while QEMU executes them:
+/// `(op0, op1, CRn, CRm, op2, name)`.
+const TRAPPED_SYSREGS: [(u32, u32, u32, u32, u32, &str); 3] = [
+    (3, 0, 1, 0, 1, "ACTLR_EL1"),
+    (3, 0, 12, 11, 7, "ICC_SGI0R_EL1"),
+    (3, 0, 12, 11, 6, "ICC_ASGI1R_EL1"),
+];
+
+/// The MSR/MRS instructions (register form, any Xt) in a flat image that
+/// access one of [`TRAPPED_SYSREGS`]: `(offset, name)`.
+fn trapped_sysreg_accesses(image: &[u8]) -> Vec<(usize, &'static str)> {
+    image
+        .chunks_exact(4)
+        .enumerate()
+        .filter_map(|(i, w)| {
+            let insn = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+            // 1101010100 L 1 o0 op1 CRn CRm op2 Rt; L (MRS) and Rt masked.
+            TRAPPED_SYSREGS
+                .iter()
+                .find_map(|&(op0, op1, crn, crm, op2, name)| {
+                    let enc =
+                        0xd510_0000 | (op0 & 1) << 19 | op1 << 16 | crn << 12 | crm << 8 | op2 << 5;
+                    (insn & 0xffdf_ffe0 == enc).then_some((i * 4, name))
+                })
+        })
+        .collect()
+}
+
+/// Neither start path of the image touches a system register whose access
+/// Jailhouse makes fatal and QEMU executes (so the trace cannot show it):
+/// a scan of every instruction word of the image, both paths' code.
+#[test]
+fn image_accesses_no_system_register_jailhouse_traps() {
+    let path = aarch64_image().unwrap_or_else(|e| panic!("{e}"));
+    let image = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(
+        image.len() > 0x1000,
+        "{} is {} bytes",
+        path.display(),
+        image.len()
+    );
+    let found = trapped_sysreg_accesses(&image);
+    assert!(found.is_empty(), "{found:#x?}");
+    // The scan finds them: msr actlr_el1, x3; mrs x0, actlr_el1;
+    // msr icc_sgi0r_el1, x1; msr icc_asgi1r_el1, x30; not msr
+    // icc_sgi1r_el1, x1 (handled by Jailhouse) nor msr vbar_el1, x0.
+    let words: [u32; 6] = [
+        0xd518_1023,
+        0xd538_1020,
+        0xd518_cbe1,
+        0xd518_cbde,
+        0xd518_cba1,
+        0xd518_c000,
+    ];
+    let probe: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let names: Vec<_> = trapped_sysreg_accesses(&probe)
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
+    assert_eq!(
+        names,
+        ["ACTLR_EL1", "ACTLR_EL1", "ICC_SGI0R_EL1", "ICC_ASGI1R_EL1"]
+    );
 }
 
 /// The checker flags each kind of access Jailhouse would kill the cell for
