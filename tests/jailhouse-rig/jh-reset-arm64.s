@@ -8,8 +8,10 @@
  * 1. what root Linux left in the GIC (§4.1, §4.2): the distributor enabled
  *    with affinity routing and group 1 (GICD_CTLR = ARE | EnableGrp1 |
  *    EnableGrp0, as Linux's gic_dist_init with a single security state),
- *    every SPI in group 1 (GICD_IGROUPR1..), CPU 0's redistributor awake
- *    (GICR_WAKER.ProcessorSleep clear) with SGIs/PPIs in group 1; the
+ *    every SPI in group 1 (GICD_IGROUPR1..) with priority 0xa0
+ *    (GICD_IPRIORITYR8..), CPU 0's redistributor awake
+ *    (GICR_WAKER.ProcessorSleep clear) with SGIs/PPIs in group 1 at
+ *    priority 0xa0 and the SGIs enabled (Jailhouse keeps them so, §4.2); the
  *    cell's SPIs are left disabled and routed to CPU 0 (QEMU's reset
  *    state: `cell start` disables them, config_commit routes them to the
  *    cell's first CPU);
@@ -52,6 +54,18 @@ _start:
 	add	w2, w2, #1
 	b	1b
 2:
+	/* IPRIORITYR8.. (SPIs from INTID 32): 0xa0 each, Linux's default */
+	ldr	w5, =0xa0a0a0a0
+	add	w6, w1, #1		/* 32-INTID blocks, SGI/PPI block included */
+	lsl	w6, w6, #3		/* IPRIORITYR words */
+	mov	w2, #8
+	add	x4, x0, #0x400		/* GICD_IPRIORITYR0 */
+5:	cmp	w2, w6
+	b.hs	6f
+	str	w5, [x4, w2, uxtw #2]
+	add	w2, w2, #1
+	b	5b
+6:
 	/* CPU 0's redistributor: RD frame, then SGI frame at +64 KiB */
 	ldr	x0, =0x080a0000
 	ldr	w1, [x0, #0x14]		/* GICR_WAKER */
@@ -61,6 +75,14 @@ _start:
 	tbnz	w1, #2, 3b		/* ChildrenAsleep */
 	ldr	x0, =0x080b0000
 	str	w3, [x0, #0x80]		/* GICR_IGROUPR0 */
+	mov	w2, #0
+	add	x4, x0, #0x400		/* GICR_IPRIORITYR0..7: 0xa0 */
+7:	str	w5, [x4, w2, uxtw #2]
+	add	w2, w2, #1
+	cmp	w2, #8
+	b.lo	7b
+	mov	w1, #0xffff
+	str	w1, [x0, #0x100]	/* GICR_ISENABLER0: the SGIs, as root left them */
 
 	/* 2. the marker */
 	ldr	x0, =0x09020008
