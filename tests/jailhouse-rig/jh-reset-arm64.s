@@ -14,7 +14,9 @@
  *    priority 0xa0 and the SGIs enabled (Jailhouse keeps them so, §4.2); the
  *    cell's SPIs are left disabled and routed to CPU 0 (QEMU's reset
  *    state: `cell start` disables them, config_commit routes them to the
- *    cell's first CPU);
+ *    cell's first CPU); and the PL011 enabled (8N1, FIFOs, TX and RX: the
+ *    comm region's console has divider 0, so the cell uses the UART as
+ *    root's console driver set it up, §7);
  * 2. the marker: a 2-byte write of 0x4a48 ("JH") to fw_cfg's selector
  *    register (0x09020008, harmless: it selects no item). In QEMU's trace it
  *    separates the rig's own accesses from the inmate's; the inmate never
@@ -83,6 +85,14 @@ _start:
 	b.lo	7b
 	mov	w1, #0xffff
 	str	w1, [x0, #0x100]	/* GICR_ISENABLER0: the SGIs, as root left them */
+
+	/* the PL011 as root Linux's console driver leaves it (the cell
+	 * shares it with divider 0: it does not program the UART) */
+	ldr	x0, =0x09000000
+	mov	w1, #0x70		/* UARTLCR_H: 8 bits, FIFOs on */
+	str	w1, [x0, #0x2c]
+	mov	w1, #0x301		/* UARTCR: UARTEN | TXE | RXE */
+	str	w1, [x0, #0x30]
 
 	/* 2. the marker */
 	ldr	x0, =0x09020008
