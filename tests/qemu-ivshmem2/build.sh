@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# Builds qemu-system-x86_64 with the ivshmem 2.0 device (ivshmem2.c) from
-# Debian's QEMU 10.0 source (bookworm-backports) and caches it outside the
-# clone, so a machine builds it once:
+# Builds qemu-system-x86_64 and qemu-system-aarch64 with the ivshmem 2.0
+# device (ivshmem2.c) from Debian's QEMU 10.0 source (bookworm-backports),
+# in one configure (the target-independent objects are compiled once), and
+# caches both outside the clone, so a machine builds them once:
 #
 #   $IVNET_QEMU_CACHE/qemu-<version>-<hash>/qemu-system-x86_64
+#   $IVNET_QEMU_CACHE/qemu-<version>-<hash>/qemu-system-aarch64
 #
 # (IVNET_QEMU_CACHE defaults to /var/cache/ivnet; <hash> covers ivshmem2.c,
-# devices.mak and this script). Prints the binary's path as the last line of
-# stdout; everything else goes to stderr. The build tree
+# devices.mak (x86_64), devices-aarch64.mak and this script). Prints the
+# path of the --arch binary (default x86_64) as the last line of stdout;
+# everything else goes to stderr. The build tree
 # ($IVNET_QEMU_CACHE/qemu-<version>-build) is kept, so a changed device
 # rebuilds in seconds. Needs the packages of scripts/install-deps.sh and
 # root (or a writable cache and an existing deb-src entry) for apt.
 #
-#   tests/qemu-ivshmem2/build.sh [--force]
+#   tests/qemu-ivshmem2/build.sh [--force] [--arch x86_64|aarch64]
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -27,10 +30,38 @@ pycotap_version=1.3.1
 
 log() { echo "qemu-ivshmem2: $*" >&2; }
 
-hash=$(cat "$here/ivshmem2.c" "$here/devices.mak" "$here/build.sh" | sha256sum | cut -c1-16)
+force=false
+arch=x86_64
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --force) force=true ;;
+    --arch)
+      arch=${2:-}
+      shift
+      ;;
+    *)
+      log "unknown argument $1 (usage: build.sh [--force] [--arch x86_64|aarch64])"
+      exit 2
+      ;;
+  esac
+  shift
+done
+case "$arch" in
+  x86_64 | aarch64) ;;
+  *)
+    log "--arch must be x86_64 or aarch64, not '$arch'"
+    exit 2
+    ;;
+esac
+targets=(x86_64 aarch64)
+
+hash=$(cat "$here/ivshmem2.c" "$here/devices.mak" "$here/devices-aarch64.mak" "$here/build.sh" \
+  | sha256sum | cut -c1-16)
 out="$cache/qemu-$version-$hash"
-binary="$out/qemu-system-x86_64"
-if [ "${1:-}" != "--force" ] && [ -x "$binary" ]; then
+binary="$out/qemu-system-$arch"
+# Both binaries are installed together, the aarch64 one last.
+done_marker="$out/qemu-system-aarch64"
+if ! $force && [ -x "$done_marker" ]; then
   echo "$binary"
   exit 0
 fi
@@ -39,7 +70,7 @@ mkdir -p "$cache/src"
 # One build at a time per machine (test binaries may start in parallel).
 exec 9>"$cache/qemu-build.lock"
 flock 9
-if [ "${1:-}" != "--force" ] && [ -x "$binary" ]; then
+if ! $force && [ -x "$done_marker" ]; then
   echo "$binary"
   exit 0
 fi
@@ -105,30 +136,40 @@ fi
 cmp -s "$here/ivshmem2.c" "$srcdir/hw/misc/ivshmem2.c" || cp "$here/ivshmem2.c" "$srcdir/hw/misc/ivshmem2.c"
 cmp -s "$here/devices.mak" "$srcdir/configs/devices/x86_64-softmmu/ivnet.mak" \
   || cp "$here/devices.mak" "$srcdir/configs/devices/x86_64-softmmu/ivnet.mak"
+cmp -s "$here/devices-aarch64.mak" "$srcdir/configs/devices/aarch64-softmmu/ivnet.mak" \
+  || cp "$here/devices-aarch64.mak" "$srcdir/configs/devices/aarch64-softmmu/ivnet.mak"
 
-# --- configure (once) and build -------------------------------------------
+# --- configure (once per set of options) and build -----------------------
 builddir="$tree/build"
-if [ ! -f "$builddir/build.ninja" ]; then
+configure_args=(
+  --python="$pytools/bin/python3"
+  --target-list=x86_64-softmmu,aarch64-softmmu
+  --without-default-devices
+  --with-devices-x86_64=ivnet
+  --with-devices-aarch64=ivnet
+  --without-default-features
+  --enable-kvm --enable-tcg --enable-fdt=system
+  --disable-docs --disable-werror --disable-tools --disable-guest-agent
+  --disable-debug-info --disable-download --disable-install-blobs
+  --firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu
+)
+# A tree configured with other options (an older x86-only build.sh) is
+# configured afresh.
+stamp="$builddir/.ivnet-configure"
+if [ ! -f "$builddir/build.ninja" ] || [ "$(cat "$stamp" 2>/dev/null)" != "${configure_args[*]}" ]; then
   log "configuring"
   rm -rf "$builddir"
   mkdir -p "$builddir"
-  (cd "$builddir" && "$srcdir/configure" \
-    --python="$pytools/bin/python3" \
-    --target-list=x86_64-softmmu \
-    --without-default-devices \
-    --with-devices-x86_64=ivnet \
-    --without-default-features \
-    --enable-kvm --enable-tcg \
-    --disable-docs --disable-werror --disable-tools --disable-guest-agent \
-    --disable-debug-info --disable-download --disable-install-blobs \
-    --firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu \
-    >&2)
+  (cd "$builddir" && "$srcdir/configure" "${configure_args[@]}" >&2)
+  echo "${configure_args[*]}" >"$stamp"
 fi
 log "building (ninja -j$(nproc))"
-ninja -C "$builddir" -j"$(nproc)" qemu-system-x86_64 >&2
+ninja -C "$builddir" -j"$(nproc)" "${targets[@]/#/qemu-system-}" >&2
 
 mkdir -p "$out"
-cp "$builddir/qemu-system-x86_64" "$out/qemu-system-x86_64.tmp"
-mv "$out/qemu-system-x86_64.tmp" "$binary"
-log "built $binary in $(( $(date +%s) - start )) s (load: $(cut -d' ' -f1-3 /proc/loadavg))"
+for t in "${targets[@]}"; do
+  cp "$builddir/qemu-system-$t" "$out/qemu-system-$t.tmp"
+  mv "$out/qemu-system-$t.tmp" "$out/qemu-system-$t"
+done
+log "built ${targets[*]/#/qemu-system-} in $out in $(( $(date +%s) - start )) s (load: $(cut -d' ' -f1-3 /proc/loadavg))"
 echo "$binary"

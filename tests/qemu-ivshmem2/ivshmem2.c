@@ -19,21 +19,48 @@
  * cell sees:
  *
  *  - config space: 110a:4106, revision 0, class ff / protocol in sub-class
- *    and prog-if, subsystem = vendor/device, status 0010h, no INTx; the
- *    vendor capability (09h) at 40h, length 20h: Privileged Control (bit 0 =
+ *    and prog-if, subsystem = vendor/device, status 0010h; the vendor
+ *    capability (09h) at 40h, length 20h: Privileged Control (bit 0 =
  *    one-shot, the only writable bit), State Table Size, R/W Section Size,
- *    Output Section Size, Base Address; the MSI-X capability at 60h;
+ *    Output Section Size, Base Address; then, in MSI-X mode, the MSI-X
+ *    capability at 60h and interrupt pin 0;
  *  - BAR0: 4 KiB of registers (ID, MAX_PEERS, INT_CONTROL, DOORBELL, STATE),
  *    aligned 32-bit accesses only (others are dropped, read 0, and counted);
- *  - BAR1: 4 KiB, the MSI-X table at 0 and the PBA at 100h (for up to 16
- *    vectors, as on Jailhouse); the PBA always reads 0 (events for masked
- *    vectors are dropped, not latched);
+ *  - BAR1 (MSI-X mode): 4 KiB, the MSI-X table at 0 and the PBA at 100h (for
+ *    up to 16 vectors, as on Jailhouse); the PBA always reads 0 (events for
+ *    masked vectors are dropped, not latched);
  *  - no BAR2: the shared memory sits at a fixed guest-physical address (the
  *    "base" property, reported in the capability's Base Address), mapped
  *    with the 2.0 permissions: the state table and the other peers' output
  *    sections are read-only for this VM, the R/W section and the own output
  *    section read-write. A write to a read-only section is dropped and
  *    reported (see below).
+ *
+ * MSI-X or INTx
+ * -------------
+ * "vectors" (default: the link's vector count from the server) chooses the
+ * interrupt mode, as num_msix_vectors does in a Jailhouse cell config:
+ *
+ *  - vectors >= 1 (must equal the link's count): MSI-X, one vector per
+ *    eventfd of this peer, BAR1 and the MSI-X capability, pin 0;
+ *  - vectors = 0: INTx only, as Jailhouse's qemu-arm64 cells see the
+ *    device: no MSI-X capability (the vendor capability is the last one), no
+ *    BAR1, and Interrupt Pin (config 3Dh) = (slot & 3) + 1 (00:00.0 -> A,
+ *    00:01.0 -> B), Jailhouse's rule. An event on this peer's vector 0
+ *    (a doorbell with vector 0 aimed at this peer, or a peer's STATE
+ *    change) PULSES the INTx line (asserted and deasserted at once) when
+ *    INT_CONTROL bit 0 is set and Command.INTX_DISABLE (bit 10) is clear;
+ *    otherwise it is dropped and counted in irqs-dropped, as are events on
+ *    other vectors (Jailhouse caches an INTx target only for vector 0, so a
+ *    doorbell with vector != 0 to an INTx peer reaches nothing; an INTx
+ *    link is set up with one vector per peer, or senders use vector 0).
+ *    The pulse is what Jailhouse does on ARM: it sets the SPI pending in
+ *    GICD_ISPENDR, an edge latch, and its device trees declare the SPI
+ *    edge-triggered; so a guest configures the interrupt controller input
+ *    edge-triggered here too (a level-triggered GIC SPI or IOAPIC pin sees
+ *    a pulse as nothing). No INTx status bit, no pending state: the state
+ *    lives in shared memory, as the spec says. One-shot mode clears
+ *    INT_CONTROL on each pulse. Bus mastering is not needed for INTx.
  *
  * Where the memory and the interrupts come from
  * ---------------------------------------------
@@ -53,7 +80,8 @@
  * eventfd; the receiving side decides: an event is delivered as MSI-X only
  * if INT_CONTROL bit 0 is set (cleared on delivery in one-shot mode), MSI-X
  * is enabled, neither the function nor the vector is masked, and bus
- * mastering is on; otherwise it is dropped (counted). Peer departures are
+ * mastering is on (INTx mode: see above); otherwise it is dropped
+ * (counted). Peer departures are
  * signalled by the server (state entry to 0, vector 0 rung), as Jailhouse
  * does when a cell stops.
  *
@@ -117,6 +145,8 @@ OBJECT_DECLARE_SIMPLE_TYPE(IvShmem2State, IVSHMEM2)
 /* BAR1: MSI-X table at 0, PBA at 0x100 for up to 16 vectors. */
 #define IVSHMEM2_MSIX_BAR_SIZE  0x1000
 #define IVSHMEM2_MSIX_MAX       64
+/* "vectors" default: as many as the link has (the server's layout). */
+#define IVSHMEM2_VECTORS_OF_LINK UINT32_MAX
 
 /* ivnet's layout page (crates/ivshmem/src/layout.rs). */
 #define LAYOUT_PAGE_SIZE        0x1000
@@ -160,13 +190,15 @@ struct IvShmem2State {
     CharBackend server_chr;
     uint64_t base;
     bool stop_on_violation;
+    bool over_ram;
+    uint32_t vectors_prop;      /* 0: INTx; else MSI-X */
 
     /* from the server */
     int shm_fd;
     int64_t id;
     uint16_t protocol;
     uint32_t max_peers;
-    uint32_t vectors;
+    uint32_t vectors;           /* eventfds per peer (the link's) */
     uint64_t st_offset;         /* of the state table in the memfd */
     uint64_t st_size, rw_size, out_size, window_size;
     IvShmem2Peer *peers;        /* [max_peers] */
@@ -183,6 +215,7 @@ struct IvShmem2State {
     uint32_t *state_entry;      /* this peer's entry in the state table */
     uint32_t int_ctrl;
     uint32_t state;
+    bool intx;                  /* vectors=0: INTx instead of MSI-X */
 
     /* counters (QOM properties, read with QMP qom-get) */
     uint64_t violations;
@@ -200,9 +233,14 @@ struct IvShmem2State {
 static bool ivshmem2_vector_deliverable(IvShmem2State *s, uint32_t vector)
 {
     PCIDevice *pdev = PCI_DEVICE(s);
+    uint16_t command = pci_get_word(pdev->config + PCI_COMMAND);
 
+    if (s->intx) {
+        /* One INTx "vector": Jailhouse's irq_cache has only entry 0. */
+        return vector == 0 && !(command & PCI_COMMAND_INTX_DISABLE);
+    }
     return msix_enabled(pdev) && !msix_is_masked(pdev, vector) &&
-           (pci_get_word(pdev->config + PCI_COMMAND) & PCI_COMMAND_MASTER);
+           (command & PCI_COMMAND_MASTER);
 }
 
 /* An event on one of our own eventfds: a doorbell or a state change. */
@@ -228,7 +266,13 @@ static void ivshmem2_vector_notify(void *opaque)
         s->int_ctrl = 0;
     }
     s->irqs_delivered++;
-    msix_notify(PCI_DEVICE(s), v->vector);
+    if (s->intx) {
+        /* An edge, like Jailhouse's write to GICD_ISPENDR. */
+        pci_irq_assert(PCI_DEVICE(s));
+        pci_irq_deassert(PCI_DEVICE(s));
+    } else {
+        msix_notify(PCI_DEVICE(s), v->vector);
+    }
 }
 
 /* Rings (peer, vector) if the server gave us its eventfd. */
@@ -418,10 +462,38 @@ static bool ivshmem2_map_section(IvShmem2State *s, IvShmem2Section *sec,
     return true;
 }
 
+/*
+ * Whether guest RAM (or ROM) is mapped anywhere in [base, base + size) of
+ * the system address space (the machine's RAM is mapped before -device
+ * devices realize); *at gets the first such address.
+ */
+static bool ivshmem2_hits_ram(uint64_t base, uint64_t size, uint64_t *at)
+{
+    uint64_t addr = base, end = base + size;
+
+    while (addr < end) {
+        MemoryRegionSection sec = memory_region_find(get_system_memory(),
+                                                     addr, end - addr);
+        bool ram;
+
+        if (!sec.mr) {
+            return false;
+        }
+        ram = memory_region_is_ram(sec.mr);
+        addr = sec.offset_within_address_space;
+        memory_region_unref(sec.mr);
+        if (ram) {
+            *at = addr;
+            return true;
+        }
+        addr += int128_get64(sec.size);
+    }
+    return false;
+}
+
 static bool ivshmem2_map_window(IvShmem2State *s, Error **errp)
 {
-    MachineState *ms = MACHINE(qdev_get_machine());
-    uint64_t off = 0;
+    uint64_t off = 0, ram_at;
     unsigned i = 0;
 
     if (s->base & (SHMEM_PAGE - 1)) {
@@ -429,10 +501,11 @@ static bool ivshmem2_map_window(IvShmem2State *s, Error **errp)
                    s->base);
         return false;
     }
-    if (s->base < ms->ram_size) {
-        error_setg(errp, "ivshmem2: base 0x%" PRIx64 " lies inside guest RAM "
-                   "(0x%" PRIx64 " bytes); choose an address above it",
-                   s->base, (uint64_t)ms->ram_size);
+    if (!s->over_ram && ivshmem2_hits_ram(s->base, s->window_size, &ram_at)) {
+        error_setg(errp, "ivshmem2: the window 0x%" PRIx64 "..0x%" PRIx64
+                   " covers guest RAM at 0x%" PRIx64 "; choose a base outside "
+                   "RAM, or over-ram=on to hide that RAM behind the window",
+                   s->base, s->base + s->window_size - 1, ram_at);
         return false;
     }
     memory_region_init(&s->window, OBJECT(s), "ivshmem2-window",
@@ -748,15 +821,20 @@ static bool ivshmem2_init_config(IvShmem2State *s, Error **errp)
     pci_config_set_revision(c, 0);
     pci_set_word(c + PCI_SUBSYSTEM_VENDOR_ID, IVSHMEM2_VENDOR_ID);
     pci_set_word(c + PCI_SUBSYSTEM_ID, IVSHMEM2_DEVICE_ID);
-    /* MSI-X only: no INTx. */
-    pci_config_set_interrupt_pin(c, 0);
+    /*
+     * MSI-X: no INTx (pin 0). INTx only: Jailhouse's pin rule, which
+     * rotates the pin with the device number.
+     */
+    pci_config_set_interrupt_pin(c, s->intx ? (PCI_SLOT(pdev->devfn) & 3) + 1
+                                            : 0);
     /* Writable command bits: I/O, memory, bus master, INTx disable. */
     pci_set_word(pdev->wmask + PCI_COMMAND,
                  PCI_COMMAND_IO | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER |
                  PCI_COMMAND_INTX_DISABLE);
 
     /* pci_add_capability() prepends, so MSI-X (0x60) goes in first. */
-    if (msix_init(pdev, s->vectors, &s->msix_bar, 1, 0, &s->msix_bar, 1,
+    if (!s->intx &&
+        msix_init(pdev, s->vectors, &s->msix_bar, 1, 0, &s->msix_bar, 1,
                   QEMU_ALIGN_UP(s->vectors * PCI_MSIX_ENTRY_SIZE, 0x100),
                   IVSHMEM2_CFG_MSIX_CAP, errp) < 0) {
         return false;
@@ -789,19 +867,30 @@ static void ivshmem2_realize(PCIDevice *pdev, Error **errp)
     if (!ivshmem2_recv_setup(s, errp)) {
         return;
     }
+    if (s->vectors_prop != IVSHMEM2_VECTORS_OF_LINK && s->vectors_prop != 0 &&
+        s->vectors_prop != s->vectors) {
+        error_setg(errp, "ivshmem2: vectors=%u, but the link has %u vectors "
+                   "per peer (0 = INTx, or leave vectors out)",
+                   s->vectors_prop, s->vectors);
+        return;
+    }
+    s->intx = s->vectors_prop == 0;
 
     memory_region_init_io(&s->regs, OBJECT(s), &ivshmem2_reg_ops, s,
                           "ivshmem2-regs", IVSHMEM2_REG_BAR_SIZE);
     pci_register_bar(pdev, 0, PCI_BASE_ADDRESS_SPACE_MEMORY, &s->regs);
-    memory_region_init(&s->msix_bar, OBJECT(s), "ivshmem2-msix",
-                       IVSHMEM2_MSIX_BAR_SIZE);
-    pci_register_bar(pdev, 1, PCI_BASE_ADDRESS_SPACE_MEMORY, &s->msix_bar);
+    if (!s->intx) {
+        memory_region_init(&s->msix_bar, OBJECT(s), "ivshmem2-msix",
+                           IVSHMEM2_MSIX_BAR_SIZE);
+        pci_register_bar(pdev, 1, PCI_BASE_ADDRESS_SPACE_MEMORY,
+                         &s->msix_bar);
+    }
 
     if (!ivshmem2_init_config(s, errp)) {
         return;
     }
     /* Once: msix_reset() keeps the vectors in use. */
-    for (uint32_t v = 0; v < s->vectors; v++) {
+    for (uint32_t v = 0; !s->intx && v < s->vectors; v++) {
         msix_vector_use(pdev, v);
     }
     if (!ivshmem2_map_window(s, errp)) {
@@ -809,11 +898,23 @@ static void ivshmem2_realize(PCIDevice *pdev, Error **errp)
     }
     qemu_chr_fe_set_handlers(&s->server_chr, ivshmem2_can_receive,
                              ivshmem2_read, NULL, NULL, s, NULL, true);
-    info_report("ivshmem2: peer %" PRId64 " of %u, protocol 0x%04x, %u vectors, "
-                "window 0x%" PRIx64 " bytes at 0x%" PRIx64 " (state table "
-                "0x%" PRIx64 ", R/W 0x%" PRIx64 ", output 0x%" PRIx64 ")",
-                s->id, s->max_peers, s->protocol, s->vectors, s->window_size,
-                s->base, s->st_size, s->rw_size, s->out_size);
+    if (s->intx) {
+        info_report("ivshmem2: peer %" PRId64 " of %u, protocol 0x%04x, INTx "
+                    "pin %c (the link has %u vectors; only vector 0 "
+                    "interrupts), window 0x%" PRIx64 " bytes at 0x%" PRIx64
+                    " (state table 0x%" PRIx64 ", R/W 0x%" PRIx64 ", output "
+                    "0x%" PRIx64 ")", s->id, s->max_peers, s->protocol,
+                    'A' + pdev->config[PCI_INTERRUPT_PIN] - 1, s->vectors,
+                    s->window_size, s->base, s->st_size, s->rw_size,
+                    s->out_size);
+    } else {
+        info_report("ivshmem2: peer %" PRId64 " of %u, protocol 0x%04x, %u "
+                    "MSI-X vectors, window 0x%" PRIx64 " bytes at 0x%" PRIx64
+                    " (state table 0x%" PRIx64 ", R/W 0x%" PRIx64 ", output "
+                    "0x%" PRIx64 ")", s->id, s->max_peers, s->protocol,
+                    s->vectors, s->window_size, s->base, s->st_size,
+                    s->rw_size, s->out_size);
+    }
 }
 
 static void ivshmem2_exit(PCIDevice *pdev)
@@ -857,7 +958,10 @@ static void ivshmem2_reset(DeviceState *dev)
 
     s->int_ctrl = 0;
     pdev->config[IVSHMEM2_CFG_PRIV_CTRL] = 0;
-    /* MSI-X (disabled, all vectors masked) is reset by the PCI core. */
+    /*
+     * MSI-X (disabled, all vectors masked) and the INTx line (never left
+     * asserted: pulses only) are reset by the PCI core.
+     */
     if (s->state_entry) {
         ivshmem2_set_state(s, 0);
     }
@@ -874,6 +978,11 @@ static const Property ivshmem2_properties[] = {
     DEFINE_PROP_UINT64("base", IvShmem2State, base, 0x20000000),
     DEFINE_PROP_BOOL("stop-on-violation", IvShmem2State, stop_on_violation,
                      false),
+    /* Whether the window may hide guest RAM (off: realize fails). */
+    DEFINE_PROP_BOOL("over-ram", IvShmem2State, over_ram, false),
+    /* 0: INTx only; default: MSI-X with the link's vector count. */
+    DEFINE_PROP_UINT32("vectors", IvShmem2State, vectors_prop,
+                       IVSHMEM2_VECTORS_OF_LINK),
 };
 
 static void ivshmem2_instance_init(Object *obj)

@@ -13,6 +13,12 @@
 //! MSI-X is observed without an interrupt controller: the test programs a
 //! vector's message address to a RAM word, so that a delivered interrupt is
 //! a 32-bit store of the message data there.
+//!
+//! INTx (`vectors=0`) is observed on the aarch64 `virt` machine the
+//! Jailhouse-style rig uses (`qemu-system-aarch64` of the same build): qtest
+//! intercepts the GIC's inputs, so every level change of an SPI line is
+//! reported (`IRQ raise n` / `IRQ lower n`, n = INTID − 32), and the GIC
+//! distributor's pending bits show the edge latch a guest sees.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -21,7 +27,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use ivnet_e2e::ivshmem2::qemu_binary_or_skip;
+use ivnet_e2e::ivshmem2::{qemu_binary_aarch64_or_skip, qemu_binary_or_skip};
 use ivnet_e2e::qemu::{Accel, IvshmemServer, QemuProcess};
 use ivshmem_server::{HostPeer, ServerConfig};
 
@@ -50,6 +56,13 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 struct Qtest {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
+    /// PCI configuration space: mechanism #1 (port I/O, q35), or the ECAM
+    /// at this address (aarch64 `virt`).
+    ecam: Option<u64>,
+    /// The device (bus 0, function 0) the configuration accessors address.
+    slot: u32,
+    /// Intercepted IRQ level changes (`IRQ raise n`), in order.
+    irqs: Vec<String>,
 }
 
 impl Qtest {
@@ -59,8 +72,9 @@ impl Qtest {
             let mut reply = String::new();
             let n = self.reader.read_line(&mut reply).unwrap();
             assert!(n > 0, "qtest: QEMU closed the connection after `{line}`");
-            // Asynchronous IRQ notifications (none are intercepted here).
+            // Asynchronous IRQ notifications (of intercepted lines).
             if reply.starts_with("IRQ") {
+                self.irqs.push(reply.trim_end().to_string());
                 continue;
             }
             let reply = reply.trim_end().to_string();
@@ -102,28 +116,54 @@ impl Qtest {
         self.cmd(&format!("writeq {addr:#x} {v:#x}"));
     }
 
-    fn cfg_addr(off: u32) -> u32 {
-        0x8000_0000 | (SLOT << 11) | (off & 0xfc)
+    /// Selects `off` of the device's configuration space: the ECAM address
+    /// to access, or `None` after pointing port 0xcf8 at it.
+    fn cfg_select(&mut self, off: u32) -> Option<u64> {
+        match self.ecam {
+            Some(ecam) => Some(ecam + (u64::from(self.slot) << 15) + u64::from(off)),
+            None => {
+                let addr = 0x8000_0000 | (self.slot << 11) | (off & 0xfc);
+                self.cmd(&format!("outl 0xcf8 {addr:#x}"));
+                None
+            }
+        }
     }
     fn cfg_readl(&mut self, off: u32) -> u32 {
-        self.cmd(&format!("outl 0xcf8 {:#x}", Self::cfg_addr(off)));
-        self.value("inl 0xcfc") as u32
+        match self.cfg_select(off) {
+            Some(addr) => self.readl(addr),
+            None => self.value("inl 0xcfc") as u32,
+        }
     }
     fn cfg_writel(&mut self, off: u32, v: u32) {
-        self.cmd(&format!("outl 0xcf8 {:#x}", Self::cfg_addr(off)));
-        self.cmd(&format!("outl 0xcfc {v:#x}"));
+        match self.cfg_select(off) {
+            Some(addr) => self.writel(addr, v),
+            None => _ = self.cmd(&format!("outl 0xcfc {v:#x}")),
+        }
     }
     fn cfg_readb(&mut self, off: u32) -> u8 {
-        self.cmd(&format!("outl 0xcf8 {:#x}", Self::cfg_addr(off)));
-        self.value(&format!("inb {:#x}", 0xcfc + (off & 3))) as u8
+        match self.cfg_select(off) {
+            Some(addr) => self.readb(addr),
+            None => self.value(&format!("inb {:#x}", 0xcfc + (off & 3))) as u8,
+        }
     }
     fn cfg_writeb(&mut self, off: u32, v: u8) {
-        self.cmd(&format!("outl 0xcf8 {:#x}", Self::cfg_addr(off)));
-        self.cmd(&format!("outb {:#x} {v:#x}", 0xcfc + (off & 3)));
+        match self.cfg_select(off) {
+            Some(addr) => self.writeb(addr, v),
+            None => _ = self.cmd(&format!("outb {:#x} {v:#x}", 0xcfc + (off & 3))),
+        }
     }
     fn cfg_writew(&mut self, off: u32, v: u16) {
-        self.cmd(&format!("outl 0xcf8 {:#x}", Self::cfg_addr(off)));
-        self.cmd(&format!("outw {:#x} {v:#x}", 0xcfc + (off & 2)));
+        match self.cfg_select(off) {
+            Some(addr) => self.writew(addr, v),
+            None => _ = self.cmd(&format!("outw {:#x} {v:#x}", 0xcfc + (off & 2))),
+        }
+    }
+
+    /// The IRQ level changes reported so far (a qtest round trip first:
+    /// QEMU sends them before the reply to any later command).
+    fn take_irqs(&mut self) -> Vec<String> {
+        self.cmd("endianness");
+        std::mem::take(&mut self.irqs)
     }
 }
 
@@ -199,13 +239,57 @@ fn accept(listener: &UnixListener, process: &mut QemuProcess, what: &str) -> Uni
     }
 }
 
+/// The aarch64 machine of the Jailhouse-style rig (GICv3, no ITS: INTx only).
+const VIRT: &[&str] = &[
+    "-machine",
+    "virt,gic-version=3,its=off",
+    "-cpu",
+    "cortex-a57",
+];
+/// `virt`'s ECAM with highmem (the default for a 64-bit CPU): 256 buses.
+const VIRT_ECAM: u64 = 0x40_1000_0000;
+/// `virt`'s GIC distributor, and the first SPI of its PCIe INTx lines
+/// (`virt`'s gpex INTA..INTD are SPIs 3..6, swizzled by slot).
+const VIRT_GICD: u64 = 0x0800_0000;
+const VIRT_PCIE_FIRST_INTID: u32 = 32 + 3;
+/// Where the aarch64 tests put the device (as the rig and the Jailhouse
+/// cell config, 00:01.0), BAR0 (the start of `virt`'s 32-bit PCI window,
+/// where the guest puts it) and the shared memory (above the tests' 256 MiB
+/// of RAM at 0x40000000).
+const VIRT_SLOT: u32 = 1;
+const VIRT_BAR0: u64 = 0x1000_0000;
+const VIRT_BASE: u64 = 0x6000_0000;
+
 impl Machine {
-    /// Starts QEMU with `device` (a `-device` argument; the chardev `ivs`
-    /// is the server's socket) and `extra` arguments.
+    /// Starts a q35 QEMU with `device` (a `-device` argument; the chardev
+    /// `ivs` is the server's socket) and `extra` arguments.
     fn start(
         qemu: &Path,
         server: &IvshmemServer,
         device: &str,
+        extra: &[&str],
+        base: u64,
+    ) -> Machine {
+        Self::start_on(
+            qemu,
+            &["-machine", "q35", "-m", "64M"],
+            None,
+            server,
+            &[device],
+            extra,
+            base,
+        )
+    }
+
+    /// Starts QEMU (qtest accelerator) on `machine` (configuration space
+    /// through `ecam`, or port I/O) with `devices` on the server's chardev
+    /// `ivs`; the configuration accessors address [`SLOT`].
+    fn start_on(
+        qemu: &Path,
+        machine: &[&str],
+        ecam: Option<u64>,
+        server: &IvshmemServer,
+        devices: &[&str],
         extra: &[&str],
         base: u64,
     ) -> Machine {
@@ -215,7 +299,8 @@ impl Machine {
         let qt_listener = UnixListener::bind(&qt_sock).unwrap();
         let qmp_listener = UnixListener::bind(&qmp_sock).unwrap();
         let mut cmd = Command::new(qemu);
-        cmd.args(["-machine", "q35", "-m", "64M", "-accel", "qtest"])
+        cmd.args(machine)
+            .args(["-accel", "qtest"])
             .args(["-nodefaults", "-display", "none"])
             .arg("-qtest")
             .arg(format!("unix:{}", qt_sock.display()))
@@ -224,10 +309,11 @@ impl Machine {
             .arg(format!("socket,path={},id=qmp", qmp_sock.display()))
             .args(["-mon", "chardev=qmp,mode=control"])
             .arg("-chardev")
-            .arg(format!("socket,path={},id=ivs", server.socket().display()))
-            .arg("-device")
-            .arg(device)
-            .args(extra);
+            .arg(format!("socket,path={},id=ivs", server.socket().display()));
+        for device in devices {
+            cmd.arg("-device").arg(device);
+        }
+        cmd.args(extra);
         let mut process = QemuProcess::spawn(&mut cmd, dir, Accel::Tcg, "ivshmem2 qtest").unwrap();
         let qt = accept(&qt_listener, &mut process, "qtest");
         let qmp = accept(&qmp_listener, &mut process, "QMP");
@@ -236,6 +322,9 @@ impl Machine {
             qt: Qtest {
                 reader: BufReader::new(qt.try_clone().unwrap()),
                 writer: qt,
+                ecam,
+                slot: SLOT,
+                irqs: Vec::new(),
             },
             qmp: Qmp {
                 reader: BufReader::new(qmp.try_clone().unwrap()),
@@ -864,6 +953,314 @@ fn ivshmem2_and_ivshmem_doorbell_share_a_link() {
     }
     assert_eq!(a.qt.readl(MSI_WORD + 4), MSI_DATA | 1);
     assert_eq!(b.counter("violations"), 0);
+}
+
+/// QEMU's `virt` (aarch64, GICv3, no ITS; the rig's machine) with
+/// `ivshmem2` in INTx mode (`vectors=0`, id `dev`) at [`VIRT_SLOT`], BAR0
+/// at [`VIRT_BAR0`] and memory decoding on; `extra` arguments.
+fn virt_intx(qemu: &Path, server: &IvshmemServer, extra: &[&str]) -> Machine {
+    let device =
+        format!("ivshmem2,chardev=ivs,id=dev,addr={VIRT_SLOT:#x}.0,vectors=0,base={VIRT_BASE:#x}");
+    let mut machine: Vec<&str> = VIRT.to_vec();
+    machine.extend(["-m", "256M"]);
+    let mut m = Machine::start_on(
+        qemu,
+        &machine,
+        Some(VIRT_ECAM),
+        server,
+        &[&device],
+        extra,
+        VIRT_BASE,
+    );
+    m.qt.slot = VIRT_SLOT;
+    m.qt.cfg_writel(0x10, VIRT_BAR0 as u32);
+    m.qt.cfg_writew(0x04, 0x0002);
+    m
+}
+
+/// The INTID `virt`'s gpex routes (`slot`, `pin` 1..4) to: INTA..INTD of
+/// slot 0 are SPIs 3..6, rotated by the slot (the PCI swizzle).
+fn virt_intid(slot: u32, pin: u32) -> u32 {
+    VIRT_PCIE_FIRST_INTID + (slot + pin - 1) % 4
+}
+
+impl Machine {
+    /// The QOM path of the child of `parent` whose type is `ty`.
+    fn child_of_type(&mut self, parent: &str, ty: &str) -> String {
+        let list = self.qmp.execute(serde_json::json!({
+            "execute": "qom-list", "arguments": {"path": parent}
+        }));
+        let want = format!("child<{ty}>");
+        let name = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["type"] == want.as_str())
+            .unwrap_or_else(|| panic!("no {want} under {parent}: {list}"))["name"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        format!("{parent}/{name}")
+    }
+
+    /// Reports every level change of the GIC's inputs (`IRQ raise n`, n =
+    /// INTID − 32 for SPIs) from now on.
+    fn intercept_gic(&mut self) {
+        let gic = self.child_of_type("/machine/unattached", "arm-gicv3");
+        self.qt.cmd(&format!("irq_intercept_in {gic}"));
+    }
+
+    /// Whether the GIC distributor has `intid` pending (GICD_ISPENDR).
+    fn gic_pending(&mut self, intid: u32) -> bool {
+        let reg = self.qt.readl(VIRT_GICD + 0x200 + 4 * u64::from(intid / 32));
+        reg & (1 << (intid % 32)) != 0
+    }
+
+    /// Makes `intid` edge-triggered (GICD_ICFGR), as Jailhouse's device
+    /// trees declare the ivshmem SPIs and the guest configures them.
+    fn gic_set_edge(&mut self, intid: u32) {
+        let addr = VIRT_GICD + 0xc00 + 4 * u64::from(intid / 16);
+        let v = self.qt.readl(addr);
+        self.qt.writel(addr, v | 2 << (2 * (intid % 16)));
+    }
+
+    fn gic_clear_pending(&mut self, intid: u32) {
+        self.qt.writel(
+            VIRT_GICD + 0x280 + 4 * u64::from(intid / 32),
+            1 << (intid % 32),
+        );
+    }
+
+    /// Waits for `counter` to reach `value` and returns the IRQ level
+    /// changes reported up to then.
+    fn irqs_after(&mut self, counter: &str, value: u64) -> Vec<String> {
+        self.wait_counter(counter, value);
+        self.qt.take_irqs()
+    }
+}
+
+/// The IRQ lines of one pulse of SPI `intid` (raise, then lower at once).
+fn pulse(intid: u32) -> Vec<String> {
+    let n = intid - 32;
+    vec![format!("IRQ raise {n}"), format!("IRQ lower {n}")]
+}
+
+/// `vectors=0`: INTx only, as Jailhouse's qemu-arm64 cells see the device:
+/// no MSI-X capability (the vendor capability is the last), no BAR1, and
+/// Interrupt Pin = (slot & 3) + 1 (Jailhouse's rule), here on slots 1..4
+/// (pins B, C, D, A); `vectors` other than 0 or the link's count is
+/// refused. The aarch64 binary of the same build. (MSI-X mode cannot
+/// realize on this machine: GICv3 without ITS has no MSI controller.)
+#[test]
+fn intx_mode_has_no_msix_and_the_jailhouse_pin() {
+    let Some(qemu) = qemu_binary_aarch64_or_skip("intx_mode_has_no_msix_and_the_jailhouse_pin")
+    else {
+        return;
+    };
+    // Four peers: a user-defined protocol (ivshmem-net links exactly two).
+    let server = IvshmemServer::start_with("ivs2-intx-cfg", |c: &mut ServerConfig| {
+        c.protocol = 0x4000;
+        c.max_peers = 4;
+    })
+    .unwrap();
+    let sock = server.socket();
+    let mut extra: Vec<String> = Vec::new();
+    for slot in 2..=4u32 {
+        extra.push("-chardev".into());
+        extra.push(format!("socket,path={},id=ivs{slot}", sock.display()));
+        let base = VIRT_BASE + u64::from(slot) * 0x100_0000;
+        extra.push("-device".into());
+        extra.push(format!(
+            "ivshmem2,chardev=ivs{slot},addr={slot:#x}.0,base={base:#x},vectors=0"
+        ));
+    }
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let mut m = virt_intx(&qemu, &server, &extra);
+    for (slot, pin) in [(1, 2), (2, 3), (3, 4), (4, 1)] {
+        m.qt.slot = slot;
+        let qt = &mut m.qt;
+        assert_eq!(qt.cfg_readl(0x00), 0x4106_110a, "slot {slot}");
+        assert_eq!(qt.cfg_readl(0x04) >> 16, 0x0010, "status: caps");
+        assert_eq!(qt.cfg_readb(0x3d), pin, "interrupt pin of slot {slot}");
+        assert_eq!(qt.cfg_readb(0x34), 0x40, "capability pointer");
+        // Vendor capability, next 0: no MSI-X capability.
+        assert_eq!(qt.cfg_readl(0x40), 0x0020_0009, "slot {slot}");
+        assert_eq!(qt.cfg_readl(0x60), 0, "nothing at 60h");
+        // BAR0 4 KiB; no BAR1 (nor BAR2..5).
+        for (bar, expect) in [(0x10, 0xffff_f000), (0x14, 0), (0x18, 0)] {
+            let before = qt.cfg_readl(bar);
+            qt.cfg_writel(bar, 0xffff_ffff);
+            assert_eq!(qt.cfg_readl(bar), expect, "slot {slot} BAR at {bar:#x}");
+            qt.cfg_writel(bar, before);
+        }
+        // The interrupt line register stays writable, as in every PCI device.
+        qt.cfg_writeb(0x3c, 0x25);
+        assert_eq!(qt.cfg_readb(0x3c), 0x25);
+        // One-shot and INTx disable are writable.
+        qt.cfg_writeb(0x43, 1);
+        assert_eq!(qt.cfg_readb(0x43), 1);
+        qt.cfg_writeb(0x43, 0);
+    }
+    assert!(
+        m.stderr().contains("INTx pin B"),
+        "realize message: {}",
+        m.stderr()
+    );
+
+    // vectors=1 on a two-vector link: refused at realize.
+    let server = IvshmemServer::start("ivs2-intx-vectors").unwrap();
+    let sock = server.socket();
+    let out = Command::new(&qemu)
+        .args(VIRT)
+        .args(["-m", "256M", "-accel", "qtest", "-display", "none"])
+        .args(["-nodefaults", "-qtest", "null"])
+        .arg("-chardev")
+        .arg(format!("socket,path={},id=ivs", sock.display()))
+        .args(["-device", "ivshmem2,chardev=ivs,vectors=1,base=0x60000000"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("vectors=1, but the link has 2 vectors"),
+        "{err}"
+    );
+}
+
+/// INTx delivery (`vectors=0`) on `virt`: an event on the device's vector 0
+/// — a peer's doorbell with vector 0, a peer's STATE change, its own
+/// doorbell — pulses the line `virt` routes 00:01.0 pin B to (INTID 37)
+/// only while INT_CONTROL is 1 and Command.INTX_DISABLE is clear; otherwise
+/// (and for any other vector) it is dropped and counted; one-shot clears
+/// INT_CONTROL on delivery. The pulse leaves an edge-triggered SPI pending
+/// in the GIC (what Jailhouse's GICD_ISPENDR write does) and a
+/// level-triggered one not.
+#[test]
+fn intx_pulses_only_when_armed() {
+    let Some(qemu) = qemu_binary_aarch64_or_skip("intx_pulses_only_when_armed") else {
+        return;
+    };
+    let server = IvshmemServer::start("ivs2-intx").unwrap();
+    let mut host = host_peer(&server);
+    let mut m = virt_intx(&qemu, &server, &[]);
+    learn_peers(&mut host);
+    m.intercept_gic();
+    let intid = virt_intid(VIRT_SLOT, 2);
+    assert_eq!(intid, 37, "virt: 00:01.0 pin B");
+    let reg = |off| VIRT_BAR0 + off;
+    assert_eq!(m.qt.readl(reg(REG_ID)), 1);
+    assert_eq!(m.qt.readl(reg(REG_INT_CTRL)), 0);
+
+    // Not armed (INT_CONTROL 0): dropped, the line stays quiet.
+    host.doorbell(1, 0).unwrap();
+    assert_eq!(m.irqs_after("irqs-dropped", 1), Vec::<String>::new());
+
+    // Armed: one pulse per doorbell; the default (level) SPI is not left
+    // pending by a pulse.
+    m.qt.writel(reg(REG_INT_CTRL), 1);
+    host.doorbell(1, 0).unwrap();
+    assert_eq!(m.irqs_after("irqs-delivered", 1), pulse(intid));
+    assert!(!m.gic_pending(intid), "level-triggered: no latch");
+    // Edge-triggered (as the guests configure it): the pulse latches.
+    m.gic_set_edge(intid);
+    host.doorbell(1, 0).unwrap();
+    assert_eq!(m.irqs_after("irqs-delivered", 2), pulse(intid));
+    assert!(m.gic_pending(intid), "edge-triggered: pending");
+    m.gic_clear_pending(intid);
+    assert!(!m.gic_pending(intid));
+
+    // Only vector 0 interrupts: a doorbell on vector 1 reaches nothing.
+    host.doorbell(1, 1).unwrap();
+    assert_eq!(m.irqs_after("irqs-dropped", 2), Vec::<String>::new());
+
+    // Command.INTX_DISABLE masks it (dropped, not latched), and clearing it
+    // delivers nothing afterwards.
+    m.qt.cfg_writew(0x04, 0x0402);
+    host.doorbell(1, 0).unwrap();
+    assert_eq!(m.irqs_after("irqs-dropped", 3), Vec::<String>::new());
+    m.qt.cfg_writew(0x04, 0x0002);
+    assert_eq!(m.qt.take_irqs(), Vec::<String>::new());
+    assert!(!m.gic_pending(intid));
+
+    // A peer's STATE change is an interrupt too.
+    host.publish_state(3).unwrap();
+    assert_eq!(m.irqs_after("irqs-delivered", 3), pulse(intid));
+    assert_eq!(m.qt.readl(VIRT_BASE), 3, "host's state entry");
+    m.gic_clear_pending(intid);
+
+    // One-shot: delivery clears INT_CONTROL; the next event is dropped
+    // until INT_CONTROL is set again.
+    m.qt.cfg_writeb(0x43, 1);
+    host.doorbell(1, 0).unwrap();
+    assert_eq!(m.irqs_after("irqs-delivered", 4), pulse(intid));
+    assert_eq!(m.qt.readl(reg(REG_INT_CTRL)), 0, "one-shot cleared it");
+    host.doorbell(1, 0).unwrap();
+    assert_eq!(m.irqs_after("irqs-dropped", 4), Vec::<String>::new());
+    m.qt.writel(reg(REG_INT_CTRL), 1);
+    host.publish_state(4).unwrap();
+    assert_eq!(m.irqs_after("irqs-delivered", 5), pulse(intid));
+    assert_eq!(m.qt.readl(reg(REG_INT_CTRL)), 0);
+    m.qt.cfg_writeb(0x43, 0);
+
+    // Its own doorbell (target = own ID, vector 0) and, the other way, a
+    // doorbell to the host peer.
+    m.qt.writel(reg(REG_INT_CTRL), 1);
+    m.qt.writel(reg(REG_DOORBELL), 1 << 16);
+    assert_eq!(m.irqs_after("irqs-delivered", 6), pulse(intid));
+    host.drain_vector(0).unwrap();
+    m.qt.writel(reg(REG_DOORBELL), 0);
+    assert_eq!(host.drain_vector(0).unwrap(), 1);
+    assert_eq!(m.counter("irqs-dropped"), 4);
+    assert_eq!(m.counter("violations"), 0);
+}
+
+/// The shared-memory window must not silently cover guest RAM: on `virt`
+/// (RAM from 0x40000000) a base inside RAM is refused unless `over-ram=on`,
+/// which hides that RAM behind the window (as a Jailhouse cell's shared
+/// memory is carved out of RAM; the arm64 cell config's 0x7fb00000).
+#[test]
+fn window_over_ram_only_on_request() {
+    let Some(qemu) = qemu_binary_aarch64_or_skip("window_over_ram_only_on_request") else {
+        return;
+    };
+    let server = IvshmemServer::start("ivs2-over-ram").unwrap();
+    let run = |props: &str| {
+        Command::new(&qemu)
+            .args(VIRT)
+            .args(["-m", "2G", "-accel", "qtest", "-display", "none"])
+            .args(["-nodefaults", "-qtest", "null"])
+            .arg("-chardev")
+            .arg(format!("socket,path={},id=ivs", server.socket().display()))
+            .arg("-device")
+            .arg(format!(
+                "ivshmem2,chardev=ivs,vectors=0,base=0x7fb00000{props}"
+            ))
+            .output()
+            .unwrap()
+    };
+    let out = run("");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("covers guest RAM at 0x7fb00000"), "{err}");
+
+    let mut m = Machine::start_on(
+        &qemu,
+        &[VIRT, &["-m", "2G"]].concat(),
+        Some(VIRT_ECAM),
+        &server,
+        &["ivshmem2,chardev=ivs,id=dev,addr=1.0,vectors=0,base=0x7fb00000,over-ram=on"],
+        &[],
+        0x7fb0_0000,
+    );
+    m.qt.slot = 1;
+    assert_eq!(m.qt.cfg_readl(0x58), 0x7fb0_0000, "base address");
+    // The state table (read-only) is what the guest sees there, not RAM.
+    m.qt.writel(0x7fb0_0000, 0x99);
+    assert_eq!(m.qt.readl(0x7fb0_0000), 0);
+    assert_eq!(m.counter("violations"), 1);
+    // RAM right below the window is still RAM.
+    m.qt.writel(0x7faf_f000, 0x1234_5678);
+    assert_eq!(m.qt.readl(0x7faf_f000), 0x1234_5678);
 }
 
 /// Starts the bare-metal guest (PVH, qboot, TCG) with the 2.0 device on
