@@ -1,7 +1,16 @@
-//! Bringing up the ivshmem device: find it on the PCI bus, give its BARs
-//! addresses if the firmware did not, map registers, MSI-X table and shared
-//! memory with the right permissions, enable memory decoding and bus
-//! mastering, and route its MSI-X vectors to this CPU's local APIC.
+//! Bringing up the ivshmem device: find it on the PCI bus, decide how its
+//! doorbells reach this CPU, give its BARs addresses if the firmware did
+//! not, map registers, MSI-X table and shared memory with the right
+//! permissions, enable memory decoding and bus mastering, and route its
+//! interrupts here.
+//!
+//! Doorbells (the platform's `pci::msi_unsupported`, `pci::route_intx`):
+//!
+//! | device | platform takes MSI (x86 LAPIC, GICv2m) | platform takes INTx only (Jailhouse arm64) |
+//! |---|---|---|
+//! | MSI-X capability | MSI-X vectors, the platform's message per vector | refused: `MsiUnsupported` with the platform's reason |
+//! | Jailhouse 2.0 device without MSI-X (Interrupt Pin 1..4) | refused: `IntxNotRouted` | INTx: one vector (0), Command.INTX_DISABLE clear, INT_CTRL = 1 |
+//! | no MSI-X, no pin | refused: `NoMsix` | refused: `NoMsix` |
 //!
 //! Both profiles are handled through `ivshmem::Device`:
 //!
@@ -28,7 +37,7 @@ use core::fmt;
 use core::ptr::NonNull;
 
 use ivnet_driver::{DeviceLink, LinkShapeError, PROTOCOL_NET, check_net_link};
-use ivshmem::pci::{self, Bar, Command, MsixCapability, MsixEntryField, PciError};
+use ivshmem::pci::{self, Bar, Command, ConfigSpace, MsixCapability, MsixEntryField, PciError};
 use ivshmem::{
     Device, DeviceError, Ivshmem, JailhouseDevice, LayoutPage, Profile, QemuDevice,
     SharedMemoryLayout, SharedMemoryLocation, jailhouse, qemu,
@@ -67,8 +76,17 @@ pub enum BringUpError {
         /// Its size.
         size: u64,
     },
-    /// The device has no MSI-X capability (doorbells would be dropped).
+    /// The device has no MSI-X capability and no INTx pin (doorbells
+    /// would be dropped).
     NoMsix,
+    /// The device has MSI-X only, and the platform cannot take MSIs (why).
+    MsiUnsupported(&'static str),
+    /// The device has INTx only (this pin), and the platform routes no INTx
+    /// (or the pin maps to no interrupt).
+    IntxNotRouted {
+        /// Interrupt Pin (1 = INTA).
+        pin: u8,
+    },
     /// The MSI-X table does not lie inside its BAR.
     MsixTableOutsideBar,
     /// The link is not a two-peer ivshmem-net link.
@@ -122,6 +140,15 @@ impl fmt::Display for BringUpError {
                 )
             }
             BringUpError::NoMsix => write!(f, "the device has no MSI-X capability"),
+            BringUpError::MsiUnsupported(why) => write!(
+                f,
+                "the device signals doorbells only through MSI-X, and {why}"
+            ),
+            BringUpError::IntxNotRouted { pin } => write!(
+                f,
+                "the device has no MSI-X capability (INTx pin {}), and this platform routes no INTx",
+                pin_name(*pin)
+            ),
             BringUpError::MsixTableOutsideBar => {
                 write!(f, "the MSI-X table does not fit in its BAR")
             }
@@ -147,8 +174,48 @@ pub struct NicDevice {
     pub id: u16,
     /// The other peer's ID (`1 - id`).
     pub peer: u16,
-    /// MSI-X vectors routed to this CPU.
+    /// Interrupt vectors routed to this CPU (MSI-X vectors, or 1 for INTx).
     pub vectors: u16,
+}
+
+/// How the device's doorbells reach this CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Delivery {
+    /// MSI-X: the platform's message per vector.
+    Msix,
+    /// INTx on this pin (Jailhouse ivshmem 2.0 without MSI-X): one vector,
+    /// 0. (The QEMU ivshmem-doorbell's INTx is level-triggered behind a
+    /// status register the driver does not serve, so only the 2.0 device.)
+    Intx {
+        /// Interrupt Pin (1 = INTA .. 4 = INTD).
+        pin: u8,
+    },
+}
+
+/// `A`..`D` for Interrupt Pin 1..4.
+fn pin_name(pin: u8) -> char {
+    match pin {
+        1..=4 => char::from(b'A' + pin - 1),
+        _ => '?',
+    }
+}
+
+/// Decides [`Delivery`] from the device's capabilities and the platform
+/// (the table in the module docs), before any BAR is touched.
+fn delivery(cfg: &PlatformConfigSpace, profile: Profile) -> Result<Delivery, BringUpError> {
+    let msix = MsixCapability::find(cfg)?.is_some();
+    let pin = match profile {
+        Profile::Jailhouse => cfg.read8(pci::INTERRUPT_PIN),
+        Profile::QemuDoorbell => 0,
+    };
+    let pin = (1..=4).contains(&pin).then_some(pin);
+    match (msix, crate::pci::msi_unsupported(), pin) {
+        (true, None, _) => Ok(Delivery::Msix),
+        (_, Some(_), Some(pin)) => Ok(Delivery::Intx { pin }),
+        (true, Some(why), None) => Err(BringUpError::MsiUnsupported(why)),
+        (false, None, Some(pin)) => Err(BringUpError::IntxNotRouted { pin }),
+        (false, _, None) => Err(BringUpError::NoMsix),
+    }
 }
 
 /// Allocates addresses for unassigned BARs, in the platform's window
@@ -277,6 +344,9 @@ pub(crate) fn setup_msix(
     wanted: u32,
     apic_id: u32,
 ) -> Result<u16, BringUpError> {
+    if let Some(why) = crate::pci::msi_unsupported() {
+        return Err(BringUpError::MsiUnsupported(why));
+    }
     let mut msix = MsixCapability::find(cfg)?.ok_or(BringUpError::NoMsix)?;
     let (table_base, table_bar_size) = bars[usize::from(msix.table_bar)];
     let n = u32::from(msix.table_size)
@@ -316,6 +386,7 @@ pub fn bring_up(apic_id: u32) -> Result<NicDevice, BringUpError> {
     })
     .ok_or(BringUpError::NotFound)?;
     println!("pci {}: ivshmem {:?}", cfg.bdf(), profile);
+    let delivery = delivery(&cfg, profile)?;
 
     // BARs are placed and sized with decoding off; on Jailhouse the
     // register traps are installed when MEMORY goes 0 -> 1, so it is set
@@ -338,21 +409,32 @@ pub fn bring_up(apic_id: u32) -> Result<NicDevice, BringUpError> {
             cap.location() == SharedMemoryLocation::Bar(2)
         }
     };
+    // BAR1 holds the MSI-X table; with INTx Jailhouse gives the device
+    // none (JAILHOUSE_IVSHMEM_BAR_MASK_INTX).
+    let msix_bar = delivery == Delivery::Msix;
     for index in [0u8, 1] {
-        bars[usize::from(index)] = setup_bar(&mut cfg, index, &mut alloc)?;
+        if index == 0 || msix_bar {
+            bars[usize::from(index)] = setup_bar(&mut cfg, index, &mut alloc)?;
+        }
     }
     if uses_bar2 {
         bars[2] = setup_bar(&mut cfg, 2, &mut alloc)?;
     }
-    pci::write_command(
-        &mut cfg,
-        command | Command::MEMORY | Command::BUS_MASTER | Command::INTX_DISABLE,
-    );
+    // INTX_DISABLE only with MSI-X: with INTx the hypervisor (re)computes
+    // the line when INT_CTRL is written and while the bit is clear.
+    let mut enable = command | Command::MEMORY | Command::BUS_MASTER;
+    match delivery {
+        Delivery::Msix => enable |= Command::INTX_DISABLE,
+        Delivery::Intx { .. } => enable.remove(Command::INTX_DISABLE),
+    }
+    pci::write_command(&mut cfg, enable);
 
     let (bar0, bar0_size) = bars[0];
     paging::map(bar0, bar0_size, Kind::Mmio, "ivshmem registers (BAR0)")?;
-    let (bar1, bar1_size) = bars[1];
-    paging::map(bar1, bar1_size, Kind::Mmio, "ivshmem MSI-X table (BAR1)")?;
+    if msix_bar {
+        let (bar1, bar1_size) = bars[1];
+        paging::map(bar1, bar1_size, Kind::Mmio, "ivshmem MSI-X table (BAR1)")?;
+    }
     let bar0_ptr = NonNull::new(bar0 as *mut u8).ok_or(BringUpError::BadBar { index: 0 })?;
 
     let (device, shm_base, wanted_vectors, (id, peer)): (Device<'static>, u64, u32, (u16, u16)) =
@@ -408,7 +490,16 @@ pub fn bring_up(apic_id: u32) -> Result<NicDevice, BringUpError> {
 
     let mut device = device;
     let layout = device.layout();
-    let vectors = setup_msix(&mut cfg, &bars, wanted_vectors, apic_id)?;
+    let (vectors, intx) = match delivery {
+        Delivery::Msix => (setup_msix(&mut cfg, &bars, wanted_vectors, apic_id)?, None),
+        Delivery::Intx { pin } => {
+            let intid = crate::pci::route_intx(cfg.bdf(), pin)
+                .ok_or(BringUpError::IntxNotRouted { pin })?;
+            (1, Some((pin, intid)))
+        }
+    };
+    // INT_CTRL = 1 (Jailhouse): interrupts on after the device's reset;
+    // the driver core re-arms it before every sleep (one-shot mode).
     device.enable_interrupts();
 
     if let Device::QemuDoorbell(qemu) = &mut device {
@@ -441,7 +532,7 @@ pub fn bring_up(apic_id: u32) -> Result<NicDevice, BringUpError> {
     }
 
     println!(
-        "ivshmem: {:?} id {id} peer {peer}, shared memory at {shm_base:#x}: state table +{:#x} ({:#x}), rw +{:#x} ({:#x}), output sections {:#x} bytes at +{:#x}, {vectors} MSI-X vectors -> APIC {apic_id}",
+        "ivshmem: {:?} id {id} peer {peer}, shared memory at {shm_base:#x}: state table +{:#x} ({:#x}), rw +{:#x} ({:#x}), output sections {:#x} bytes at +{:#x}, {}",
         profile,
         layout.state_table_offset,
         layout.state_table_size,
@@ -449,6 +540,11 @@ pub fn bring_up(apic_id: u32) -> Result<NicDevice, BringUpError> {
         layout.rw_section_size,
         layout.output_section_size,
         layout.output_sections_offset(),
+        Doorbells {
+            vectors,
+            intx,
+            apic_id
+        },
     );
     Ok(NicDevice {
         bdf: cfg.bdf(),
@@ -460,6 +556,26 @@ pub fn bring_up(apic_id: u32) -> Result<NicDevice, BringUpError> {
         peer,
         vectors,
     })
+}
+
+/// The boot log's doorbell routing.
+struct Doorbells {
+    vectors: u16,
+    intx: Option<(u8, u32)>,
+    apic_id: u32,
+}
+
+impl fmt::Display for Doorbells {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.intx {
+            Some((pin, intid)) => write!(
+                f,
+                "INTx pin {} -> interrupt {intid} (edge), doorbell vector 0",
+                pin_name(pin)
+            ),
+            None => write!(f, "{} MSI-X vectors -> APIC {}", self.vectors, self.apic_id),
+        }
+    }
 }
 
 impl NicDevice {

@@ -24,51 +24,77 @@ mod cmdline_oracle;
 mod comm_region_oracle;
 
 /// Replays the checked-in corpus of the `comm_region` fuzz target
-/// (fuzz/corpus/comm_region), then seeded random headers around the valid
-/// one.
+/// (fuzz/corpus/comm_region), then seeded random headers around a valid x86
+/// and a valid ARM one.
 #[cfg(test)]
 mod comm_region_replay {
     use super::comm_region_oracle::check;
+    use crate::comm_region::{ARM_HEADER_LEN, HEADER_LEN, parse, parse_arm};
 
     #[test]
     fn replay_comm_region_corpus() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/comm_region");
-        let (mut count, mut accepted) = (0, 0);
+        let (mut count, mut x86, mut arm) = (0, 0, 0);
         for entry in std::fs::read_dir(dir).expect("corpus directory") {
             let data = std::fs::read(entry.unwrap().path()).unwrap();
             check(&data);
             count += 1;
-            accepted += usize::from(crate::comm_region::parse(&data).is_ok());
+            x86 += usize::from(parse(&data).is_ok());
+            arm += usize::from(parse_arm(&data).is_ok());
         }
         assert!(
-            count > 0 && accepted > 0 && accepted < count,
-            "corpus must reach acceptance and refusal"
+            count > 0 && x86 > 0 && x86 < count && arm > 0 && arm < count,
+            "corpus must reach acceptance and refusal of both layouts \
+             ({count} files, {x86} x86 and {arm} ARM headers accepted)"
         );
     }
 
-    #[test]
-    fn seeded_mutations_of_a_valid_header() {
-        let mut base = [0u8; crate::comm_region::HEADER_LEN + 4];
-        base[..6].copy_from_slice(b"JHCOMM");
-        base[6] = 2;
-        base[0x44] = 1;
-        base[0x48] = 1;
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    fn mutate(base: &[u8], seed: u64) {
+        let mut x = seed;
+        let mut d = base.to_vec();
         for _ in 0..20_000 {
-            let mut d = base;
+            d.copy_from_slice(base);
             for _ in 0..(x % 4) {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                d[(x as usize) % d.len()] = (x >> 32) as u8;
+                let i = (x as usize) % d.len();
+                d[i] = (x >> 32) as u8;
             }
-            let cut = if x % 5 == 0 {
+            let cut = if x.is_multiple_of(5) {
                 (x >> 8) as usize % d.len()
             } else {
                 d.len()
             };
             check(&d[..cut]);
         }
+    }
+
+    #[test]
+    fn seeded_mutations_of_a_valid_header() {
+        let mut x86 = [0u8; HEADER_LEN + 4];
+        x86[..6].copy_from_slice(b"JHCOMM");
+        x86[6] = 2;
+        x86[0x44] = 1;
+        x86[0x48] = 1;
+        assert!(parse(&x86).is_ok());
+        mutate(&x86, 0x9e37_79b9_7f4a_7c15);
+        let mut arm = [0u8; ARM_HEADER_LEN];
+        arm[..6].copy_from_slice(b"JHCOMM");
+        arm[6] = 2;
+        arm[0x1a] = 0x00; // console 0x09000000, PL011, divider 0
+        arm[0x1b] = 0x09;
+        arm[0x24] = 3;
+        arm[0x3c] = 0x10; // ECAM 0x4010000000
+        arm[0x40] = 3;
+        arm[0x4b] = 0x08; // GICD 0x08000000
+        arm[0x52] = 0x01; // GICC 0x08010000 (read with version 2)
+        arm[0x53] = 0x08;
+        arm[0x5a] = 0x0a; // GICR 0x080a0000
+        arm[0x5b] = 0x08;
+        arm[0x60] = 4;
+        assert!(parse_arm(&arm).is_ok());
+        mutate(&arm, 0x2545_f491_4f6c_dd1d);
     }
 }
 

@@ -18,6 +18,18 @@ pub fn bar_window() -> core::ops::Range<u64> {
     0xC000_0000..0xFEC0_0000
 }
 
+/// Why MSI(-X) cannot work on this platform: it always can (the local
+/// APIC takes MSIs on every PC and in every Jailhouse x86 cell).
+pub fn msi_unsupported() -> Option<&'static str> {
+    None
+}
+
+/// INTx: not routed (the guest drives no IOAPIC; ivshmem devices on q35
+/// and Jailhouse x86 have MSI-X).
+pub fn route_intx(_bdf: Bdf, _pin: u8) -> Option<u32> {
+    None
+}
+
 /// The configuration-space access `device` uses on this platform.
 pub type PlatformConfigSpace = PortConfigSpace;
 

@@ -4,6 +4,13 @@
 //! the two stacks (SP_EL0 for the guest's code, SP_EL1 for exception
 //! handlers), the vector table, then `rust_entry(dtb, entry_el)`.
 //!
+//! One image, two starts: QEMU `-kernel` enters byte 0 with x0 = the DTB;
+//! Jailhouse's `cell start` enters the same byte 0 (the cell's
+//! `cpu_reset_address`, 0x40080000) at EL1 with the MMU off and every
+//! general register 0, so x0 = 0 selects the Jailhouse path (`jailhouse`).
+//! The `.cmdline` buffer at image base + 0x1000 is what `jailhouse cell
+//! load … -s "…" -a 0x40081000` fills (`cmdline`; link.ld).
+//!
 //! Image header facts (Linux Documentation/arch/arm64/booting.rst): 64
 //! bytes at offset 0; code0 is the first instruction; text_offset at 0x08,
 //! image_size at 0x10, flags at 0x18 (bit 0 = big-endian: 0; bits 1-2 =
@@ -39,6 +46,15 @@ _start:
     msr     cntvoff_el2, xzr
     mov     x1, #0x33ff
     msr     cptr_el2, x1
+    // A GICv3 CPU interface (ID_AA64PFR0_EL1.GIC != 0): ICC_SRE_EL2.SRE
+    // and .Enable, so that EL1 may use the ICC_* system registers.
+    mrs     x1, id_aa64pfr0_el1
+    ubfx    x1, x1, #24, #4
+    cbz     x1, 1f
+    mov     x1, #0x9
+    msr     icc_sre_el2, x1
+    isb
+1:
     ldr     x1, =0x30d00800
     msr     sctlr_el1, x1
     mov     x1, #0x3c5              // EL1h, D, A, I, F masked
@@ -53,10 +69,11 @@ _start:
     mov     x1, #(3 << 20)          // CPACR_EL1.FPEN: FP/SIMD not trapped
     msr     cpacr_el1, x1
     isb
-    // Zero .bss and both stacks: the Image file ends before them, and a
-    // restarted cell finds the previous run's data there.
+    // Zero .bss and both stacks: the Image file holds them as zeros, but a
+    // restarted cell finds the previous run's data there, and an overlong
+    // command line runs into them (link.ld).
     ldr     x1, =__bss_start
-    ldr     x2, =__image_end
+    ldr     x2, =__ist_stacks_end
 4:  cmp     x1, x2
     b.hs    5f
     stp     xzr, xzr, [x1], #16

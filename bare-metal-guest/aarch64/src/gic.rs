@@ -1,136 +1,168 @@
-//! GICv2: distributor (GICD), CPU interface (GICC) and the GICv2m MSI
-//! frame.
+//! The GIC: set up the version the platform names, route the timer PPI and
+//! the doorbell SPIs to this CPU, and take the IRQ exception.
 //!
-//! Why GICv2 only: QEMU `virt` routes PCI MSI(-X) to a GICv2 through the
-//! v2m frame (MSI_SETSPI_NS: the device writes the SPI number), which needs
-//! nothing but the distributor; with `gic-version=3` MSIs need an ITS
-//! (device and collection tables, command queue) and the CPU interface is
-//! system registers plus redistributors — a second driver this guest does
-//! not have yet. A GICv3 in the DTB is refused with a message.
+//! | | GICv2 (`v2`) | GICv3 (`v3`) |
+//! |---|---|---|
+//! | where | QEMU `virt,gic-version=2` (DTB); a Jailhouse GICv2 board (comm region) | a Jailhouse GICv3 board, e.g. qemu-arm64 (comm region) |
+//! | distributor | GICD, SPIs targeted by ITARGETSR (this CPU's interface) | GICD with affinity routing, SPIs routed by IROUTER = this CPU's MPIDR affinity |
+//! | PPIs | GICD banked registers | this CPU's redistributor, found by GICR_TYPER affinity |
+//! | CPU interface | GICC MMIO (the GICV frame under Jailhouse) | ICC_* system registers (the virtual interface under Jailhouse) |
+//! | doorbells | MSI-X through the GICv2m frame (QEMU), or INTx (Jailhouse) | INTx only |
 //!
-//! Interrupts used: the virtual timer (PPI 27) and one edge-triggered SPI
-//! per MSI-X doorbell vector (`v2m base SPI + vector`), all group 0 on a
-//! GIC without security extensions (QEMU `virt` without `secure=on`),
-//! priority 0xa0, targeted at CPU interface 0.
+//! Why no ITS: on GICv3 an MSI needs an ITS (device and collection tables,
+//! a command queue, LPI configuration tables in memory), and Jailhouse
+//! neither emulates nor passes one to a cell: its virtual PCI devices
+//! raise INTx, which it turns into SPIs from the cell's `vpci_irq_base`
+//! (shared/reference/jailhouse-arm64-cell.md §4.3). Nothing this guest
+//! runs on would use an ITS driver, so QEMU `virt` with GICv3 and an
+//! MSI-X-only device is refused with that reason (`device`).
+//!
+//! Interrupts used: the virtual timer (PPI 27, level) and the doorbells:
+//! one edge-triggered SPI per MSI-X vector (v2m), or the device's one
+//! INTx SPI as vector 0. All at priority 0xa0, group 1 on GICv3 (group 0
+//! on the GICv2 without security extensions QEMU and Jailhouse present,
+//! where it is signalled as IRQ).
 
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+mod v2;
+mod v3;
+
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+pub use v2::{V2M_MSI_SETSPI_NS, v2m_spis};
 
 use crate::exceptions::{self, DOORBELL_VECTORS, IRQ_COUNTERS, event_doorbell};
+use crate::mmu::MapError;
 use crate::time;
 
-const GICD_CTLR: u64 = 0x000;
-const GICD_ISENABLER: u64 = 0x100;
-const GICD_IPRIORITYR: u64 = 0x400;
-const GICD_ITARGETSR: u64 = 0x800;
-const GICD_ICFGR: u64 = 0xc00;
+/// The priority of every interrupt the guest enables.
+const PRIORITY: u32 = 0xa0;
 
-const GICC_CTLR: u64 = 0x000;
-const GICC_PMR: u64 = 0x004;
-const GICC_BPR: u64 = 0x008;
-const GICC_IAR: u64 = 0x00c;
-const GICC_EOIR: u64 = 0x010;
-
-/// GICv2m MSI_TYPER: base SPI in bits 25:16, count in bits 9:0.
-const V2M_MSI_TYPER: u64 = 0x008;
-/// GICv2m MSI_SETSPI_NS: the MSI doorbell (data = SPI number).
-pub const V2M_MSI_SETSPI_NS: u64 = 0x040;
-
-const SPURIOUS: u32 = 1023;
-
-static GICD: AtomicU64 = AtomicU64::new(0);
-static GICC: AtomicU64 = AtomicU64::new(0);
-/// First SPI of the doorbell vectors (0 = none).
-static DOORBELL_SPI_BASE: AtomicU32 = AtomicU32::new(0);
-
-fn read(base: &AtomicU64, off: u64) -> u32 {
-    // SAFETY: `init` stored the mapped (Device) base of a GIC frame; the
-    // offsets are registers inside it, accessed with 32-bit volatile loads.
-    unsafe { ((base.load(Ordering::Relaxed) + off) as *const u32).read_volatile() }
+/// The GIC and where its parts are (already mapped, except GICv3's
+/// redistributors, which `init` maps while walking them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gic {
+    /// Distributor and CPU interface (MMIO).
+    V2 {
+        /// GICD.
+        gicd: u64,
+        /// GICC.
+        gicc: u64,
+    },
+    /// Distributor and the first redistributor frame.
+    V3 {
+        /// GICD.
+        gicd: u64,
+        /// First GICR frame.
+        gicr: u64,
+    },
 }
 
-fn write(base: &AtomicU64, off: u64, value: u32) {
-    // SAFETY: as in `read`.
-    unsafe { ((base.load(Ordering::Relaxed) + off) as *mut u32).write_volatile(value) }
+/// Why the GIC could not be set up.
+#[derive(Clone, Copy, Debug)]
+pub enum GicError {
+    /// No redistributor frame carries this CPU's affinity.
+    NoRedistributor {
+        /// MPIDR_EL1.
+        mpidr: u64,
+        /// Frames looked at.
+        frames: u32,
+    },
+    /// A register did not settle (`what`) within the polling bound.
+    Timeout(&'static str),
+    /// Mapping a redistributor frame failed.
+    Map(MapError),
 }
 
-/// Sets priority, target (SPIs), trigger and enable of `intid`.
-fn configure(intid: u32, edge: bool) {
-    let byte = |reg: u64, value: u32| {
-        let off = reg + u64::from(intid & !3);
-        let shift = 8 * (intid & 3);
-        let old = read(&GICD, off);
-        write(&GICD, off, (old & !(0xff << shift)) | value << shift);
-    };
-    byte(GICD_IPRIORITYR, 0xa0);
-    if intid >= 32 {
-        byte(GICD_ITARGETSR, 0x01);
-        let off = GICD_ICFGR + u64::from(intid / 16 * 4);
-        let bit = 2 * (intid % 16) + 1;
-        let old = read(&GICD, off);
-        write(
-            &GICD,
-            off,
-            if edge {
-                old | 1 << bit
-            } else {
-                old & !(1 << bit)
-            },
-        );
+impl core::fmt::Display for GicError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            GicError::NoRedistributor { mpidr, frames } => write!(
+                f,
+                "GICv3: no redistributor for MPIDR {mpidr:#x} among {frames} frame(s)"
+            ),
+            GicError::Timeout(what) => write!(f, "GIC: {what} did not settle"),
+            GicError::Map(e) => write!(f, "GICv3 redistributor: {e}"),
+        }
     }
-    write(
-        &GICD,
-        GICD_ISENABLER + u64::from(intid / 32 * 4),
-        1 << (intid % 32),
-    );
 }
 
-/// Initialises distributor and CPU interface (both already mapped) and
-/// enables the timer PPI.
-pub fn init(gicd: u64, gicc: u64) {
-    GICD.store(gicd, Ordering::Relaxed);
-    GICC.store(gicc, Ordering::Relaxed);
-    // Group 0 and 1 forwarding on (a root cell may own the distributor
-    // under Jailhouse: writes there are ignored).
-    write(&GICD, GICD_CTLR, 3);
-    write(&GICC, GICC_PMR, 0xff);
-    write(&GICC, GICC_BPR, 0);
-    write(&GICC, GICC_CTLR, 3);
+static V3: AtomicBool = AtomicBool::new(false);
+/// First INTID of the doorbell vectors and how many there are (0: none).
+static DOORBELL_INTID: AtomicU32 = AtomicU32::new(0);
+static DOORBELL_COUNT: AtomicU32 = AtomicU32::new(0);
+
+/// What `init` found, for the boot log.
+#[derive(Clone, Copy, Debug)]
+pub struct GicInfo {
+    /// GICv3: this CPU's redistributor frame.
+    pub redistributor: Option<u64>,
+}
+
+/// Initialises distributor and CPU interface and enables the timer PPI.
+pub fn init(gic: Gic) -> Result<GicInfo, GicError> {
+    let redistributor = match gic {
+        Gic::V2 { gicd, gicc } => {
+            v2::init(gicd, gicc);
+            None
+        }
+        Gic::V3 { gicd, gicr } => {
+            let frame = v3::init(gicd, gicr)?;
+            V3.store(true, Ordering::Relaxed);
+            Some(frame)
+        }
+    };
     configure(time::TIMER_INTID, false);
+    Ok(GicInfo { redistributor })
 }
 
-/// The SPIs a v2m frame (mapped at `frame`) offers: (first, count).
-pub fn v2m_spis(frame: u64) -> (u32, u32) {
-    // SAFETY: `frame` is the mapped v2m frame; MSI_TYPER is a 32-bit register.
-    let typer = unsafe { ((frame + V2M_MSI_TYPER) as *const u32).read_volatile() };
-    ((typer >> 16) & 0x3ff, typer & 0x3ff)
+/// Sets group, priority, trigger (SPIs), routing to this CPU (SPIs) and
+/// enable of `intid`.
+fn configure(intid: u32, edge: bool) {
+    if V3.load(Ordering::Relaxed) {
+        v3::configure(intid, edge);
+    } else {
+        v2::configure(intid, edge);
+    }
 }
 
 /// Enables `count` edge-triggered SPIs from `first` as doorbell vectors
-/// `0..count`.
+/// `0..count` (at most [`DOORBELL_VECTORS`]).
 pub fn enable_doorbells(first: u32, count: u32) {
-    DOORBELL_SPI_BASE.store(first, Ordering::Relaxed);
-    for i in 0..count.min(u32::from(DOORBELL_VECTORS)) {
+    let count = count.min(u32::from(DOORBELL_VECTORS));
+    DOORBELL_INTID.store(first, Ordering::Relaxed);
+    DOORBELL_COUNT.store(count, Ordering::Relaxed);
+    for i in 0..count {
         configure(first + i, true);
     }
 }
 
 /// The IRQ exception: acknowledge, dispatch, end of interrupt.
 pub fn handle_irq() {
-    let iar = read(&GICC, GICC_IAR);
-    let intid = iar & 0x3ff;
-    if intid == SPURIOUS {
+    let v3 = V3.load(Ordering::Relaxed);
+    let iar = if v3 {
+        v3::acknowledge()
+    } else {
+        v2::acknowledge()
+    };
+    let intid = if v3 { iar & 0xff_ffff } else { iar & 0x3ff };
+    if (1020..1024).contains(&intid) {
         IRQ_COUNTERS.spurious.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    let base = DOORBELL_SPI_BASE.load(Ordering::Relaxed);
+    let first = DOORBELL_INTID.load(Ordering::Relaxed);
+    let count = DOORBELL_COUNT.load(Ordering::Relaxed);
     if intid == time::TIMER_INTID {
         time::handle_interrupt();
-    } else if base != 0 && (base..base + u32::from(DOORBELL_VECTORS)).contains(&intid) {
-        let v = (intid - base) as u8;
+    } else if (first..first + count).contains(&intid) {
+        let v = (intid - first) as u8;
         IRQ_COUNTERS.doorbell[usize::from(v)].fetch_add(1, Ordering::Relaxed);
         exceptions::post(event_doorbell(v));
     } else {
         IRQ_COUNTERS.unexpected.fetch_add(1, Ordering::Relaxed);
     }
-    write(&GICC, GICC_EOIR, iar);
+    if v3 {
+        v3::end_of_interrupt(iar);
+    } else {
+        v2::end_of_interrupt(iar);
+    }
 }

@@ -7,18 +7,21 @@
 //!
 //! | module | what | x86 counterpart (the name the shared code uses) |
 //! |---|---|---|
-//! | `boot` | Image header, EL2 -> EL1, stacks, `.bss` | `boot` |
+//! | `boot` | Image header, EL2 -> EL1 (ICC_SRE_EL2 on GICv3), stacks, `.bss` | `boot` |
 //! | `mmu` | stage-1 tables, per-region permissions | `paging` |
 //! | `exceptions` | vector table, fault reports, interrupt events | `idt` |
-//! | `gic` | GICv2 distributor, CPU interface, v2m | `apic` |
+//! | `mmio` | single-register `ldr`/`str` device accessors (Jailhouse-trappable) | — |
+//! | `gic` | GICv2 (+ v2m) or GICv3 (redistributor, ICC_* registers) | `apic` |
 //! | `time` | generic timer: CNTVCT clock, CNTV alarm | `time` |
-//! | `serial` | PL011 console | `serial` |
-//! | `pci` | ECAM configuration space, bus scan | `pci` |
-//! | `platform` | the DTB: UART, GIC, v2m, ECAM, BAR window, command line | `platform` |
-//! | `exit` | semihosting SYS_EXIT with the x86 exit statuses | `exit` |
+//! | `serial` | PL011 console, or Jailhouse's debug-console hypercall | `serial` |
+//! | `pci` | ECAM configuration space, bus scan, MSI or INTx | `pci` |
+//! | `platform` | QEMU: the DTB (UART, GIC, v2m, ECAM, BAR window, command line); MSI messages | `platform` |
+//! | `jailhouse` | Jailhouse cell: comm region, `.cmdline`, messages, `cell_state` | `platform` (its cell half) |
+//! | `exit` | semihosting SYS_EXIT with the x86 exit statuses, or `cell_state` | `exit` |
 //!
-//! Boot order: MMU on (image only) -> DTB -> console -> command line ->
-//! GIC + timer -> device -> services (or a self-test).
+//! Boot order: MMU on (image only) -> x0: DTB (QEMU) or comm region
+//! (Jailhouse, x0 = 0) -> console -> command line -> GIC + timer -> device
+//! -> services (or a self-test).
 #![no_std]
 #![no_main]
 
@@ -26,6 +29,8 @@ mod boot;
 mod exceptions;
 mod exit;
 mod gic;
+mod jailhouse;
+mod mmio;
 mod mmu;
 mod pci;
 mod platform;
@@ -73,11 +78,24 @@ pub(crate) fn fail(code: ExitCode, args: core::fmt::Arguments<'_>) -> ! {
     exit::exit(code)
 }
 
-/// The Rust entry point, called by `boot` on the main stack with the DTB
-/// address and the exception level the guest was entered at.
+/// The Rust entry point, called by `boot` on the main stack with x0 at
+/// entry (the DTB address, 0 under Jailhouse) and the exception level the
+/// guest was entered at.
 #[unsafe(no_mangle)]
 extern "C" fn rust_entry(dtb: u64, entry_el: u64) -> ! {
+    if dtb == 0 {
+        jailhouse::enter();
+    }
     let pa_bits = mmu::init().unwrap_or_else(|_| exit::exit(ExitCode::BootError));
+    if dtb == 0 {
+        start_jailhouse(entry_el, pa_bits)
+    } else {
+        start_qemu(dtb, entry_el, pa_bits)
+    }
+}
+
+/// QEMU `-kernel`: the platform from the DTB, MSI-X through GICv2m.
+fn start_qemu(dtb: u64, entry_el: u64, pa_bits: u8) -> ! {
     // Sets up the console first, so that a refused DTB is reported.
     let machine = platform::from_dtb(dtb);
     logger::init();
@@ -90,7 +108,11 @@ extern "C" fn rust_entry(dtb: u64, entry_el: u64) -> ! {
     println!("command line: {line}");
     let config = cmdline::parse(line)
         .unwrap_or_else(|e| fail(ExitCode::BadCommandLine, format_args!("command line: {e}")));
-    gic::init(machine.gicd, machine.gicc);
+    gic::init(gic::Gic::V2 {
+        gicd: machine.gicd,
+        gicc: machine.gicc,
+    })
+    .unwrap_or_else(|e| fail(ExitCode::BootError, format_args!("{e}")));
     let (spi, spis) = platform::init_msi(machine.v2m);
     let freq = time::init();
     pci::init(machine.host.clone());
@@ -105,6 +127,40 @@ extern "C" fn rust_entry(dtb: u64, entry_el: u64) -> ! {
         machine.host.buses,
         machine.host.window.start,
         machine.host.window.end
+    );
+    exceptions::enable();
+    start::run(&config, 0)
+}
+
+/// A Jailhouse cell: the platform from the comm region, INTx doorbells.
+fn start_jailhouse(entry_el: u64, pa_bits: u8) -> ! {
+    // Stops the cell (cell_state) itself if the comm region is unusable.
+    let cell = jailhouse::init();
+    logger::init();
+    println!(
+        "ivnet-guest {} booting (aarch64, entered at EL{entry_el}, no DTB: Jailhouse cell, comm region at {:#x}, {pa_bits} physical address bits)",
+        env!("CARGO_PKG_VERSION"),
+        jailhouse::COMM_REGION_BASE
+    );
+    let cell = cell.unwrap_or_else(|e| fail(ExitCode::BootError, format_args!("mapping: {e}")));
+    let line = jailhouse::cmdline()
+        .unwrap_or_else(|e| fail(ExitCode::BadCommandLine, format_args!("command line: {e}")));
+    println!("command line: {line}");
+    let config = cmdline::parse(line)
+        .unwrap_or_else(|e| fail(ExitCode::BadCommandLine, format_args!("command line: {e}")));
+    let gic_info =
+        gic::init(cell.gic).unwrap_or_else(|e| fail(ExitCode::BootError, format_args!("{e}")));
+    let freq = time::init();
+    if let Some(host) = cell.host.clone() {
+        pci::init(host);
+    }
+    println!(
+        "{}",
+        jailhouse::PlatformLine {
+            cell: &cell,
+            redistributor: gic_info.redistributor,
+            timer_hz: freq,
+        }
     );
     exceptions::enable();
     start::run(&config, 0)

@@ -182,6 +182,10 @@ impl Mapper {
 }
 
 unsafe extern "C" {
+    static __head_start: u8;
+    static __head_end: u8;
+    static __cmdline_start: u8;
+    static __cmdline_end: u8;
     static __exception_stack_guard: u8;
     static __exception_stack_bottom: u8;
     static __exception_stack_top: u8;
@@ -221,6 +225,25 @@ pub fn init() -> Result<u8, MapError> {
     common::map_image(exception_stack, |start, len, kind, name| {
         m.map_to(start, start, len, kind, name)
     })?;
+    // The two pages in front of the shared sections (link.ld): the entry
+    // code, and the command line `jailhouse cell load` wrote.
+    for (start, end, kind, name) in [
+        (
+            &raw const __head_start,
+            &raw const __head_end,
+            Kind::Code,
+            "entry code (Image header)",
+        ),
+        (
+            &raw const __cmdline_start,
+            &raw const __cmdline_end,
+            Kind::ReadOnly,
+            "command line (.cmdline)",
+        ),
+    ] {
+        let (start, end) = (start as u64, end as u64);
+        m.map_to(start, start, end - start, kind, name)?;
+    }
     let tcr: u64 = 16 // T0SZ: 48-bit VA
         | 1 << 8 // IRGN0: write-back, write-allocate
         | 1 << 10 // ORGN0: write-back, write-allocate

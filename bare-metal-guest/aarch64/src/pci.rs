@@ -1,12 +1,18 @@
 //! PCI configuration space through ECAM (the DTB's
 //! `pci-host-ecam-generic` node, or the comm region's `pci_mmconfig_base`
-//! under Jailhouse) and a bus scan. Parsing (header, BARs, capabilities,
-//! MSI-X) is `ivshmem::pci`, as on x86.
+//! under Jailhouse, bus 0 only), a bus scan, and how the host bridge's
+//! functions interrupt the CPU (MSI through GICv2m, or INTx under
+//! Jailhouse). Parsing (header, BARs, capabilities, MSI-X) is
+//! `ivshmem::pci`, as on x86. Every configuration access is one 32-bit
+//! `ldr`/`str` (`mmio`): Jailhouse emulates ECAM from the data abort.
 
 use core::ops::Range;
 
+use ivnet_guest::comm_region;
 use ivshmem::pci::{ConfigSpace, HEADER_TYPE, Header, VENDOR_ID};
 use spin::Once;
+
+use crate::{gic, mmio};
 
 pub use ivnet_guest::bdf::Bdf;
 
@@ -22,6 +28,48 @@ pub struct HostBridge {
     /// CPU addresses of the non-prefetchable 32-bit memory window (CPU =
     /// PCI address on `virt` and Jailhouse).
     pub window: Range<u64>,
+    /// How functions interrupt the CPU.
+    pub interrupts: Interrupts,
+}
+
+/// How the host bridge's functions interrupt the CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interrupts {
+    /// MSI(-X) writes to the GICv2m frame (QEMU `virt` with GICv2); INTx
+    /// is not routed.
+    Msi,
+    /// INTx only (Jailhouse's virtual host bridge): pin n of any function
+    /// is INTID 32 + `vpci_irq_base` + n - 1, edge-triggered.
+    Intx {
+        /// The cell's `vpci_irq_base`.
+        vpci_irq_base: u32,
+    },
+}
+
+/// Why MSI(-X) cannot work on this platform, or `None` if it can.
+pub fn msi_unsupported() -> Option<&'static str> {
+    match HOST.get()?.interrupts {
+        Interrupts::Msi => None,
+        Interrupts::Intx { .. } => Some(
+            "this platform takes PCI interrupts only as INTx (Jailhouse's virtual PCI host: \
+             a GICv3 has no MSI frame, and without an ITS nothing turns an MSI write into \
+             an interrupt; the guest drives no ITS)",
+        ),
+    }
+}
+
+/// Routes INTx pin `pin` (1..=4, the function's Interrupt Pin) to this CPU
+/// as doorbell vector 0 (an edge-triggered SPI) and returns its INTID;
+/// `None` if the platform routes no INTx or the pin maps to no SPI.
+pub fn route_intx(_bdf: Bdf, pin: u8) -> Option<u32> {
+    match HOST.get()?.interrupts {
+        Interrupts::Msi => None,
+        Interrupts::Intx { vpci_irq_base } => {
+            let intid = comm_region::intx_intid(vpci_irq_base, pin)?;
+            gic::enable_doorbells(intid, 1);
+            Some(intid)
+        }
+    }
 }
 
 static HOST: Once<HostBridge> = Once::new();
@@ -69,9 +117,9 @@ impl ConfigSpace for EcamConfigSpace {
             return u32::MAX;
         }
         // SAFETY: `base` is this function's 4 KiB inside the ECAM window,
-        // which `platform` mapped as Device memory for the guest's
-        // lifetime; the access is an aligned 32-bit volatile load.
-        unsafe { ((self.base + u64::from(offset & !3)) as *const u32).read_volatile() }
+        // which the platform mapped as Device memory for the guest's
+        // lifetime; the access is an aligned 32-bit load.
+        unsafe { mmio::read32(self.base + u64::from(offset & !3)) }
     }
 
     fn write32(&mut self, offset: u16, value: u32) {
@@ -80,7 +128,7 @@ impl ConfigSpace for EcamConfigSpace {
         }
         // SAFETY: as in `read32`; the callers write only registers whose
         // effects they own (Command, BARs, the MSI-X capability).
-        unsafe { ((self.base + u64::from(offset & !3)) as *mut u32).write_volatile(value) }
+        unsafe { mmio::write32(self.base + u64::from(offset & !3), value) }
     }
 }
 

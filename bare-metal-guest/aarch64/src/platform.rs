@@ -1,5 +1,5 @@
-//! The machine the guest runs on, read from the device tree QEMU passes in
-//! x0: the console (`/chosen/stdout-path`, else the first `arm,pl011`), the
+//! The machine the guest runs on under QEMU, read from the device tree QEMU
+//! passes in x0 (x0 = 0: a Jailhouse cell, see `jailhouse`): the console (`/chosen/stdout-path`, else the first `arm,pl011`), the
 //! GIC (`arm,cortex-a15-gic`/`arm,gic-400`: GICD = reg[0], GICC = reg[1]),
 //! its GICv2m MSI frame (`arm,gic-v2m-frame`), the PCI host bridge
 //! (`pci-host-ecam-generic`: ECAM = reg[0], `bus-range`, and the 32-bit
@@ -10,7 +10,7 @@ use fdt::Fdt;
 
 use crate::gic;
 use crate::mmu::{self, Kind, MapError};
-use crate::pci::HostBridge;
+use crate::pci::{HostBridge, Interrupts};
 
 /// What the guest found.
 pub struct Machine {
@@ -37,7 +37,7 @@ pub enum DtbError {
     Map(MapError),
     /// A node or property the guest needs is missing or malformed.
     Missing(&'static str),
-    /// A GICv3 (only GICv2 with v2m is supported; see `gic`).
+    /// A GICv3 (with a DTB only GICv2 with v2m is supported; see `gic`).
     GicV3,
 }
 
@@ -49,7 +49,7 @@ impl core::fmt::Display for DtbError {
             DtbError::Missing(what) => write!(f, "device tree: no usable {what}"),
             DtbError::GicV3 => write!(
                 f,
-                "device tree: GICv3 found; this guest drives GICv2 with v2m (use -M virt,gic-version=2)"
+                "device tree: GICv3 found; under QEMU this guest takes MSI-X through GICv2m (GICv3 MSIs need an ITS, which it does not drive): use -M virt,gic-version=2"
             ),
         }
     }
@@ -184,6 +184,7 @@ pub fn from_dtb(dtb: u64) -> Result<Machine, DtbError> {
             ecam,
             buses,
             window,
+            interrupts: Interrupts::Msi,
         },
         cmdline: fdt.chosen().bootargs().unwrap_or(""),
     })
@@ -207,6 +208,8 @@ pub fn msi_message(_cpu: u32, index: u16) -> (u64, u32) {
     (frame + gic::V2M_MSI_SETSPI_NS, first + u32::from(index))
 }
 
-/// Answers the hypervisor's messages (a Jailhouse cell's comm region);
-/// nothing to do on QEMU.
-pub fn poll_messages(_take_link_down: impl FnOnce()) {}
+/// Answers the hypervisor's messages (a Jailhouse cell's comm region,
+/// `jailhouse::poll_messages`); nothing to do on QEMU.
+pub fn poll_messages(take_link_down: impl FnOnce()) {
+    crate::jailhouse::poll_messages(take_link_down);
+}

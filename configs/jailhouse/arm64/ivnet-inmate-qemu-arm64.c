@@ -25,20 +25,45 @@
  *
  * RAM: 2 MiB of root RAM no shipped config uses (0x78000000, above the
  * root kernel's mem=768M) at guest-physical 0x40000000, so the image the
- * guest is linked for (0x40080000, the QEMU `virt` Image) loads unchanged:
- *   jailhouse cell load ivnet-inmate ivnet-guest-aarch64.bin -a 0x40080000
+ * guest is linked for (0x40080000, the QEMU `virt` Image) loads unchanged,
+ * command line included:
+ *   jailhouse cell load ivnet-inmate ivnet-guest-aarch64.bin -a 0x40080000 \
+ *       -s "ip=10.0.0.2/24" -a 0x40081000
  * and cpu_reset_address = 0x40080000 (byte 0 of the Image is its entry
- * branch). x0 = 0 at reset (no DTB): the guest must then take the comm
- * region at 0x80000000 for console, ECAM (0x08e00000, bus 0 only) and GIC
- * (v3 on qemu-arm64). NOT IMPLEMENTED YET in the guest: it drives GICv2 +
- * v2m only and needs a DTB (bare-metal-guest/aarch64/README.md).
+ * branch; the zero-filled 1 KiB .cmdline buffer is at +0x1000, code starts
+ * 128 KiB after it, so an overlong -s string only reaches bss).
+ *
+ * The guest's start path (bare-metal-guest/aarch64/src/jailhouse.rs): x0 = 0
+ * at reset (no DTB) selects it. It reads the comm region at 0x80000000
+ * ("JHCOMM" rev 2, else cell_state FAILED_COMM_REV): console (the PL011
+ * below; divider 0, so not reprogrammed), ECAM (pci_mmconfig_base
+ * 0x08e00000, bus 0 only), GICv3 (gicd 0x08000000, the redistributor of
+ * its CPU found by GICR_TYPER affinity from gicr 0x080a0000, ICC_* system
+ * registers), vpci_irq_base. The ivshmem 2.0 device has no MSI-X here
+ * (BAR_MASK_INTX), so its doorbells come as INTx: INTID 141, edge,
+ * INT_CTRL = 1 after every reset. It places BAR0 at 0x10000000 (the
+ * guest's one constant, jailhouse::BAR_WINDOW_BASE): an address with no
+ * region below, so the BAR handlers Jailhouse installs when Command.MEMORY
+ * is set catch every access (a BAR over a mapped region would hit RAM or
+ * the UART instead), and the start of QEMU virt's 32-bit PCI window, where
+ * the test rig's device decodes. Every trapped MMIO access (GICD, GICR,
+ * ECAM, BAR0) is a single ldr/str without writeback. It stops through
+ * cell_state (SHUT_DOWN or FAILED) and WFI, never PSCI or semihosting.
  *
  * CPU 2 (root keeps CPU 0; inmate-demo uses CPU 1, linux-demo 2-3, which is
  * excluded anyway by the link). Console: the PL011 at 0x09000000, shared
  * with root (IO | ROOTSHARED), as in the demos.
  *
- * JAILHOUSE_CELL_PASSIVE_COMMREG: the guest's comm-region message handshake
- * is x86-only so far.
+ * Not JAILHOUSE_CELL_PASSIVE_COMMREG: the guest answers the hypervisor's
+ * messages as the x86 one does (SHUTDOWN_REQUEST: it takes the ivshmem-net
+ * link to RESET, so the root cell's side sees the carrier drop at once,
+ * then approves; RECONFIG_COMPLETED: RECEIVED; anything else: UNKNOWN).
+ * msg_reply_timeout bounds the root CPU's wait (a loop count, not time:
+ * 10^9 turns of the hypervisor's poll loop, seconds on current CPUs; the
+ * guest answers within its 250 ms link tick) for a cell that cannot
+ * answer, e.g. one stopped with FAILED_COMM_REV, which the hypervisor does
+ * not count as terminal; on expiry the cell is suspended and marked
+ * failed.
  */
 #include <jailhouse/types.h>
 #include <jailhouse/cell-config.h>
@@ -55,7 +80,8 @@ struct {
 		.architecture = JAILHOUSE_ARM64,
 		.revision = JAILHOUSE_CONFIG_REVISION,
 		.name = "ivnet-inmate",
-		.flags = JAILHOUSE_CELL_PASSIVE_COMMREG,
+		.flags = 0,
+		.msg_reply_timeout = 1000000000,
 
 		.cpu_set_size = sizeof(config.cpus),
 		.num_memory_regions = ARRAY_SIZE(config.mem_regions),
