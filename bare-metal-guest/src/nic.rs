@@ -128,7 +128,7 @@ impl Nic {
         let endpoint = Endpoint::new(own, peer, config).map_err(NicError::Geometry)?;
         let mtu = endpoint.mtu();
         println!(
-            "nic: ivshmem-net on {:?} {} (peer {} -> {}, {} MSI-X vectors), mode {:?}, mtu {mtu}",
+            "nic: ivshmem-net on {:?} {} (peer {} -> {}, {} interrupt vectors), mode {:?}, mtu {mtu}",
             device.profile, device.bdf, device.id, device.peer, device.vectors, mode
         );
         let link = device.into_link(round_now_us).map_err(NicError::Link)?;
