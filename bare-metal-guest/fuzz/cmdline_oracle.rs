@@ -38,12 +38,16 @@ pub fn check(data: &[u8]) {
                 assert!(c.ip.contains(g), "gateway outside the subnet accepted");
             }
             assert!(c.ip.contains(c.ip.address));
-            assert!(line.split_ascii_whitespace().count() <= 9, "a key twice");
-            if let Some(p) = c.ping {
-                assert_ne!(p.target, c.ip.address, "ping of the own address accepted");
+            assert!(line.split_ascii_whitespace().count() <= 10, "a key twice");
+            for p in [c.ping, c.udp_echo].into_iter().flatten() {
+                assert_ne!(
+                    p.target, c.ip.address,
+                    "echo client of the own address accepted"
+                );
                 assert!(!p.target.is_multicast() && !p.target.is_broadcast());
+                assert!(!p.target.is_unspecified());
                 assert_ne!(Some(p.target), c.ip.broadcast());
-                assert!((1..=cmdline::MAX_PING_INTERVAL_MS).contains(&p.interval_ms));
+                assert!((1..=cmdline::MAX_CLIENT_INTERVAL_MS).contains(&p.interval_ms));
                 assert_ne!(p.count, Some(0));
             }
 
@@ -71,10 +75,12 @@ pub fn check(data: &[u8]) {
             if c.nic == cmdline::NicKind::Virtio {
                 canonical.push_str(" nic=virtio");
             }
-            if let Some(p) = c.ping {
-                write!(canonical, " ping={},interval={}", p.target, p.interval_ms).unwrap();
-                if let Some(n) = p.count {
-                    write!(canonical, ",count={n}").unwrap();
+            for (key, client) in [("ping", c.ping), ("udpecho", c.udp_echo)] {
+                if let Some(p) = client {
+                    write!(canonical, " {key}={},interval={}", p.target, p.interval_ms).unwrap();
+                    if let Some(n) = p.count {
+                        write!(canonical, ",count={n}").unwrap();
+                    }
                 }
             }
             assert_eq!(cmdline::parse(&canonical), Ok(c), "{canonical}");
@@ -94,9 +100,9 @@ pub fn check(data: &[u8]) {
                 | CmdlineError::BadStatsInterval(s)
                 | CmdlineError::BadSelfTest(s)
                 | CmdlineError::BadNic(s)
-                | CmdlineError::BadPing(s)
-                | CmdlineError::BadPingCount(s)
-                | CmdlineError::BadPingInterval(s) => Some(s),
+                | CmdlineError::BadClient(_, s)
+                | CmdlineError::BadClientCount(_, s)
+                | CmdlineError::BadClientInterval(_, s) => Some(s),
                 CmdlineError::MissingIp => {
                     assert!(!line.contains("ip="), "ip= given but reported missing");
                     None
@@ -106,10 +112,11 @@ pub fn check(data: &[u8]) {
                     None
                 }
                 CmdlineError::GatewayOutsideSubnet(_) => None,
-                CmdlineError::PingTarget(t) => {
+                CmdlineError::ClientTarget(key, t) => {
                     // Refused only once the whole line is read: exactly one
                     // `ip=` word, and the target is special or one of its
                     // subnet's own addresses.
+                    assert!(line.contains(&format!("{key}=")));
                     let ip_word = line
                         .split_ascii_whitespace()
                         .find(|w| w.starts_with("ip="))

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! ip=10.77.0.2/24 gw=10.77.0.1 mac=02:00:0a:4d:00:02 mode=event mtu=16384 stats=5 nic=ivnet
-//! ip=10.77.0.3/24 mtu=1500 ping=10.77.0.2,count=100,interval=200
+//! ip=10.77.0.3/24 mtu=1500 ping=10.77.0.2,count=100,interval=200 udpecho=10.77.0.2
 //! ```
 //!
 //! | key | meaning | default |
@@ -18,7 +18,8 @@
 //! | `stats` | seconds between counter lines on the serial console (`0` = off) | 5 |
 //! | `nic` | `ivnet` (the ivshmem-net link) or `virtio` (a virtio-net PCI device, MTU 1500, for comparisons; `mtu` does not apply) | `ivnet` |
 //! | `selftest` | run a platform self-test instead of the network services and exit (see [`SelfTest`]) | none |
-//! | `ping` | `A.B.C.D[,count=N][,interval=MS]`: send ICMP echo requests to that address once the link is up and check every reply (see [`PingConfig`]; `count` `1..`, `interval` `1..=60000` ms) | none (`count`: no limit, `interval`: 1000) |
+//! | `ping` | `A.B.C.D[,count=N][,interval=MS]`: send ICMP echo requests to that address once the link is up and check every reply (see [`EchoClientConfig`]; `count` `1..`, `interval` `1..=60000` ms) | none (`count`: no limit, `interval`: 1000) |
+//! | `udpecho` | the same for UDP datagrams to that address's echo port 7 | none |
 //!
 //! Every malformed or unknown word is a typed [`CmdlineError`]: a typo must
 //! not silently become a default.
@@ -33,10 +34,11 @@ pub const MAX_MTU: u16 = 16384;
 pub const MIN_MTU: u16 = 68;
 /// Default interval of the counters line on the serial console, in seconds.
 pub const DEFAULT_STATS_INTERVAL_S: u32 = 5;
-/// Default interval of the `ping=` client, in milliseconds.
-pub const DEFAULT_PING_INTERVAL_MS: u32 = 1000;
-/// Longest interval of the `ping=` client, in milliseconds.
-pub const MAX_PING_INTERVAL_MS: u32 = 60_000;
+/// Default interval of the echo clients (`ping=`, `udpecho=`), in
+/// milliseconds.
+pub const DEFAULT_CLIENT_INTERVAL_MS: u32 = 1000;
+/// Longest interval of the echo clients, in milliseconds.
+pub const MAX_CLIENT_INTERVAL_MS: u32 = 60_000;
 
 /// How the NIC driver learns about new work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,10 +116,11 @@ impl SelfTest {
     ];
 }
 
-/// The `ping=` client: ICMP echo requests to another host (e.g. the
-/// guest at the other end of the link), every reply checked byte for byte.
+/// An echo client (`ping=`: ICMP echo requests; `udpecho=`: datagrams to
+/// UDP port 7) towards another host, e.g. the guest at the other end of
+/// the link; every reply checked byte for byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PingConfig {
+pub struct EchoClientConfig {
     /// Where the requests go: a unicast address other than the guest's own.
     pub target: Ipv4Addr,
     /// How many requests in all; `None`: no limit.
@@ -188,8 +191,10 @@ pub struct GuestConfig {
     pub selftest: Option<SelfTest>,
     /// Which NIC the services run on.
     pub nic: NicKind,
-    /// The echo client, if asked for.
-    pub ping: Option<PingConfig>,
+    /// The ICMP echo client, if asked for.
+    pub ping: Option<EchoClientConfig>,
+    /// The UDP echo client, if asked for.
+    pub udp_echo: Option<EchoClientConfig>,
 }
 
 /// Why a command line was rejected. Borrowed strings point into the command
@@ -226,16 +231,18 @@ pub enum CmdlineError<'a> {
     BadSelfTest(&'a str),
     /// `nic=` is neither `ivnet` nor `virtio`.
     BadNic(&'a str),
-    /// A piece of `ping=` that is neither the address (first) nor
-    /// `count=N` or `interval=MS` once each.
-    BadPing(&'a str),
-    /// `count=` of `ping=` is not a number `1..`.
-    BadPingCount(&'a str),
-    /// `interval=` of `ping=` is not a number of milliseconds `1..=60000`.
-    BadPingInterval(&'a str),
-    /// The `ping=` address is not a unicast address other than the
-    /// guest's own.
-    PingTarget(Ipv4Addr),
+    /// A piece of an echo client's value (`ping=`, `udpecho=`: the key
+    /// first) that is neither the address (first) nor `count=N` or
+    /// `interval=MS` once each.
+    BadClient(&'a str, &'a str),
+    /// An echo client's `count=` is not a number `1..`.
+    BadClientCount(&'a str, &'a str),
+    /// An echo client's `interval=` is not a number of milliseconds
+    /// `1..=60000`.
+    BadClientInterval(&'a str, &'a str),
+    /// An echo client's address is not a unicast address other than the
+    /// guest's own and its subnet's broadcast address.
+    ClientTarget(&'a str, Ipv4Addr),
     /// The command line is not valid UTF-8 (reported by the loader glue).
     NotUtf8,
     /// The command line is longer than the guest's buffer.
@@ -248,7 +255,7 @@ impl fmt::Display for CmdlineError<'_> {
             CmdlineError::NotKeyValue(w) => write!(f, "`{w}` is not key=value"),
             CmdlineError::UnknownKey(k) => write!(
                 f,
-                "unknown key `{k}` (known: ip gw mac mode mtu stats selftest nic ping)"
+                "unknown key `{k}` (known: ip gw mac mode mtu stats selftest nic ping udpecho)"
             ),
             CmdlineError::DuplicateKey(k) => write!(f, "key `{k}` given twice"),
             CmdlineError::MissingIp => write!(f, "missing ip=a.b.c.d/len"),
@@ -262,20 +269,20 @@ impl fmt::Display for CmdlineError<'_> {
             CmdlineError::MulticastMac(m) => write!(f, "mac={m} is a multicast address"),
             CmdlineError::BadMode(v) => write!(f, "mode=`{v}` is neither `event` nor `poll`"),
             CmdlineError::BadNic(v) => write!(f, "nic=`{v}` is neither `ivnet` nor `virtio`"),
-            CmdlineError::BadPing(v) => write!(
+            CmdlineError::BadClient(k, v) => write!(
                 f,
-                "ping=: `{v}` is not where a.b.c.d[,count=N][,interval=MS] has it"
+                "{k}=: `{v}` is not where a.b.c.d[,count=N][,interval=MS] has it"
             ),
-            CmdlineError::BadPingCount(v) => {
-                write!(f, "ping=: count=`{v}` is not a number of requests (1..)")
+            CmdlineError::BadClientCount(k, v) => {
+                write!(f, "{k}=: count=`{v}` is not a number of requests (1..)")
             }
-            CmdlineError::BadPingInterval(v) => write!(
+            CmdlineError::BadClientInterval(k, v) => write!(
                 f,
-                "ping=: interval=`{v}` is not a number of milliseconds in 1..={MAX_PING_INTERVAL_MS}"
+                "{k}=: interval=`{v}` is not a number of milliseconds in 1..={MAX_CLIENT_INTERVAL_MS}"
             ),
-            CmdlineError::PingTarget(a) => write!(
+            CmdlineError::ClientTarget(k, a) => write!(
                 f,
-                "ping={a}: not a unicast address other than the guest's own"
+                "{k}={a}: not a unicast address other than the guest's own"
             ),
             CmdlineError::BadMtu(v) => {
                 write!(f, "mtu=`{v}` is not a number in {MIN_MTU}..={MAX_MTU}")
@@ -329,35 +336,36 @@ fn parse_mac(v: &str) -> Result<MacAddress, CmdlineError<'_>> {
     Ok(mac)
 }
 
-/// `A.B.C.D[,count=N][,interval=MS]` (the target is checked against the
-/// own address once the whole line is read).
-fn parse_ping(v: &str) -> Result<PingConfig, CmdlineError<'_>> {
+/// An echo client's value, `A.B.C.D[,count=N][,interval=MS]`, for `key`
+/// (the target is checked against the own address once the whole line is
+/// read).
+fn parse_client<'a>(key: &'a str, v: &'a str) -> Result<EchoClientConfig, CmdlineError<'a>> {
     let mut parts = v.split(',');
     // `split` yields at least one piece.
     let addr = parts.next().unwrap_or(v);
-    let target = Ipv4Addr::from_str(addr).map_err(|_| CmdlineError::BadPing(addr))?;
+    let target = Ipv4Addr::from_str(addr).map_err(|_| CmdlineError::BadClient(key, addr))?;
     let (mut count, mut interval_ms) = (None, None);
     for part in parts {
         match part.split_once('=') {
             Some(("count", n)) if count.is_none() => {
                 count = Some(match u32::from_str(n) {
                     Ok(n @ 1..) => n,
-                    _ => return Err(CmdlineError::BadPingCount(n)),
+                    _ => return Err(CmdlineError::BadClientCount(key, n)),
                 });
             }
             Some(("interval", ms)) if interval_ms.is_none() => {
                 interval_ms = Some(match u32::from_str(ms) {
-                    Ok(ms @ 1..=MAX_PING_INTERVAL_MS) => ms,
-                    _ => return Err(CmdlineError::BadPingInterval(ms)),
+                    Ok(ms @ 1..=MAX_CLIENT_INTERVAL_MS) => ms,
+                    _ => return Err(CmdlineError::BadClientInterval(key, ms)),
                 });
             }
-            _ => return Err(CmdlineError::BadPing(part)),
+            _ => return Err(CmdlineError::BadClient(key, part)),
         }
     }
-    Ok(PingConfig {
+    Ok(EchoClientConfig {
         target,
         count,
-        interval_ms: interval_ms.unwrap_or(DEFAULT_PING_INTERVAL_MS),
+        interval_ms: interval_ms.unwrap_or(DEFAULT_CLIENT_INTERVAL_MS),
     })
 }
 
@@ -372,6 +380,7 @@ pub fn parse(line: &str) -> Result<GuestConfig, CmdlineError<'_>> {
     let mut selftest = None;
     let mut nic = None;
     let mut ping = None;
+    let mut udp_echo = None;
 
     fn set<'a, T>(slot: &mut Option<T>, key: &'a str, v: T) -> Result<(), CmdlineError<'a>> {
         if slot.replace(v).is_some() {
@@ -427,7 +436,8 @@ pub fn parse(line: &str) -> Result<GuestConfig, CmdlineError<'_>> {
                 };
                 set(&mut nic, key, n)?
             }
-            "ping" => set(&mut ping, key, parse_ping(value)?)?,
+            "ping" => set(&mut ping, key, parse_client(key, value)?)?,
+            "udpecho" => set(&mut udp_echo, key, parse_client(key, value)?)?,
             _ => return Err(CmdlineError::UnknownKey(key)),
         }
     }
@@ -438,15 +448,17 @@ pub fn parse(line: &str) -> Result<GuestConfig, CmdlineError<'_>> {
     {
         return Err(CmdlineError::GatewayOutsideSubnet(g));
     }
-    if let Some(p) = ping {
-        let t = p.target;
+    for (key, client) in [("ping", ping), ("udpecho", udp_echo)] {
+        let Some(t) = client.map(|c| c.target) else {
+            continue;
+        };
         if t == ip.address
             || t.is_unspecified()
             || t.is_broadcast()
             || t.is_multicast()
             || ip.broadcast() == Some(t)
         {
-            return Err(CmdlineError::PingTarget(t));
+            return Err(CmdlineError::ClientTarget(key, t));
         }
     }
     let o = ip.address.octets();
@@ -460,6 +472,7 @@ pub fn parse(line: &str) -> Result<GuestConfig, CmdlineError<'_>> {
         selftest,
         nic: nic.unwrap_or(NicKind::Ivnet),
         ping,
+        udp_echo,
     })
 }
 
@@ -469,7 +482,7 @@ mod tests {
 
     #[test]
     fn full_line() {
-        let c = parse("ip=10.77.0.2/24 gw=10.77.0.1 mac=02:aa:bb:cc:dd:ee mode=poll mtu=1500 stats=0 selftest=boot nic=virtio ping=10.77.0.3,interval=250,count=7")
+        let c = parse("ip=10.77.0.2/24 gw=10.77.0.1 mac=02:aa:bb:cc:dd:ee mode=poll mtu=1500 stats=0 selftest=boot nic=virtio ping=10.77.0.3,interval=250,count=7 udpecho=10.77.0.4")
             .unwrap();
         assert_eq!(c.ip.address, Ipv4Addr::new(10, 77, 0, 2));
         assert_eq!(c.ip.prefix_len, 24);
@@ -482,10 +495,18 @@ mod tests {
         assert_eq!(c.nic, NicKind::Virtio);
         assert_eq!(
             c.ping,
-            Some(PingConfig {
+            Some(EchoClientConfig {
                 target: Ipv4Addr::new(10, 77, 0, 3),
                 count: Some(7),
                 interval_ms: 250
+            })
+        );
+        assert_eq!(
+            c.udp_echo,
+            Some(EchoClientConfig {
+                target: Ipv4Addr::new(10, 77, 0, 4),
+                count: None,
+                interval_ms: DEFAULT_CLIENT_INTERVAL_MS
             })
         );
     }
@@ -495,15 +516,15 @@ mod tests {
         let c = parse("ip=10.77.0.2/24 ping=10.77.1.9").unwrap();
         assert_eq!(
             c.ping,
-            Some(PingConfig {
+            Some(EchoClientConfig {
                 target: Ipv4Addr::new(10, 77, 1, 9),
                 count: None,
-                interval_ms: DEFAULT_PING_INTERVAL_MS
+                interval_ms: DEFAULT_CLIENT_INTERVAL_MS
             })
         );
         // A /31 has no broadcast address: the other end is a host.
         let c = parse("ip=10.77.0.2/31 ping=10.77.0.3,interval=60000").unwrap();
-        assert_eq!(c.ping.unwrap().interval_ms, MAX_PING_INTERVAL_MS);
+        assert_eq!(c.ping.unwrap().interval_ms, MAX_CLIENT_INTERVAL_MS);
     }
 
     #[test]
@@ -564,31 +585,52 @@ mod tests {
             ("ip=10.77.0.2/24 stats=-1", BadStatsInterval("-1")),
             ("ip=10.77.0.2/24 selftest=nope", BadSelfTest("nope")),
             ("ip=10.77.0.2/24 console=ttyS0", UnknownKey("console")),
-            ("ip=10.77.0.2/24 ping=", BadPing("")),
-            ("ip=10.77.0.2/24 ping=10.77.0", BadPing("10.77.0")),
-            ("ip=10.77.0.2/24 ping=10.77.0.3,", BadPing("")),
-            ("ip=10.77.0.2/24 ping=10.77.0.3,count", BadPing("count")),
-            ("ip=10.77.0.2/24 ping=10.77.0.3,size=9", BadPing("size=9")),
+            ("ip=10.77.0.2/24 ping=", BadClient("ping", "")),
+            (
+                "ip=10.77.0.2/24 udpecho=10.77.0.3,count=2,interval=x",
+                BadClientInterval("udpecho", "x"),
+            ),
+            (
+                "ip=10.77.0.2/24 udpecho=10.77.0.3 udpecho=10.77.0.3",
+                DuplicateKey("udpecho"),
+            ),
+            (
+                "ip=10.77.0.2/24 ping=10.77.0.3 udpecho=10.77.0.2",
+                ClientTarget("udpecho", Ipv4Addr::new(10, 77, 0, 2)),
+            ),
+            ("ip=10.77.0.2/24 ping=10.77.0", BadClient("ping", "10.77.0")),
+            ("ip=10.77.0.2/24 ping=10.77.0.3,", BadClient("ping", "")),
+            (
+                "ip=10.77.0.2/24 ping=10.77.0.3,count",
+                BadClient("ping", "count"),
+            ),
+            (
+                "ip=10.77.0.2/24 ping=10.77.0.3,size=9",
+                BadClient("ping", "size=9"),
+            ),
             (
                 "ip=10.77.0.2/24 ping=10.77.0.3,count=1,count=2",
-                BadPing("count=2"),
+                BadClient("ping", "count=2"),
             ),
-            ("ip=10.77.0.2/24 ping=10.77.0.3,count=0", BadPingCount("0")),
+            (
+                "ip=10.77.0.2/24 ping=10.77.0.3,count=0",
+                BadClientCount("ping", "0"),
+            ),
             (
                 "ip=10.77.0.2/24 ping=10.77.0.3,count=-1",
-                BadPingCount("-1"),
+                BadClientCount("ping", "-1"),
             ),
             (
                 "ip=10.77.0.2/24 ping=10.77.0.3,count=4294967296",
-                BadPingCount("4294967296"),
+                BadClientCount("ping", "4294967296"),
             ),
             (
                 "ip=10.77.0.2/24 ping=10.77.0.3,interval=0",
-                BadPingInterval("0"),
+                BadClientInterval("ping", "0"),
             ),
             (
                 "ip=10.77.0.2/24 ping=10.77.0.3,interval=60001",
-                BadPingInterval("60001"),
+                BadClientInterval("ping", "60001"),
             ),
             (
                 "ip=10.77.0.2/24 ping=10.77.0.3 ping=10.77.0.4",
@@ -596,23 +638,23 @@ mod tests {
             ),
             (
                 "ip=10.77.0.2/24 ping=10.77.0.2",
-                PingTarget(Ipv4Addr::new(10, 77, 0, 2)),
+                ClientTarget("ping", Ipv4Addr::new(10, 77, 0, 2)),
             ),
             (
                 "ip=10.77.0.2/24 ping=10.77.0.255",
-                PingTarget(Ipv4Addr::new(10, 77, 0, 255)),
+                ClientTarget("ping", Ipv4Addr::new(10, 77, 0, 255)),
             ),
             (
                 "ip=10.77.0.2/24 ping=255.255.255.255",
-                PingTarget(Ipv4Addr::BROADCAST),
+                ClientTarget("ping", Ipv4Addr::BROADCAST),
             ),
             (
                 "ip=10.77.0.2/24 ping=224.0.0.1",
-                PingTarget(Ipv4Addr::new(224, 0, 0, 1)),
+                ClientTarget("ping", Ipv4Addr::new(224, 0, 0, 1)),
             ),
             (
                 "ip=10.77.0.2/24 ping=0.0.0.0",
-                PingTarget(Ipv4Addr::UNSPECIFIED),
+                ClientTarget("ping", Ipv4Addr::UNSPECIFIED),
             ),
         ];
         for (line, want) in cases {

@@ -12,8 +12,8 @@ pub mod bdf;
 pub mod cmdline;
 pub mod comm_region;
 pub mod console_budget;
+pub mod echo_client;
 pub mod exit_code;
-pub mod ping;
 
 #[cfg(test)]
 #[path = "../fuzz/cmdline_oracle.rs"]
@@ -130,6 +130,7 @@ mod fuzz_replay {
             "stats=",
             "selftest=",
             "ping=",
+            "udpecho=",
             ",count=",
             ",interval=",
             ",",

@@ -4,13 +4,14 @@
 //! opposite byte-level views of one shared memory, so the handshake only
 //! completes if both agree on every layout word and state value.
 //!
-//! Traffic: each guest runs the `ping=` client against the other (both at
-//! once, MTU 1500 on both), so every frame crosses the link in both
-//! directions: ARP, echo requests and replies of 56 and 4000 bytes (the
-//! large ones as three IPv4 fragments each way), every reply checked byte
-//! for byte by the guest that sent the request. The tests read the
-//! clients' summary lines (`ping: to=… sent=… received=… bad=… lost=…`)
-//! and the counters lines (doorbells rung and taken on both sides).
+//! Traffic: each guest runs the `ping=` and the `udpecho=` client against
+//! the other (all four at once, MTU 1500 on both), so frames cross the link
+//! in both directions: ARP, ICMP echo requests and replies and UDP echo
+//! datagrams of 56 and 4000 bytes of payload (the large ones as three IPv4
+//! fragments each way), every reply checked byte for byte by the guest that
+//! sent the request. The test reads the clients' summary lines (`ping: to=…
+//! sent=… received=… bad=… lost=…`, `udpecho: …`) and the counters lines
+//! (doorbells rung and taken on both sides, UDP datagrams echoed).
 //! Killing and restarting either guest takes the other's carrier off and on
 //! again without a reboot of the survivor, and its pings resume.
 
@@ -30,7 +31,9 @@ const REPLIES: u64 = 20;
 
 fn guest(server: &IvshmemServer, arch: Arch, ip: &str, peer: &str, name: &str) -> GuestConfig {
     GuestConfig {
-        cmdline: format!("ip={ip}/24 mtu=1500 stats=1 ping={peer},interval=200"),
+        cmdline: format!(
+            "ip={ip}/24 mtu=1500 stats=1 ping={peer},interval=200 udpecho={peer},interval=200"
+        ),
         ivshmem_socket: Some(server.socket()),
         name: name.into(),
         arch,
@@ -49,15 +52,16 @@ fn last_line<'a>(log: &'a str, prefix: &str) -> Option<&'a str> {
     complete.lines().rev().find(|l| l.starts_with(prefix))
 }
 
-/// Waits (polling the console, as `wait_for_serial` does) until the ping
-/// client's latest summary line satisfies `done`; returns that line. Fails
-/// at once on a bad reply.
-fn wait_ping(g: &mut Guest, what: &str, done: impl Fn(&str) -> bool) -> String {
+/// Waits (polling the console, as `wait_for_serial` does) until the latest
+/// summary line of the client `name` (`ping`, `udpecho`) satisfies `done`;
+/// returns that line. Fails at once on a bad reply.
+fn wait_client(g: &mut Guest, name: &str, what: &str, done: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + LINK_TIMEOUT;
+    let (summary, bad) = (format!("{name}: to="), format!("{name}: BAD"));
     loop {
         let log = g.serial();
-        assert!(!log.contains("ping: BAD"), "{what}: bad reply\n{log}");
-        if let Some(line) = last_line(&log, "ping: to=") {
+        assert!(!log.contains(&bad), "{what} {name}: bad reply\n{log}");
+        if let Some(line) = last_line(&log, &summary) {
             assert_eq!(stat(line, "bad"), 0, "{what}: {line}\n{log}");
             if done(line) {
                 return line.to_owned();
@@ -66,23 +70,34 @@ fn wait_ping(g: &mut Guest, what: &str, done: impl Fn(&str) -> bool) -> String {
         assert!(g.is_running(), "{what}: guest ended\n{}", g.diagnostics());
         assert!(
             Instant::now() < deadline,
-            "{what}: not reached in {LINK_TIMEOUT:?}\n{}",
+            "{what} {name}: not reached in {LINK_TIMEOUT:?}\n{}",
             g.diagnostics()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-/// Waits until the client has `replies` more correct replies than
-/// `before` (a summary line, or 0), at least `replies / 2` of them
-/// fragmented.
-fn wait_replies(g: &mut Guest, what: &str, before: Option<&str>, replies: u64) -> String {
-    let base = |k| before.map_or(0, |l| stat(l, k));
-    let (received, fragmented) = (base("received"), base("received_fragmented"));
-    wait_ping(g, what, |l| {
-        stat(l, "received") >= received + replies
-            && stat(l, "received_fragmented") >= fragmented + replies / 2
-    })
+/// The latest summary lines of both clients of `g`.
+fn summaries(g: &Guest) -> [Option<String>; 2] {
+    let log = g.serial();
+    ["ping: to=", "udpecho: to="].map(|p| last_line(&log, p).map(str::to_owned))
+}
+
+/// Waits until both clients of `g` have [`REPLIES`] more correct replies
+/// than in `before` (summary lines, or none), at least half of them
+/// fragmented; returns the two summary lines.
+fn wait_replies(g: &mut Guest, what: &str, before: &[Option<String>; 2]) -> String {
+    let mut lines = String::new();
+    for (name, before) in ["ping", "udpecho"].into_iter().zip(before) {
+        let base = |k| before.as_deref().map_or(0, |l| stat(l, k));
+        let (received, fragmented) = (base("received"), base("received_fragmented"));
+        let line = wait_client(g, name, what, |l| {
+            stat(l, "received") >= received + REPLIES
+                && stat(l, "received_fragmented") >= fragmented + REPLIES / 2
+        });
+        lines += &format!("\n  {line}");
+    }
+    lines
 }
 
 /// Both directions of the link carried doorbells: `g` rang its peer and
@@ -93,10 +108,13 @@ fn assert_doorbells_both_ways(g: &mut Guest, what: &str) {
     assert!(stat(line, "doorbells_rung") > 0, "{what}: {line}");
     assert!(stat(line, "irq_data") > 0, "{what}: {line}");
     assert_eq!(stat(line, "ring_errors"), 0, "{what}: {line}");
+    // The peer's UDP echo client was answered here.
+    assert!(stat(line, "udp_echo_dgrams") > 0, "{what}: {line}");
+    assert_eq!(stat(line, "udp_echo_dropped"), 0, "{what}: {line}");
 }
 
 #[test]
-fn aarch64_and_x86_guests_ping_each_other_and_survive_each_others_restart() {
+fn aarch64_and_x86_guests_echo_each_other_and_survive_each_others_restart() {
     let server = IvshmemServer::start("mixed").unwrap();
     let a64_cfg = guest(&server, Arch::Aarch64, A64_IP, X86_IP, "mixed-a64");
     let x86_cfg = guest(&server, Arch::X86_64, X86_IP, A64_IP, "mixed-x86");
@@ -105,45 +123,37 @@ fn aarch64_and_x86_guests_ping_each_other_and_survive_each_others_restart() {
     wait(&mut a64, "link: carrier on", 1);
     wait(&mut x86, "link: carrier on", 1);
 
-    // Both ping each other over the one link, at the same time.
-    let a64_line = wait_replies(&mut a64, "aarch64 -> x86", None, REPLIES);
-    let x86_line = wait_replies(&mut x86, "x86 -> aarch64", None, REPLIES);
-    eprintln!("aarch64: {a64_line}\nx86:     {x86_line}");
+    // Both ping each other and echo each other's datagrams over the one
+    // link, at the same time.
+    let none = [None, None];
+    let a64_lines = wait_replies(&mut a64, "aarch64 -> x86", &none);
+    let x86_lines = wait_replies(&mut x86, "x86 -> aarch64", &none);
+    eprintln!("aarch64:{a64_lines}\nx86:{x86_lines}");
     assert_doorbells_both_ways(&mut a64, "aarch64");
     assert_doorbells_both_ways(&mut x86, "x86");
 
-    // The x86 guest leaves and comes back: the aarch64 guest's pings
+    // The x86 guest leaves and comes back: the aarch64 guest's clients
     // resume, and the new x86 guest's start.
     x86.kill();
     wait(&mut a64, "link: carrier off", 1);
-    let a64_before = last_line(&a64.serial(), "ping: to=").map(str::to_owned);
+    let a64_before = summaries(&a64);
     let mut x86 = Guest::start(&x86_cfg).unwrap();
     wait(&mut x86, "link: carrier on", 1);
     wait(&mut a64, "link: carrier on", 2);
-    let a64_line = wait_replies(
-        &mut a64,
-        "aarch64 -> new x86",
-        a64_before.as_deref(),
-        REPLIES,
-    );
-    let x86_line = wait_replies(&mut x86, "new x86 -> aarch64", None, REPLIES);
-    eprintln!("after the x86 restart\naarch64: {a64_line}\nx86:     {x86_line}");
+    let a64_lines = wait_replies(&mut a64, "aarch64 -> new x86", &a64_before);
+    let x86_lines = wait_replies(&mut x86, "new x86 -> aarch64", &none);
+    eprintln!("after the x86 restart\naarch64:{a64_lines}\nx86:{x86_lines}");
 
     // The aarch64 guest leaves and comes back: the same the other way.
     a64.kill();
     wait(&mut x86, "link: carrier off", 1);
-    let x86_before = last_line(&x86.serial(), "ping: to=").map(str::to_owned);
+    let x86_before = summaries(&x86);
     let mut a64 = Guest::start(&a64_cfg).unwrap();
     wait(&mut a64, "link: carrier on", 1);
     wait(&mut x86, "link: carrier on", 2);
-    let x86_line = wait_replies(
-        &mut x86,
-        "x86 -> new aarch64",
-        x86_before.as_deref(),
-        REPLIES,
-    );
-    let a64_line = wait_replies(&mut a64, "new aarch64 -> x86", None, REPLIES);
-    eprintln!("after the aarch64 restart\naarch64: {a64_line}\nx86:     {x86_line}");
+    let x86_lines = wait_replies(&mut x86, "x86 -> new aarch64", &x86_before);
+    let a64_lines = wait_replies(&mut a64, "new aarch64 -> x86", &none);
+    eprintln!("after the aarch64 restart\naarch64:{a64_lines}\nx86:{x86_lines}");
     assert_doorbells_both_ways(&mut a64, "new aarch64");
     assert_doorbells_both_ways(&mut x86, "x86");
 
