@@ -312,8 +312,15 @@ pub struct HostLink {
 pub const IO_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl HostLink {
-    /// The namespace (`ns_tag`) and the server; no bridge yet.
-    pub fn new(ns_tag: &str, tap: &str, host_ip: &str, guest_ip: &str) -> HostLink {
+    /// The namespace (`ns_tag`) and the server (with `server_args`); no
+    /// bridge yet.
+    pub fn new(
+        ns_tag: &str,
+        server_args: &[&str],
+        tap: &str,
+        host_ip: &str,
+        guest_ip: &str,
+    ) -> HostLink {
         netns::require_root();
         netns::ensure_base_tools();
         let dir = tempfile::Builder::new()
@@ -321,7 +328,7 @@ impl HostLink {
             .tempdir()
             .unwrap();
         let ns = Netns::new(ns_tag);
-        let server = Server::start(dir.path(), &[]);
+        let server = Server::start(dir.path(), server_args);
         HostLink {
             bridge: None,
             server,

@@ -546,7 +546,7 @@ const CMDLINE: &str = "ip=10.77.0.2/24 gw=10.77.0.1 stats=5";
 
 impl Rig {
     fn start(device: Device) -> Rig {
-        let host = HostLink::new("jhcell", TAP, HOST, GUEST);
+        let host = HostLink::new("jhcell", &[], TAP, HOST, GUEST);
         let mut cell = Cell::start(&host.server.socket, device, CMDLINE);
         cell.wait_serial("platform: jailhouse cell", LINK_TIMEOUT);
         let mut rig = Rig { host, cell };
