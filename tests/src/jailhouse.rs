@@ -45,19 +45,35 @@ pub mod comm {
     pub const CELL_FAILED_COMM_REV: u32 = 4;
 }
 
-/// A directory for a rig's large scratch files (guest RAM, QEMU traces):
-/// `/dev/shm` when there is one (RAM, and no disk space taken by traces of
-/// hundreds of MiB), else the temp dir.
+/// A directory for a rig's large scratch files (sparse guest RAM, QEMU
+/// traces): `/dev/shm` when it has room (RAM; no disk space taken), else
+/// the temp dir.
 pub fn scratch_dir(prefix: &str) -> PathBuf {
+    const ROOM: u64 = 1 << 30;
     let shm = Path::new("/dev/shm");
     let mut b = tempfile::Builder::new();
     b.prefix(prefix);
-    let dir = if shm.is_dir() {
+    let dir = if free_bytes(shm).is_some_and(|free| free >= ROOM) {
         b.tempdir_in(shm)
     } else {
         b.tempdir()
     };
     dir.unwrap_or_else(|e| panic!("scratch dir: {e}")).keep()
+}
+
+/// Free bytes of the file system holding `path` (`None` if there is none).
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated path and `st` a buffer statvfs fills.
+    let r = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: statvfs succeeded, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Guest RAM, shared with QEMU through a file (`memory-backend-file,
