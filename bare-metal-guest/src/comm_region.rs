@@ -430,6 +430,77 @@ pub fn action_for(msg: u32) -> Action {
     }
 }
 
+/// The comm page as a platform reaches it: volatile accesses of naturally
+/// aligned `u32` fields at the page's address (the `unsafe` stays in the
+/// platform's implementation; the protocol below is the same on x86 and
+/// arm64).
+pub trait CommPage {
+    /// Reads the `u32` field at `off`.
+    fn read_u32(&self, off: usize) -> u32;
+    /// Writes the `u32` field at `off` (`cell_state`, `msg_to_cell`,
+    /// `reply_from_cell`: the fields a cell may write).
+    fn write_u32(&self, off: usize, value: u32);
+}
+
+/// `jailhouse_send_reply_from_cell`: clear the message, full fence, then
+/// the reply (the hypervisor cleared the reply before writing the message,
+/// and spins on it).
+pub fn reply(page: &impl CommPage, reply: u32) {
+    page.write_u32(OFF_MSG_TO_CELL, 0);
+    core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+    page.write_u32(OFF_REPLY_FROM_CELL, reply);
+}
+
+/// Answers the hypervisor's pending message, if any. The cell configs are
+/// not `JAILHOUSE_CELL_PASSIVE_COMMREG`, so `jailhouse cell shutdown`,
+/// `load`, `start` and `destroy` ask the cell first (SHUTDOWN_REQUEST): the
+/// guest calls `take_link_down` (its ivshmem-net state to RESET, the peer
+/// rung — the root cell's bridge sees the carrier drop before the
+/// hypervisor resets the device), then approves. RECONFIG_COMPLETED
+/// (another cell was created or destroyed) is acknowledged with RECEIVED;
+/// anything else gets UNKNOWN. `log` prints a line.
+///
+/// Returns `true` when the shutdown was approved: the caller then halts
+/// until the hypervisor parks the CPU.
+pub fn serve_message(
+    page: &impl CommPage,
+    take_link_down: impl FnOnce(),
+    mut log: impl FnMut(fmt::Arguments<'_>),
+) -> bool {
+    let msg = page.read_u32(OFF_MSG_TO_CELL);
+    match action_for(msg) {
+        Action::Nothing => false,
+        Action::ShutDown => {
+            log(format_args!(
+                "comm: shutdown requested; taking the link down"
+            ));
+            take_link_down();
+            reply(page, REPLY_REQUEST_APPROVED);
+            log(format_args!(
+                "comm: shutdown approved; halting until the hypervisor parks this CPU"
+            ));
+            true
+        }
+        Action::Reply(r) => {
+            if r == REPLY_UNKNOWN {
+                log(format_args!("comm: unknown message {msg}"));
+            }
+            reply(page, r);
+            false
+        }
+    }
+}
+
+/// The terminal `cell_state` for a guest exit: SHUT_DOWN for success,
+/// FAILED otherwise.
+pub fn cell_state_for_exit(code: crate::exit_code::ExitCode) -> u32 {
+    if code == crate::exit_code::ExitCode::Success {
+        cell_state::SHUT_DOWN
+    } else {
+        cell_state::FAILED
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -580,5 +651,62 @@ mod tests {
         assert_eq!(action_for(1), Action::ShutDown);
         assert_eq!(action_for(2), Action::Reply(REPLY_RECEIVED));
         assert_eq!(action_for(7), Action::Reply(REPLY_UNKNOWN));
+    }
+
+    /// A comm page in host memory.
+    struct FakePage(core::cell::RefCell<[u32; 8]>);
+
+    impl CommPage for FakePage {
+        fn read_u32(&self, off: usize) -> u32 {
+            self.0.borrow()[off / 4]
+        }
+        fn write_u32(&self, off: usize, value: u32) {
+            self.0.borrow_mut()[off / 4] = value;
+        }
+    }
+
+    #[test]
+    fn messages_are_served_as_jailhouse_expects() {
+        let page = FakePage(core::cell::RefCell::new([0; 8]));
+        let mut lines = 0;
+        let mut down = false;
+        // Nothing pending: no reply, no link change.
+        assert!(!serve_message(&page, || down = true, |_| lines += 1));
+        assert!(!down);
+        assert_eq!(page.read_u32(OFF_REPLY_FROM_CELL), 0);
+        // RECONFIG_COMPLETED: RECEIVED, message cleared.
+        page.write_u32(OFF_MSG_TO_CELL, MSG_RECONFIG_COMPLETED);
+        assert!(!serve_message(&page, || down = true, |_| lines += 1));
+        assert_eq!(page.read_u32(OFF_MSG_TO_CELL), 0);
+        assert_eq!(page.read_u32(OFF_REPLY_FROM_CELL), REPLY_RECEIVED);
+        assert!(!down);
+        // Unknown: UNKNOWN and one log line.
+        page.write_u32(OFF_MSG_TO_CELL, 99);
+        assert!(!serve_message(&page, || down = true, |_| lines += 1));
+        assert_eq!(page.read_u32(OFF_REPLY_FROM_CELL), REPLY_UNKNOWN);
+        assert_eq!(lines, 1);
+        // SHUTDOWN_REQUEST: link down first, then approved, then halt.
+        page.write_u32(OFF_MSG_TO_CELL, MSG_SHUTDOWN_REQUEST);
+        let halt = serve_message(
+            &page,
+            || {
+                assert_eq!(page.read_u32(OFF_REPLY_FROM_CELL), REPLY_UNKNOWN);
+                down = true;
+            },
+            |_| lines += 1,
+        );
+        assert!(halt && down);
+        assert_eq!(page.read_u32(OFF_MSG_TO_CELL), 0);
+        assert_eq!(page.read_u32(OFF_REPLY_FROM_CELL), REPLY_REQUEST_APPROVED);
+    }
+
+    #[test]
+    fn exit_codes_map_to_terminal_cell_states() {
+        use crate::exit_code::ExitCode;
+        assert_eq!(
+            cell_state_for_exit(ExitCode::Success),
+            cell_state::SHUT_DOWN
+        );
+        assert_eq!(cell_state_for_exit(ExitCode::Panic), cell_state::FAILED);
     }
 }

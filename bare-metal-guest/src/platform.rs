@@ -17,8 +17,7 @@
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use ivnet_guest::comm_region::{
-    self, Action, CommError, CommInfo, OFF_CELL_STATE, OFF_MSG_TO_CELL, OFF_REPLY_FROM_CELL,
-    REPLY_REQUEST_APPROVED, REPLY_UNKNOWN, TimerSource,
+    self, CommError, CommInfo, CommPage, OFF_CELL_STATE, TimerSource, cell_state,
 };
 use ivnet_guest::exit_code::ExitCode;
 
@@ -30,15 +29,6 @@ use crate::{apic, println, time};
 /// `JAILHOUSE_MEM_COMM_REGION`, right above the cell's 1 MiB of RAM).
 pub const COMM_REGION_BASE: u64 = 0x10_0000;
 const COMM_REGION_SIZE: u64 = 0x1000;
-/// `cell_state` values.
-pub mod cell_state {
-    /// `JAILHOUSE_CELL_SHUT_DOWN` (terminal).
-    pub const SHUT_DOWN: u32 = 2;
-    /// `JAILHOUSE_CELL_FAILED` (terminal).
-    pub const FAILED: u32 = 3;
-    /// `JAILHOUSE_CELL_FAILED_COMM_REV` (terminal).
-    pub const FAILED_COMM_REV: u32 = 4;
-}
 
 static JAILHOUSE: AtomicBool = AtomicBool::new(false);
 /// What [`detect`] read from the comm region (cells only).
@@ -69,62 +59,33 @@ impl CommRegion {
         core::array::from_fn(|i| self.read_u8(i))
     }
 
-    fn read_u32(self, off: usize) -> u32 {
+    fn set_cell_state(self, state: u32) {
+        self.write_u32(OFF_CELL_STATE, state);
+    }
+}
+
+impl CommPage for CommRegion {
+    fn read_u32(&self, off: usize) -> u32 {
         // SAFETY: as in `read_u8`; every u32 field is 4-byte aligned.
         unsafe { ((COMM_REGION_BASE as usize + off) as *const u32).read_volatile() }
     }
 
-    fn write_u32(self, off: usize, value: u32) {
+    fn write_u32(&self, off: usize, value: u32) {
         // SAFETY: as in `read_u32`; the cell may write `cell_state`,
         // `msg_to_cell` and `reply_from_cell` (the only callers' offsets),
         // the region is mapped writable (JAILHOUSE_MEM_WRITE).
         unsafe { ((COMM_REGION_BASE as usize + off) as *mut u32).write_volatile(value) }
     }
-
-    fn set_cell_state(self, state: u32) {
-        self.write_u32(OFF_CELL_STATE, state);
-    }
-
-    /// `jailhouse_send_reply_from_cell`: clear the message, full fence,
-    /// then the reply (the hypervisor cleared the reply before writing the
-    /// message, and spins on it).
-    fn reply(self, reply: u32) {
-        self.write_u32(OFF_MSG_TO_CELL, 0);
-        core::sync::atomic::fence(Ordering::SeqCst);
-        self.write_u32(OFF_REPLY_FROM_CELL, reply);
-    }
 }
 
 /// Answers the hypervisor's message, if one is pending (called from the
-/// main loop; a no-op outside Jailhouse). The cell config is not
-/// `JAILHOUSE_CELL_PASSIVE_COMMREG`, so `jailhouse cell shutdown`, `load`,
-/// `start` and `destroy` ask the cell first (SHUTDOWN_REQUEST): the guest
-/// calls `take_link_down`, which puts its ivshmem-net state to RESET and
-/// rings the peer — the root cell's bridge sees the carrier drop before
-/// the hypervisor resets the device — then approves and halts until the
-/// hypervisor parks the CPU. RECONFIG_COMPLETED (another cell was created
-/// or destroyed) is acknowledged with RECEIVED; anything else gets UNKNOWN.
+/// main loop; a no-op outside Jailhouse): `comm_region::serve_message`,
+/// then a halt once a shutdown is approved.
 pub fn poll_messages(take_link_down: impl FnOnce()) {
-    if !is_jailhouse() {
-        return;
-    }
-    let comm = CommRegion;
-    let msg = comm.read_u32(OFF_MSG_TO_CELL);
-    match comm_region::action_for(msg) {
-        Action::Nothing => {}
-        Action::ShutDown => {
-            println!("comm: shutdown requested; taking the link down");
-            take_link_down();
-            comm.reply(REPLY_REQUEST_APPROVED);
-            println!("comm: shutdown approved; halting until the hypervisor parks this CPU");
-            halt_forever();
-        }
-        Action::Reply(reply) => {
-            if reply == REPLY_UNKNOWN {
-                println!("comm: unknown message {msg}");
-            }
-            comm.reply(reply);
-        }
+    if is_jailhouse()
+        && comm_region::serve_message(&CommRegion, take_link_down, |a| println!("{a}"))
+    {
+        halt_forever();
     }
 }
 
@@ -242,12 +203,7 @@ pub fn msi_message(apic_id: u32, index: u16) -> (u64, u32) {
 /// then halts for good. (The hypervisor parks the CPU at the next `cell
 /// shutdown`/`load`/`destroy`.)
 pub fn stop_cell(code: ExitCode) -> ! {
-    let state = if code == ExitCode::Success {
-        cell_state::SHUT_DOWN
-    } else {
-        cell_state::FAILED
-    };
-    CommRegion.set_cell_state(state);
+    CommRegion.set_cell_state(comm_region::cell_state_for_exit(code));
     halt_forever()
 }
 

@@ -37,25 +37,10 @@ use crate::time;
 /// The priority of every interrupt the guest enables.
 const PRIORITY: u32 = 0xa0;
 
-/// The GIC and where its parts are (already mapped, except GICv3's
-/// redistributors, which `init` maps while walking them).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Gic {
-    /// Distributor and CPU interface (MMIO).
-    V2 {
-        /// GICD.
-        gicd: u64,
-        /// GICC.
-        gicc: u64,
-    },
-    /// Distributor and the first redistributor frame.
-    V3 {
-        /// GICD.
-        gicd: u64,
-        /// First GICR frame.
-        gicr: u64,
-    },
-}
+/// The GIC and where its parts are: the comm region's description (the
+/// DTB path builds the same), with the frames already mapped, except
+/// GICv3's redistributors, which `init` maps while walking them.
+pub use ivnet_guest::comm_region::Gic;
 
 /// Why the GIC could not be set up.
 #[derive(Clone, Copy, Debug)]

@@ -19,15 +19,12 @@ use core::fmt;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use ivnet_guest::cmdline::CmdlineError;
-use ivnet_guest::comm_region::{
-    self, Action, ArmCommInfo, ConsoleChoice, Gic, OFF_CELL_STATE, OFF_MSG_TO_CELL,
-    OFF_REPLY_FROM_CELL, REPLY_REQUEST_APPROVED, REPLY_UNKNOWN, cell_state,
-};
+use ivnet_guest::comm_region::{self, ArmCommInfo, CommPage, ConsoleChoice, Gic, OFF_CELL_STATE};
 use ivnet_guest::exit_code::ExitCode;
 
 use crate::mmu::{self, Kind, MapError};
 use crate::pci::{HostBridge, Interrupts};
-use crate::{gic, println, serial};
+use crate::{println, serial};
 
 /// Guest-physical address of the communication region
 /// (`COMM_REGION_BASE` of Jailhouse's ARM inmates; every qemu-arm64 cell
@@ -85,24 +82,18 @@ impl CommRegion {
             unsafe { ((COMM_REGION_BASE as usize + i) as *const u8).read_volatile() }
         })
     }
+}
 
-    fn read_u32(self, off: usize) -> u32 {
+impl CommPage for CommRegion {
+    fn read_u32(&self, off: usize) -> u32 {
         // SAFETY: as in `header`; every u32 field is 4-byte aligned.
         unsafe { ((COMM_REGION_BASE as usize + off) as *const u32).read_volatile() }
     }
 
-    fn write_u32(self, off: usize, value: u32) {
+    fn write_u32(&self, off: usize, value: u32) {
         // SAFETY: as in `read_u32`; the cell may write `cell_state`,
         // `msg_to_cell` and `reply_from_cell` (the only callers' offsets).
         unsafe { ((COMM_REGION_BASE as usize + off) as *mut u32).write_volatile(value) }
-    }
-
-    /// `jailhouse_send_reply_from_cell`: clear the message, barrier, then
-    /// the reply (the hypervisor spins on the reply).
-    fn reply(self, reply: u32) {
-        self.write_u32(OFF_MSG_TO_CELL, 0);
-        core::sync::atomic::fence(Ordering::SeqCst);
-        self.write_u32(OFF_REPLY_FROM_CELL, reply);
     }
 }
 
@@ -111,7 +102,7 @@ pub struct Cell {
     /// The comm region's ARM part.
     pub info: ArmCommInfo,
     /// The GIC (GICv2 frames mapped; GICv3 maps itself).
-    pub gic: gic::Gic,
+    pub gic: Gic,
     /// The virtual PCI host, if the cell has PCI.
     pub host: Option<HostBridge>,
 }
@@ -145,14 +136,11 @@ pub fn init() -> Result<Cell, MapError> {
         ConsoleChoice::Hypercall => serial::init_hypercall(),
         ConsoleChoice::None => {}
     }
-    let gic = match info.gic {
-        Gic::V2 { gicd, gicc } => {
-            mmu::map(gicd, 0x1000, Kind::Mmio, "GICv2 distributor")?;
-            mmu::map(gicc, 0x2000, Kind::Mmio, "GICv2 CPU interface")?;
-            gic::Gic::V2 { gicd, gicc }
-        }
-        Gic::V3 { gicd, gicr } => gic::Gic::V3 { gicd, gicr },
-    };
+    let gic = info.gic;
+    if let Gic::V2 { gicd, gicc } = gic {
+        mmu::map(gicd, 0x1000, Kind::Mmio, "GICv2 distributor")?;
+        mmu::map(gicc, 0x2000, Kind::Mmio, "GICv2 CPU interface")?;
+    }
     let host = match info.pci_mmconfig_base {
         Some(ecam) => {
             mmu::map(ecam, ECAM_BUS0_SIZE, Kind::Mmio, "PCI ECAM (bus 0)")?;
@@ -185,8 +173,8 @@ impl fmt::Display for PlatformLine<'_> {
         let info = &self.cell.info;
         write!(f, "platform: jailhouse arm64, ")?;
         match self.cell.gic {
-            gic::Gic::V2 { gicd, gicc } => write!(f, "GICv2 GICD {gicd:#x} GICC {gicc:#x}")?,
-            gic::Gic::V3 { gicd, gicr } => {
+            Gic::V2 { gicd, gicc } => write!(f, "GICv2 GICD {gicd:#x} GICC {gicc:#x}")?,
+            Gic::V3 { gicd, gicr } => {
                 write!(f, "GICv3 GICD {gicd:#x} GICR {gicr:#x}")?;
                 if let Some(own) = self.redistributor {
                     write!(f, " (this CPU's at {own:#x})")?;
@@ -256,34 +244,13 @@ pub fn debug_console_putc(c: u8) {
 }
 
 /// Answers the hypervisor's message, if one is pending (called from the
-/// main loop; a no-op outside Jailhouse). As on x86 (`../../src/platform.rs`):
-/// the cell config is not `JAILHOUSE_CELL_PASSIVE_COMMREG`, so `jailhouse
-/// cell shutdown`, `load`, `start` and `destroy` ask first
-/// (SHUTDOWN_REQUEST): the guest calls `take_link_down` (its ivshmem-net
-/// state to RESET, the peer rung), replies REQUEST_APPROVED and halts
-/// until the hypervisor parks the CPU. RECONFIG_COMPLETED is acknowledged
-/// with RECEIVED, anything else with UNKNOWN.
+/// main loop; a no-op outside Jailhouse): `comm_region::serve_message`, as
+/// on x86, then a halt once a shutdown is approved.
 pub fn poll_messages(take_link_down: impl FnOnce()) {
-    if !COMM_VALID.load(Ordering::Relaxed) {
-        return;
-    }
-    let comm = CommRegion;
-    let msg = comm.read_u32(OFF_MSG_TO_CELL);
-    match comm_region::action_for(msg) {
-        Action::Nothing => {}
-        Action::ShutDown => {
-            println!("comm: shutdown requested; taking the link down");
-            take_link_down();
-            comm.reply(REPLY_REQUEST_APPROVED);
-            println!("comm: shutdown approved; halting until the hypervisor parks this CPU");
-            halt_forever();
-        }
-        Action::Reply(reply) => {
-            if reply == REPLY_UNKNOWN {
-                println!("comm: unknown message {msg}");
-            }
-            comm.reply(reply);
-        }
+    if COMM_VALID.load(Ordering::Relaxed)
+        && comm_region::serve_message(&CommRegion, take_link_down, |a| println!("{a}"))
+    {
+        halt_forever();
     }
 }
 
@@ -291,12 +258,7 @@ pub fn poll_messages(take_link_down: impl FnOnce()) {
 /// (if the comm region was valid), then halts for good.
 pub fn stop_cell(code: ExitCode) -> ! {
     if COMM_VALID.load(Ordering::Relaxed) {
-        let state = if code == ExitCode::Success {
-            cell_state::SHUT_DOWN
-        } else {
-            cell_state::FAILED
-        };
-        CommRegion.write_u32(OFF_CELL_STATE, state);
+        CommRegion.write_u32(OFF_CELL_STATE, comm_region::cell_state_for_exit(code));
     }
     halt_forever()
 }
