@@ -17,12 +17,8 @@
 //!   duplicate).
 //! - **Payloads** alternate [`SMALL_PAYLOAD`] and [`LARGE_PAYLOAD`] bytes
 //!   (even and odd sequence numbers): at an IP MTU below 4028 the large
-//!   requests and their replies travel as IPv4 fragments. ICMP and UDP
-//!   headers are both 8 bytes, so both clients' packets are 4028 bytes:
-//!   smoltcp 0.14 computes the checksum of a fragmented ICMP packet over its
-//!   whole fragmentation buffer, so after a *longer* fragmented packet (of
-//!   any protocol) it sends fragmented ICMP packets with a wrong checksum
-//!   (`net.rs`, `FragmentGuard`); equal sizes keep the clients clear of it. The bytes are a
+//!   requests and their replies travel as IPv4 fragments (ICMP and UDP
+//!   headers are both 8 bytes: both clients' packets are 4028 bytes). The bytes are a
 //!   function of the identifier, sequence number and position, so a reply
 //!   is checked byte for byte without keeping a copy of the request.
 

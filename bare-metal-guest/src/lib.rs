@@ -14,6 +14,7 @@ pub mod comm_region;
 pub mod console_budget;
 pub mod echo_client;
 pub mod exit_code;
+pub mod fragment_guard;
 
 #[cfg(test)]
 #[path = "../fuzz/cmdline_oracle.rs"]

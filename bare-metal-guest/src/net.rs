@@ -49,8 +49,9 @@ use core::net::Ipv4Addr;
 use ivnet_guest::cmdline::{EchoClientConfig, GuestConfig, Mode};
 use ivnet_guest::console_budget::{Admit, ByteBudget};
 use ivnet_guest::echo_client::{self, EchoClient, Reply, Request};
+use ivnet_guest::fragment_guard::{self, GuardState, Verdict};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet, SocketStorage};
-use smoltcp::phy;
+use smoltcp::phy::{self, TxToken as _};
 use smoltcp::socket::{icmp, tcp, udp};
 use smoltcp::time::Instant;
 use smoltcp::wire::{
@@ -60,7 +61,7 @@ use static_cell::{ConstStaticCell, StaticCell};
 
 use crate::idt::{self, IRQ_COUNTERS};
 use crate::logger::LineBuf;
-use crate::nic::{ETHERNET_HEADER, MAX_FRAME};
+use crate::nic::MAX_FRAME;
 use crate::{cpu, println, time};
 
 /// Echo and discard port numbers (RFC 862, RFC 863).
@@ -689,33 +690,52 @@ impl fmt::Display for ClientWords<'_> {
     }
 }
 
-/// Keeps smoltcp's one IPv4 fragmenter whole. smoltcp (0.14) fragments a
-/// packet larger than the MTU into a single buffer, sends the first
-/// fragment at once and the rest one per `poll_egress`, but starts the next
-/// large packet in the same buffer without checking that the last one is
-/// out: a second socket's large datagram in the same `poll_egress`, or the
-/// answer to a large request (an ICMP echo reply, sent from the receive
-/// path), would cut the first packet short and the peer could never
-/// reassemble it. Two guests echoing each other at MTU 1500 hit this at
-/// once. The guard watches the frames smoltcp writes (an IPv4 frame with
-/// More Fragments set means fragments are pending, the last one clears it)
-/// and while fragments are pending gives out no receive token and, within
-/// one `poll_egress`, only its first transmit token: `poll_egress` spends
-/// that one on the next pending fragment before the sockets get their turn
-/// (medium Ethernet, no IPv6 or multicast features).
-///
-/// Not covered (a smoltcp bug the guard cannot see): the checksum of a
-/// fragmented ICMP packet is computed over the whole 16 KiB fragmentation
-/// buffer, not just the packet, so after a longer fragmented packet the
-/// stale bytes beyond it make smoltcp send fragmented ICMP echo requests
-/// and replies with a wrong checksum, which the peer drops. Non-fragmented
-/// ICMP and every UDP and TCP packet are unaffected.
-#[derive(Default)]
+/// Keeps smoltcp's IPv4 fragmentation correct (the decisions and the two
+/// smoltcp 0.14 defects they work around are in
+/// `ivnet_guest::fragment_guard`): while fragments are pending it gives
+/// smoltcp no receive token and, within one `poll_egress`, only its first
+/// transmit token, which `poll_egress` spends on the next pending fragment
+/// before the sockets get their turn (medium Ethernet, no IPv6 or multicast
+/// features); the first fragment of a fragmented ICMP packet is built
+/// aside, held, and sent last with the checksum of the packet's own bytes.
 struct FragmentGuard {
-    /// The last IPv4 frame written had More Fragments set.
-    pending: bool,
+    state: GuardState,
     /// Transmit tokens asked for since the current `poll_egress` began.
     tokens: u32,
+    /// Length of a frame that may be a first fragment (built aside).
+    first_fragment_len: usize,
+    /// Where such frames are built.
+    aside: &'static mut [u8; MAX_FRAME],
+    /// The held first fragment.
+    held: &'static mut [u8; MAX_FRAME],
+}
+
+static FRAGMENT_ASIDE: ConstStaticCell<[u8; MAX_FRAME]> = ConstStaticCell::new([0; MAX_FRAME]);
+static FRAGMENT_HELD: ConstStaticCell<[u8; MAX_FRAME]> = ConstStaticCell::new([0; MAX_FRAME]);
+
+impl FragmentGuard {
+    fn new(ip_mtu: usize) -> Self {
+        FragmentGuard {
+            state: GuardState::new(),
+            tokens: 0,
+            first_fragment_len: fragment_guard::first_fragment_frame_len(ip_mtu),
+            aside: FRAGMENT_ASIDE.take(),
+            held: FRAGMENT_HELD.take(),
+        }
+    }
+
+    /// Sends the held first fragment if its packet is complete and the NIC
+    /// takes a frame.
+    fn flush<N: NetDevice>(&mut self, nic: &mut N, now: Instant) {
+        let Some(len) = self.state.release(&mut self.held[..]) else {
+            return;
+        };
+        if let Some(token) = nic.transmit(now) {
+            let held = &self.held[..len];
+            token.consume(len, |buf| buf.copy_from_slice(held));
+            self.state.released();
+        }
+    }
 }
 
 /// The NIC behind a [`FragmentGuard`], as smoltcp's device.
@@ -724,19 +744,10 @@ struct Guarded<'a, N> {
     guard: &'a mut FragmentGuard,
 }
 
-/// A transmit token that tells the guard what smoltcp wrote.
+/// A transmit token that shows the guard what smoltcp wrote.
 struct GuardedTx<'a, T> {
     token: T,
-    pending: &'a mut bool,
-}
-
-/// Whether `frame` is an IPv4 packet with More Fragments set; `None` for
-/// other frames (ARP).
-fn more_fragments(frame: &[u8]) -> Option<bool> {
-    const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
-    /// Flags and fragment offset: byte 6 of the IPv4 header, MF = 0x20.
-    const FLAGS: usize = ETHERNET_HEADER + 6;
-    (frame.get(12..14)? == ETHERTYPE_IPV4).then_some(frame.get(FLAGS)? & 0x20 != 0)
+    guard: &'a mut FragmentGuard,
 }
 
 impl<T: phy::TxToken> phy::TxToken for GuardedTx<'_, T> {
@@ -744,14 +755,23 @@ impl<T: phy::TxToken> phy::TxToken for GuardedTx<'_, T> {
     where
         F: FnOnce(&mut [u8]) -> R,
     {
-        let pending = self.pending;
-        self.token.consume(len, |buf| {
-            let r = f(buf);
-            if let Some(more) = more_fragments(buf) {
-                *pending = more;
-            }
-            r
-        })
+        let GuardedTx { token, guard } = self;
+        if len != guard.first_fragment_len || len > guard.aside.len() {
+            return token.consume(len, |buf| {
+                let r = f(buf);
+                guard.state.track(buf, false);
+                r
+            });
+        }
+        // Possibly the first fragment of an ICMP packet: built aside, so
+        // that it can be held (a dropped token sends nothing).
+        let frame = &mut guard.aside[..len];
+        let r = f(frame);
+        match guard.state.track(frame, true) {
+            Verdict::Send => token.consume(len, |buf| buf.copy_from_slice(frame)),
+            Verdict::Hold => guard.held[..len].copy_from_slice(frame),
+        }
+        r
     }
 
     fn set_meta(&mut self, meta: phy::PacketMeta) {
@@ -770,23 +790,30 @@ impl<N: NetDevice> phy::Device for Guarded<'_, N> {
         Self: 'a;
 
     fn receive(&mut self, timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
-        if self.guard.pending {
+        if self.guard.state.pending() {
             return None;
         }
         let (rx, token) = self.nic.receive(timestamp)?;
-        let pending = &mut self.guard.pending;
-        Some((rx, GuardedTx { token, pending }))
+        Some((
+            rx,
+            GuardedTx {
+                token,
+                guard: &mut *self.guard,
+            },
+        ))
     }
 
     fn transmit(&mut self, timestamp: Instant) -> Option<Self::TxToken<'_>> {
         let first = self.guard.tokens == 0;
         self.guard.tokens += 1;
-        if self.guard.pending && !first {
+        if self.guard.state.held_complete() || (self.guard.state.pending() && !first) {
             return None;
         }
         let token = self.nic.transmit(timestamp)?;
-        let pending = &mut self.guard.pending;
-        Some(GuardedTx { token, pending })
+        Some(GuardedTx {
+            token,
+            guard: &mut *self.guard,
+        })
     }
 
     fn capabilities(&self) -> phy::DeviceCapabilities {
@@ -797,7 +824,8 @@ impl<N: NetDevice> phy::Device for Guarded<'_, N> {
 /// Lets every socket transmit until none has anything more to send or the
 /// ring is full (one `poll_egress` sends at most one packet per socket, and
 /// at most one pending IPv4 fragment: while fragments remain, smoltcp's
-/// poll delay is zero, so the loop goes on while the NIC takes frames).
+/// poll delay is zero, so the loop goes on while the NIC takes frames),
+/// sending a held first fragment as soon as its packet is complete.
 fn egress<N: NetDevice>(
     iface: &mut Interface,
     nic: &mut N,
@@ -806,12 +834,14 @@ fn egress<N: NetDevice>(
     now: Instant,
 ) {
     for _ in 0..EGRESS_ROUNDS {
+        guard.flush(nic, now);
         guard.tokens = 0;
         let mut device = Guarded {
             nic: &mut *nic,
             guard: &mut *guard,
         };
         let r = iface.poll_egress(now, &mut device, sockets);
+        guard.flush(nic, now);
         if r == smoltcp::iface::PollResult::None
             && !(nic.can_transmit()
                 && iface.poll_delay(now, sockets) == Some(smoltcp::time::Duration::ZERO))
@@ -878,7 +908,7 @@ pub fn run<N: NetDevice>(nic: &'static mut N, config: &GuestConfig) -> ! {
     let stats_interval_us = u64::from(config.stats_interval_s) * 1_000_000;
     let mut next_stats = time::now_us() + stats_interval_us;
     let mut next_link_tick = 0;
-    let mut guard = FragmentGuard::default();
+    let mut guard = FragmentGuard::new(nic.mtu());
     loop {
         // Interrupts only wake the loop: every round re-reads the peer's
         // state entry (one load), so a vector-0 interrupt — on a one-vector
@@ -961,6 +991,11 @@ pub fn run<N: NetDevice>(nic: &'static mut N, config: &GuestConfig) -> ! {
             };
         }
         delay_us = delay_us.min(next_link_tick.saturating_sub(now));
+        if guard.state.held_complete() {
+            // A held first fragment waits for room in the ring, like a
+            // frame smoltcp could not send.
+            delay_us = delay_us.min(TX_FULL_SLEEP_US);
+        }
         if let Some(until) = nic.link_held_until() {
             // The renegotiation backoff holds the handshake: no doorbell
             // announces its end.
