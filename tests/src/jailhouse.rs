@@ -13,21 +13,34 @@
 //!   line; each rig has its own rules);
 //! - run the host side of the link ([`HostLink`]: namespace, `ivshmem-server`,
 //!   `ivnet-bridge` with a TAP) and the traffic checks on it (ping, UDP and
-//!   TCP echo with [`pattern`] data).
+//!   TCP echo with [`pattern`] data);
+//! - watch and stop a started [`Cell`] and run the same scenarios on it:
+//!   each rig implements [`Rig`] (how QEMU starts and the cell is loaded,
+//!   the comm region's place and platform part, the checker of what
+//!   Jailhouse would kill the cell for), and [`LinkedCell`] (a cell with
+//!   its [`HostLink`]), [`exits_set_the_cell_state`],
+//!   [`command_line_too_long_fails_the_cell`] and
+//!   [`wrong_comm_region_revision_fails_with_comm_rev`] are the scenario
+//!   bodies both rigs' tests call.
 
 use std::fs::File;
 use std::io::{Read, Write};
+use std::marker::PhantomData;
 use std::net::{Shutdown, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::netns::{self, BridgeSpec, Netns, Proc, Server, tail};
-use crate::qemu::in_netns;
+use crate::qemu::{QemuProcess, in_netns};
 
 /// Comm region offsets and values (jailhouse-x86-cell.md §3.4, §3.5; the
 /// arm64 layout shares the generic header, jailhouse-arm64-cell.md §3).
 pub mod comm {
+    /// `u16 revision` of the header, after the 6-byte signature.
+    pub const REVISION: usize = 0x06;
+    /// The ABI revision both guests speak (`COMM_REGION_ABI_REVISION`).
+    pub const ABI_REVISION: u16 = 2;
     /// `volatile u32 cell_state`.
     pub const CELL_STATE: u64 = 0x08;
     /// `volatile u32 msg_to_cell`.
@@ -43,6 +56,31 @@ pub mod comm {
     pub const CELL_SHUT_DOWN: u32 = 2;
     pub const CELL_FAILED: u32 = 3;
     pub const CELL_FAILED_COMM_REV: u32 = 4;
+
+    /// A comm region page with the generic header as `cell start` writes
+    /// it ("JHCOMM", [`ABI_REVISION`]); the rig fills in its platform part.
+    pub fn page() -> Vec<u8> {
+        let mut c = vec![0u8; 0x1000];
+        c[0..6].copy_from_slice(b"JHCOMM");
+        c[REVISION..REVISION + 2].copy_from_slice(&ABI_REVISION.to_le_bytes());
+        c
+    }
+}
+
+/// The cell's and the host's addresses on the rigs' link.
+pub const GUEST_IP: &str = "10.77.0.2";
+pub const HOST_IP: &str = "10.77.0.1";
+/// The command line of a linked cell (`-s` of `cell load`).
+pub const CMDLINE: &str = "ip=10.77.0.2/24 gw=10.77.0.1 stats=5";
+/// The TAP's MTU on the host side of the link.
+pub const MTU: u32 = 16384;
+/// How long a cell may take to boot, link, answer or stop.
+pub const LINK_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Where the rigs keep what they build (firmware, flat image, QEMU):
+/// `target/jailhouse-rig`.
+pub fn rig_dir() -> PathBuf {
+    crate::qemu::repo_root().join("target/jailhouse-rig")
 }
 
 /// A directory for a rig's large scratch files (sparse guest RAM, QEMU
@@ -223,7 +261,8 @@ pub fn send_message(ram: &SharedRam, comm_region: u64, msg: u32, timeout: Durati
     None
 }
 
-/// Deterministic pseudo-random bytes (xorshift).
+/// Deterministic pseudo-random bytes (xorshift), so mismatches are
+/// reproducible.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
@@ -493,6 +532,295 @@ impl HostLink {
             ))
         }
     }
+}
+
+/// The string `jailhouse cell load … -s "<s>" -a <address>` copies: the
+/// string and its NUL (tools/jailhouse.c: strlen + 1 bytes).
+pub fn load_string(s: &str) -> Vec<u8> {
+    let mut b = s.as_bytes().to_vec();
+    b.push(0);
+    b
+}
+
+/// What differs between the rigs: how the machine starts and the cell is
+/// loaded, where the comm region is and what its platform part says, and
+/// what Jailhouse would kill the cell for. The rest of a [`Cell`]'s life is
+/// the same on both.
+pub trait Rig: Sized {
+    /// The ivshmem device the rig can give the cell (`()` where it has one).
+    type Device: Copy;
+    /// The comm region's guest-physical address.
+    const COMM_REGION: u64;
+
+    /// `jailhouse cell load` (the image, and `cmdline` as [`load_string`]
+    /// copies it) and `cell start` (the comm region page `comm`), with the
+    /// ivshmem device `link.1` on the server socket `link.0` if given:
+    /// QEMU running as the cell, and the cell's RAM.
+    fn start(
+        link: Option<(&Path, Self::Device)>,
+        cmdline: &str,
+        comm: &[u8],
+    ) -> (QemuProcess, SharedRam);
+
+    /// The comm region page as `cell start` fills it for the rig's cell.
+    fn comm_region_page() -> Vec<u8>;
+
+    /// What Jailhouse would have killed `cell` for (the rig's checker of
+    /// QEMU's trace and logs; QEMU has stopped).
+    fn violations(cell: &Cell<Self>) -> Vec<String>;
+}
+
+/// QEMU started by rig `R` as a Jailhouse cell.
+pub struct Cell<R: Rig> {
+    pub process: QemuProcess,
+    /// The cell's RAM and its comm region.
+    pub ram: SharedRam,
+    rig: PhantomData<R>,
+}
+
+impl<R: Rig> Cell<R> {
+    /// [`Rig::start`].
+    pub fn start(link: Option<(&Path, R::Device)>, cmdline: &str, comm: &[u8]) -> Cell<R> {
+        let (process, ram) = R::start(link, cmdline, comm);
+        Cell {
+            process,
+            ram,
+            rig: PhantomData,
+        }
+    }
+
+    /// A cell without a link, with `cmdline` and the rig's comm region.
+    pub fn start_alone(cmdline: &str) -> Cell<R> {
+        Cell::start(None, cmdline, &R::comm_region_page())
+    }
+
+    pub fn serial(&self) -> String {
+        self.process.serial()
+    }
+
+    /// QEMU's `-D` log (`trace.log` in its directory: the trace events and
+    /// `-d` output the rig's checker reads).
+    pub fn qemu_log(&self) -> String {
+        std::fs::read_to_string(self.process.dir().join("trace.log")).unwrap_or_default()
+    }
+
+    pub fn cell_state(&self) -> u32 {
+        self.ram.read_u32(R::COMM_REGION + comm::CELL_STATE)
+    }
+
+    pub fn diagnostics(&self) -> String {
+        format!(
+            "--- cell serial:\n{}\n--- qemu stderr:\n{}\n--- cell_state {}",
+            tail(&self.serial()),
+            self.process.qemu_stderr(),
+            self.cell_state()
+        )
+    }
+
+    /// The hypervisor's side of message `msg` ([`send_message`]).
+    pub fn send_message(&self, msg: u32) -> Option<u32> {
+        send_message(&self.ram, R::COMM_REGION, msg, LINK_TIMEOUT)
+    }
+
+    /// Waits until a complete console line contains `needle` (fails early
+    /// if QEMU exits first); returns the console's complete lines.
+    pub fn wait_serial(&mut self, needle: &str, timeout: Duration) -> String {
+        let ok = netns::wait_until(timeout, Duration::from_millis(20), || {
+            self.process.serial_lines().contains(needle) || self.process.exit().is_some()
+        });
+        let serial = self.process.serial_lines();
+        assert!(
+            ok.is_ok() && serial.contains(needle),
+            "no {needle:?} on the cell's console\n{}",
+            self.diagnostics()
+        );
+        serial
+    }
+
+    /// Waits until the guest has stopped itself (`cell_state` terminal).
+    pub fn wait_cell_state(&mut self, timeout: Duration) -> u32 {
+        let ok = netns::wait_until(timeout, Duration::from_millis(20), || {
+            self.cell_state() != comm::CELL_RUNNING || self.process.exit().is_some()
+        });
+        assert!(ok.is_ok(), "the cell did not stop\n{}", self.diagnostics());
+        self.cell_state()
+    }
+
+    /// Kills QEMU and fails on anything Jailhouse would have made fatal.
+    pub fn stop_and_check(&mut self) {
+        self.process.kill();
+        let bad = R::violations(self);
+        assert!(
+            bad.is_empty(),
+            "{} accesses a Jailhouse cell may not make:\n{}\n{}",
+            bad.len(),
+            bad.iter().take(20).cloned().collect::<Vec<_>>().join("\n"),
+            self.diagnostics()
+        );
+    }
+}
+
+/// A rig's cell linked to the host: the [`HostLink`] and the cell, whose
+/// logs every host-side failure carries.
+pub struct LinkedCell<R: Rig> {
+    pub host: HostLink,
+    pub cell: Cell<R>,
+    device: R::Device,
+}
+
+impl<R: Rig> LinkedCell<R> {
+    /// The server (in `host`), the cell on it with `device`, [`CMDLINE`] and
+    /// the rig's comm region, then, once the cell's console says `platform`,
+    /// the bridge, as on a Jailhouse host where the cell starts while root's
+    /// driver waits. Returns with the carrier on and the cell running.
+    pub fn start(host: HostLink, device: R::Device, platform: &str) -> LinkedCell<R> {
+        let link = Some((host.server.socket.as_path(), device));
+        let mut cell = Cell::start(link, CMDLINE, &R::comm_region_page());
+        cell.wait_serial(platform, LINK_TIMEOUT);
+        let mut rig = LinkedCell { host, cell, device };
+        let started = rig.host.start_bridge(MTU);
+        rig.check(started);
+        rig.wait_carrier(true);
+        assert_eq!(rig.cell.cell_state(), comm::CELL_RUNNING, "{}", rig.logs());
+        rig
+    }
+
+    /// The host's and the cell's logs.
+    pub fn logs(&self) -> String {
+        format!("{}\n{}", self.host.logs(), self.cell.diagnostics())
+    }
+
+    /// The result of a host-side step; on an error, with the cell's logs.
+    pub fn check<T>(&self, r: Result<T, String>) -> T {
+        r.unwrap_or_else(|e| panic!("{e}\n{}", self.cell.diagnostics()))
+    }
+
+    /// Waits until the TAP's carrier is `on`; returns how long it took.
+    pub fn wait_carrier(&self, on: bool) -> Duration {
+        self.check(self.host.wait_carrier(on, LINK_TIMEOUT))
+    }
+
+    /// [`HostLink::ping`], none lost.
+    pub fn ping(&self, count: u32, size: Option<u32>) {
+        self.check(self.host.ping(count, size));
+    }
+
+    /// [`HostLink::udp_echo`] of datagrams from 1 byte to the [`MTU`]'s
+    /// largest.
+    pub fn udp_echo(&self) {
+        self.check(self.host.udp_echo(&[1, 100, 1472, 8000, MTU as usize - 28]));
+    }
+
+    /// [`HostLink::tcp_echo`] of `len` bytes.
+    pub fn tcp_echo(&self, len: usize) {
+        self.check(self.host.tcp_echo(len));
+    }
+
+    /// The end of a linked cell's life and a new one: RECONFIG_COMPLETED is
+    /// received and an unknown message answered UNKNOWN, the link still
+    /// carrying pings; SHUTDOWN_REQUEST takes the link down (the bridge's
+    /// carrier drops) before the cell approves it, and the cell has not
+    /// failed (the hypervisor, not the cell, writes SHUT_DOWN once it has
+    /// parked the CPU: `cell_set_loadable`); the cell stops with nothing
+    /// Jailhouse would have killed it for. Then `cell load` + `cell start`
+    /// again: a fresh cell relinks and answers pings, and stops as cleanly.
+    pub fn messages_shutdown_and_restart(&mut self) {
+        // Informational and unknown messages.
+        let reply = self.cell.send_message(comm::MSG_RECONFIG_COMPLETED);
+        assert_eq!(reply, Some(comm::REPLY_RECEIVED), "{}", self.logs());
+        let reply = self.cell.send_message(0x77);
+        assert_eq!(reply, Some(comm::REPLY_UNKNOWN), "{}", self.logs());
+        self.ping(1, None);
+
+        // SHUTDOWN_REQUEST: the link goes down first, then the approval.
+        let reply = self.cell.send_message(comm::MSG_SHUTDOWN_REQUEST);
+        assert_eq!(reply, Some(comm::REPLY_REQUEST_APPROVED), "{}", self.logs());
+        let down = self.wait_carrier(false);
+        eprintln!("carrier off {down:?} after the approval");
+        let serial = self
+            .cell
+            .wait_serial("comm: shutdown approved", LINK_TIMEOUT);
+        let reset = serial.find("link: carrier off");
+        let approved = serial.find("comm: shutdown approved");
+        assert!(
+            reset.is_some() && approved.is_some() && reset < approved,
+            "the link must go down before the approval\n{serial}"
+        );
+        let state = self.cell.cell_state();
+        assert!(
+            matches!(state, comm::CELL_RUNNING | comm::CELL_SHUT_DOWN),
+            "cell_state {state} after the approval\n{}",
+            self.logs()
+        );
+        self.cell.stop_and_check();
+
+        // `cell load` + `cell start` again: a fresh cell relinks.
+        let link = Some((self.host.server.socket.as_path(), self.device));
+        self.cell = Cell::start(link, CMDLINE, &R::comm_region_page());
+        self.wait_carrier(true);
+        self.ping(3, None);
+        self.cell.stop_and_check();
+    }
+}
+
+/// A self-test that passes ends the cell with SHUT_DOWN, one that panics
+/// with FAILED, each saying so on the console; neither makes an access or
+/// takes an exit Jailhouse would kill the cell for.
+pub fn exits_set_the_cell_state<R: Rig>() {
+    let _serial = netns::serial();
+    for (cmdline, state, says) in [
+        (
+            "ip=10.77.0.2/24 selftest=boot",
+            comm::CELL_SHUT_DOWN,
+            "selftest boot: ok",
+        ),
+        (
+            "ip=10.77.0.2/24 selftest=panic",
+            comm::CELL_FAILED,
+            "PANIC: ",
+        ),
+    ] {
+        let mut cell = Cell::<R>::start_alone(cmdline);
+        assert_eq!(
+            cell.wait_cell_state(LINK_TIMEOUT),
+            state,
+            "{cmdline}\n{}",
+            cell.diagnostics()
+        );
+        cell.wait_serial(says, LINK_TIMEOUT);
+        cell.stop_and_check();
+    }
+}
+
+/// A command line that leaves no NUL in the image's buffer (`cmdline`):
+/// the guest boots, says the command line is too long and fails the cell.
+pub fn command_line_too_long_fails_the_cell<R: Rig>(cmdline: &str) {
+    let _serial = netns::serial();
+    let mut cell = Cell::<R>::start_alone(cmdline);
+    assert_eq!(
+        cell.wait_cell_state(LINK_TIMEOUT),
+        comm::CELL_FAILED,
+        "{}",
+        cell.diagnostics()
+    );
+    cell.wait_serial("command line is too long", LINK_TIMEOUT);
+    cell.stop_and_check();
+}
+
+/// A comm region of another ABI revision: FAILED_COMM_REV, nothing else.
+pub fn wrong_comm_region_revision_fails_with_comm_rev<R: Rig>() {
+    let _serial = netns::serial();
+    let mut page = R::comm_region_page();
+    page[comm::REVISION..comm::REVISION + 2]
+        .copy_from_slice(&(comm::ABI_REVISION + 1).to_le_bytes());
+    let mut cell = Cell::<R>::start(None, "ip=10.77.0.2/24", &page);
+    assert_eq!(
+        cell.wait_cell_state(LINK_TIMEOUT),
+        comm::CELL_FAILED_COMM_REV,
+        "{}",
+        cell.diagnostics()
+    );
+    cell.stop_and_check();
 }
 
 #[cfg(test)]

@@ -81,24 +81,20 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ivnet_e2e::aarch64::{QEMU_AARCH64, aarch64_image, ensure_qemu_aarch64_installed};
 use ivnet_e2e::jailhouse::{
-    HostLink, SharedRam, TraceAccess, bar_ranges, comm, console_bdf, scratch_dir, send_message,
+    self, GUEST_IP, HOST_IP, HostLink, LinkedCell, Rig, SharedRam, TraceAccess, bar_ranges, comm,
+    console_bdf, load_string, rig_dir, scratch_dir,
 };
 use ivnet_e2e::linuxvm::run;
-use ivnet_e2e::netns::{self, tail};
+use ivnet_e2e::netns;
 use ivnet_e2e::qemu::{Accel, QemuProcess, repo_root};
 
 mod guest_common;
 
-const HOST: &str = "10.77.0.1";
-const GUEST: &str = "10.77.0.2";
 const TAP: &str = "ivja0";
-const MTU: u32 = 16384;
-const LINK_TIMEOUT: Duration = Duration::from_secs(90);
-const CMDLINE: &str = "ip=10.77.0.2/24 gw=10.77.0.1 stats=5";
 
 // The machine and the cell (ivnet-inmate-qemu-arm64.c).
 const RAM_BASE: u64 = 0x4000_0000;
@@ -142,10 +138,6 @@ const SHMEM_BASE: u64 = 0x7fb0_0000;
 // ---------------------------------------------------------------------------
 // Building the rig's parts.
 
-fn rig_dir() -> PathBuf {
-    repo_root().join("target/jailhouse-rig")
-}
-
 /// The rig's firmware, assembled from tests/jailhouse-rig/jh-reset-arm64.s
 /// with LLVM's assembler (package `llvm`, as llvm-objcopy).
 fn firmware() -> &'static Result<PathBuf, String> {
@@ -177,9 +169,7 @@ fn firmware() -> &'static Result<PathBuf, String> {
 /// The comm region as `cell start` leaves it for this cell
 /// (jailhouse-arm64-cell.md §3).
 fn comm_region_page() -> Vec<u8> {
-    let mut c = vec![0u8; 0x1000];
-    c[0..6].copy_from_slice(b"JHCOMM");
-    c[6..8].copy_from_slice(&2u16.to_le_bytes());
+    let mut c = comm::page();
     // console: PL011 (type 3) at 0x09000000, MMIO | REGDIST_4, divider 0
     c[0x18..0x20].copy_from_slice(&PL011.0.to_le_bytes());
     c[0x24..0x26].copy_from_slice(&3u16.to_le_bytes());
@@ -193,28 +183,23 @@ fn comm_region_page() -> Vec<u8> {
     c
 }
 
-/// What `jailhouse cell load … -s "<s>" -a 0x40081000` copies: the string
-/// and its NUL (tools/jailhouse.c: strlen + 1 bytes).
-fn load_string(s: &str) -> Vec<u8> {
-    let mut b = s.as_bytes().to_vec();
-    b.push(0);
-    b
-}
-
 // ---------------------------------------------------------------------------
 // One cell.
 
-/// QEMU as a Jailhouse arm64 cell.
-struct Cell {
-    process: QemuProcess,
-    ram: SharedRam,
-}
+/// The arm64 rig: `virt` with the rig's firmware as a Jailhouse arm64
+/// cell.
+struct VirtArm64;
 
-impl Cell {
-    /// `cell load` (the image, then `loaded` at the command line's address)
-    /// and `cell start` (the comm region `comm`), with the ivshmem device on
-    /// the server socket `link` if given.
-    fn start(link: Option<&Path>, loaded: &[u8], comm: &[u8]) -> Cell {
+/// QEMU as the rig's cell.
+type Cell = jailhouse::Cell<VirtArm64>;
+
+impl Rig for VirtArm64 {
+    /// The ivshmem 2.0 device in INTx mode, the only one.
+    type Device = ();
+    const COMM_REGION: u64 = COMM_REGION;
+
+    /// `cell load` writes the image, then the command line at its address.
+    fn start(link: Option<(&Path, ())>, cmdline: &str, comm: &[u8]) -> (QemuProcess, SharedRam) {
         let qemu = match link {
             Some(_) => ivnet_e2e::ivshmem2::qemu_binary_aarch64().unwrap_or_else(|e| panic!("{e}")),
             None => {
@@ -257,7 +242,7 @@ impl Cell {
             .args(["-d", "int,guest_errors"])
             .arg("-D")
             .arg(dir.join("trace.log"));
-        if let Some(socket) = link {
+        if let Some((socket, ())) = link {
             cmd.arg("-chardev")
                 .arg(format!("socket,path={},id=ivs", socket.display()))
                 .arg("-device")
@@ -274,68 +259,29 @@ impl Cell {
         }
         ram.zero(CELL_RAM.0, (CELL_RAM.1 - CELL_RAM.0) as usize);
         ram.load(IMAGE_ADDRESS, &image);
-        ram.load(CMDLINE_ADDRESS, loaded);
+        ram.load(CMDLINE_ADDRESS, &load_string(cmdline));
         ram.load(COMM_REGION, comm);
         if let Err(e) = process.qmp("cont") {
             panic!("{e}\n{}", process.qemu_stderr());
         }
-        Cell { process, ram }
+        (process, ram)
     }
 
-    fn serial(&self) -> String {
-        self.process.serial()
+    fn comm_region_page() -> Vec<u8> {
+        comm_region_page()
     }
 
-    fn log(&self) -> String {
-        fs::read_to_string(self.process.dir().join("trace.log")).unwrap_or_default()
-    }
-
-    fn diagnostics(&self) -> String {
-        format!(
-            "--- cell serial:\n{}\n--- qemu stderr:\n{}\n--- cell_state {}",
-            tail(&self.serial()),
-            self.process.qemu_stderr(),
-            self.cell_state()
-        )
-    }
-
-    fn cell_state(&self) -> u32 {
-        self.ram.read_u32(COMM_REGION + comm::CELL_STATE)
-    }
-
-    fn wait_serial(&mut self, needle: &str, timeout: Duration) -> String {
-        let ok = netns::wait_until(timeout, Duration::from_millis(20), || {
-            self.process.serial_lines().contains(needle) || self.process.exit().is_some()
-        });
-        let serial = self.process.serial_lines();
-        assert!(
-            ok.is_ok() && serial.contains(needle),
-            "no {needle:?} on the cell's console\n{}",
-            self.diagnostics()
-        );
-        serial
-    }
-
-    /// Waits until the guest has stopped itself (`cell_state` terminal).
-    fn wait_cell_state(&mut self, timeout: Duration) -> u32 {
-        let ok = netns::wait_until(timeout, Duration::from_millis(20), || {
-            self.cell_state() != comm::CELL_RUNNING || self.process.exit().is_some()
-        });
-        assert!(ok.is_ok(), "the cell did not stop\n{}", self.diagnostics());
-        self.cell_state()
-    }
-
-    /// What Jailhouse would have killed the cell for (see the module docs).
-    fn violations(&self) -> Vec<String> {
-        let serial = self.serial();
+    /// See the module docs.
+    fn violations(cell: &Cell) -> Vec<String> {
+        let serial = cell.serial();
         let rules = CellRules {
             intid: IVSHMEM_INTID,
             ivshmem_bdf: console_bdf(&serial).unwrap_or(IVSHMEM_BDF),
             bars: bar_ranges(&serial),
             affinity: CPU0_AFFINITY,
         };
-        let mut bad = check_log(&self.log(), &rules);
-        for (start, end) in self.ram.written_ranges() {
+        let mut bad = check_log(&cell.qemu_log(), &rules);
+        for (start, end) in cell.ram.written_ranges() {
             let inside = |(s, e): (u64, u64)| start >= s && end <= e;
             if !inside(CELL_RAM) && !inside((COMM_REGION, COMM_REGION + 0x1000)) {
                 bad.push(format!(
@@ -343,7 +289,7 @@ impl Cell {
                 ));
             }
         }
-        for l in self.process.qemu_stderr().lines() {
+        for l in cell.process.qemu_stderr().lines() {
             if l.contains("WRITE VIOLATION") {
                 bad.push(format!("write into a read-only ivshmem section: {l}"));
             } else if l.contains("-byte register") {
@@ -351,19 +297,6 @@ impl Cell {
             }
         }
         bad
-    }
-
-    /// Kills QEMU and fails on anything Jailhouse would have made fatal.
-    fn stop_and_check(&mut self) {
-        self.process.kill();
-        let bad = self.violations();
-        assert!(
-            bad.is_empty(),
-            "{} accesses a Jailhouse cell may not make:\n{}\n{}",
-            bad.len(),
-            bad.iter().take(20).cloned().collect::<Vec<_>>().join("\n"),
-            self.diagnostics()
-        );
     }
 }
 
@@ -570,48 +503,17 @@ fn gicd_write_violation(
 // ---------------------------------------------------------------------------
 // The tests.
 
-struct Rig {
-    host: HostLink,
-    cell: Cell,
+/// The link side of the rig: namespace `jharm`, `ivja0`, and one interrupt
+/// vector per peer, as Jailhouse gives an INTx device (num_msix_vectors 0):
+/// state changes and data doorbells share vector 0 (with the default two,
+/// the bridge would ring data on vector 1, which an INTx device drops).
+fn host_link() -> HostLink {
+    HostLink::new("jharm", &["--vectors", "1"], TAP, HOST_IP, GUEST_IP)
 }
 
-impl Rig {
-    /// Server, cell (linked to it), then the bridge, as on a Jailhouse
-    /// host where the cell starts while root's driver waits.
-    fn start() -> Rig {
-        // One interrupt vector per peer, as Jailhouse gives an INTx device
-        // (num_msix_vectors 0): state changes and data doorbells share
-        // vector 0 (with the default two, the bridge would ring data on
-        // vector 1, which an INTx device drops).
-        let host = HostLink::new("jharm", &["--vectors", "1"], TAP, HOST, GUEST);
-        let mut cell = Cell::start(
-            Some(&host.server.socket),
-            &load_string(CMDLINE),
-            &comm_region_page(),
-        );
-        cell.wait_serial("platform: jailhouse arm64", LINK_TIMEOUT);
-        let mut rig = Rig { host, cell };
-        let started = rig.host.start_bridge(MTU);
-        rig.check(started);
-        rig.wait_carrier(true);
-        rig
-    }
-
-    fn logs(&self) -> String {
-        format!("{}\n{}", self.host.logs(), self.cell.diagnostics())
-    }
-
-    fn check<T>(&self, r: Result<T, String>) -> T {
-        r.unwrap_or_else(|e| panic!("{e}\n{}", self.cell.diagnostics()))
-    }
-
-    fn wait_carrier(&self, on: bool) -> Duration {
-        self.check(self.host.wait_carrier(on, LINK_TIMEOUT))
-    }
-
-    fn guest_stats(&self) -> String {
-        guest_common::guest_stats(self.host.ns.name(), GUEST, &|| self.logs())
-    }
+/// The guest's counters line, over UDP from the link's namespace.
+fn guest_stats(rig: &LinkedCell<VirtArm64>) -> String {
+    guest_common::guest_stats(rig.host.ns.name(), GUEST_IP, &|| rig.logs())
 }
 
 /// The flat image started as `cell start` does links with `ivnet-bridge`
@@ -630,9 +532,8 @@ fn flat_image_runs_as_a_jailhouse_arm64_cell() {
     }
     let _serial = netns::serial();
     let started = Instant::now();
-    let mut rig = Rig::start();
+    let mut rig = LinkedCell::<VirtArm64>::start(host_link(), (), "platform: jailhouse arm64");
     eprintln!("cell linked after {:?}", started.elapsed());
-    assert_eq!(rig.cell.cell_state(), comm::CELL_RUNNING, "{}", rig.logs());
     let serial = rig.cell.serial();
     let platform = serial
         .lines()
@@ -662,20 +563,20 @@ fn flat_image_runs_as_a_jailhouse_arm64_cell() {
     // INTx wakes the guest: pings 0.2 s apart reach it asleep, and each
     // one's doorbell must be taken as an interrupt (a dropped doorbell
     // leaves the guest to its timer: no count, a long round trip).
-    let before = guest_common::stat(&rig.guest_stats(), "interrupts");
-    rig.check(rig.host.ping(5, None));
-    let woken = guest_common::stat(&rig.guest_stats(), "interrupts") - before;
+    let before = guest_common::stat(&guest_stats(&rig), "interrupts");
+    rig.ping(5, None);
+    let woken = guest_common::stat(&guest_stats(&rig), "interrupts") - before;
     assert!(
         woken >= 5,
         "5 pings of an idle guest woke it by INTx {woken} times\n{}",
         rig.logs()
     );
-    rig.check(rig.host.ping(2, Some(16000)));
-    rig.check(rig.host.udp_echo(&[1, 100, 1472, 8000, 16356]));
-    rig.check(rig.host.tcp_echo(16 << 20));
+    rig.ping(2, Some(16000));
+    rig.udp_echo();
+    rig.tcp_echo(16 << 20);
 
     // INTx doorbells, counted by the guest and by the bridge.
-    let stats = rig.guest_stats();
+    let stats = guest_stats(&rig);
     let interrupts = guest_common::stat(&stats, "interrupts");
     assert!(interrupts > 0, "no INTx doorbell counted: {stats}");
     let report = netns::signal_report(rig.host.bridge());
@@ -690,45 +591,7 @@ fn flat_image_runs_as_a_jailhouse_arm64_cell() {
         n("doorbells_received")
     );
 
-    // Informational and unknown messages.
-    let ram = &rig.cell.ram;
-    let reply = send_message(ram, COMM_REGION, comm::MSG_RECONFIG_COMPLETED, LINK_TIMEOUT);
-    assert_eq!(reply, Some(comm::REPLY_RECEIVED), "{}", rig.logs());
-    let reply = send_message(ram, COMM_REGION, 0x77, LINK_TIMEOUT);
-    assert_eq!(reply, Some(comm::REPLY_UNKNOWN), "{}", rig.logs());
-    rig.check(rig.host.ping(1, None));
-
-    // SHUTDOWN_REQUEST: the link goes down first, then the approval.
-    let reply = send_message(ram, COMM_REGION, comm::MSG_SHUTDOWN_REQUEST, LINK_TIMEOUT);
-    assert_eq!(reply, Some(comm::REPLY_REQUEST_APPROVED), "{}", rig.logs());
-    let down = rig.wait_carrier(false);
-    eprintln!("carrier off {down:?} after the approval");
-    let serial = rig.cell.serial();
-    let reset = serial.find("link: carrier off");
-    let approved = serial.find("comm: shutdown approved");
-    assert!(
-        reset.is_some() && approved.is_some() && reset < approved,
-        "the link must go down before the approval\n{serial}"
-    );
-    // The hypervisor, not the cell, writes SHUT_DOWN once it has parked
-    // the CPU (cell_set_loadable); the cell must not have failed.
-    let state = rig.cell.cell_state();
-    assert!(
-        matches!(state, comm::CELL_RUNNING | comm::CELL_SHUT_DOWN),
-        "cell_state {state} after the approval\n{}",
-        rig.logs()
-    );
-    rig.cell.stop_and_check();
-
-    // `cell load` + `cell start` again: a fresh cell relinks.
-    rig.cell = Cell::start(
-        Some(&rig.host.server.socket),
-        &load_string(CMDLINE),
-        &comm_region_page(),
-    );
-    rig.wait_carrier(true);
-    rig.check(rig.host.ping(3, None));
-    rig.cell.stop_and_check();
+    rig.messages_shutdown_and_restart();
     eprintln!("rig test done after {:?}", started.elapsed());
 }
 
@@ -737,47 +600,16 @@ fn flat_image_runs_as_a_jailhouse_arm64_cell() {
 /// exception the checker reports).
 #[test]
 fn exits_set_the_cell_state() {
-    let _serial = netns::serial();
-    for (cmdline, state, says) in [
-        (
-            "ip=10.77.0.2/24 selftest=boot",
-            comm::CELL_SHUT_DOWN,
-            "selftest boot: ok",
-        ),
-        (
-            "ip=10.77.0.2/24 selftest=panic",
-            comm::CELL_FAILED,
-            "PANIC: ",
-        ),
-    ] {
-        let mut cell = Cell::start(None, &load_string(cmdline), &comm_region_page());
-        assert_eq!(
-            cell.wait_cell_state(LINK_TIMEOUT),
-            state,
-            "{cmdline}\n{}",
-            cell.diagnostics()
-        );
-        cell.wait_serial(says, LINK_TIMEOUT);
-        cell.stop_and_check();
-    }
+    jailhouse::exits_set_the_cell_state::<VirtArm64>();
 }
 
 /// A `-s` string of 1024 characters fills the buffer; its NUL lands past
 /// it: the guest finds no NUL within the buffer and fails the cell.
 #[test]
 fn command_line_without_nul_fails_the_cell() {
-    let _serial = netns::serial();
     let long = format!("ip=10.77.0.2/24 {}", "x".repeat(CMDLINE_SIZE - 16));
     assert_eq!(long.len(), CMDLINE_SIZE);
-    let mut cell = Cell::start(None, &load_string(&long), &comm_region_page());
-    assert_eq!(
-        cell.wait_cell_state(LINK_TIMEOUT),
-        comm::CELL_FAILED,
-        "{}",
-        cell.diagnostics()
-    );
-    cell.wait_serial("command line is too long", LINK_TIMEOUT);
-    cell.stop_and_check();
+    jailhouse::command_line_too_long_fails_the_cell::<VirtArm64>(&long);
 }
 
 /// A `-s` string far longer than the buffer (the loader does not check)
@@ -785,33 +617,14 @@ fn command_line_without_nul_fails_the_cell() {
 /// buffer and fails the cell.
 #[test]
 fn overlong_command_line_fails_the_cell() {
-    let _serial = netns::serial();
     let long = format!("ip=10.77.0.2/24 {}", "x".repeat(100_000));
-    let mut cell = Cell::start(None, &load_string(&long), &comm_region_page());
-    assert_eq!(
-        cell.wait_cell_state(LINK_TIMEOUT),
-        comm::CELL_FAILED,
-        "{}",
-        cell.diagnostics()
-    );
-    cell.wait_serial("command line is too long", LINK_TIMEOUT);
-    cell.stop_and_check();
+    jailhouse::command_line_too_long_fails_the_cell::<VirtArm64>(&long);
 }
 
 /// A comm region of another ABI revision: FAILED_COMM_REV, nothing else.
 #[test]
 fn wrong_comm_region_revision_fails_with_comm_rev() {
-    let _serial = netns::serial();
-    let mut page = comm_region_page();
-    page[6..8].copy_from_slice(&3u16.to_le_bytes());
-    let mut cell = Cell::start(None, &load_string("ip=10.77.0.2/24"), &page);
-    assert_eq!(
-        cell.wait_cell_state(LINK_TIMEOUT),
-        comm::CELL_FAILED_COMM_REV,
-        "{}",
-        cell.diagnostics()
-    );
-    cell.stop_and_check();
+    jailhouse::wrong_comm_region_revision_fails_with_comm_rev::<VirtArm64>();
 }
 
 /// System registers whose every access traps to Jailhouse and is fatal

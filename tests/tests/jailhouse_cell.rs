@@ -65,16 +65,14 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use ivnet_e2e::jailhouse::{
-    HostLink, SharedRam, TraceAccess, bar_ranges, comm, console_bdf, scratch_dir, send_message,
+    self, GUEST_IP, HOST_IP, HostLink, LINK_TIMEOUT, LinkedCell, Rig, SharedRam, TraceAccess,
+    bar_ranges, comm, console_bdf, load_string, rig_dir, scratch_dir,
 };
 use ivnet_e2e::linuxvm::run;
-use ivnet_e2e::netns::{self, tail};
+use ivnet_e2e::netns;
 use ivnet_e2e::qemu::{Accel, QemuProcess, repo_root};
 
-const HOST: &str = "10.77.0.1";
-const GUEST: &str = "10.77.0.2";
 const TAP: &str = "ivj0";
-const LINK_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Guest RAM of the rig (the cell itself uses 0..0x101000).
 const RAM_SIZE: usize = 128 << 20;
@@ -86,10 +84,6 @@ const QEMU_APIC_KHZ: u32 = 1_000_000;
 
 // ---------------------------------------------------------------------------
 // Building the rig's parts.
-
-fn rig_dir() -> PathBuf {
-    repo_root().join("target/jailhouse-rig")
-}
 
 /// The flat Jailhouse image: the guest's `ivnet-guest-jailhouse` (linked at
 /// 0 by link-jailhouse.ld) through `objcopy -O binary`, as
@@ -260,9 +254,7 @@ fn host_tsc_khz() -> u32 {
 
 /// The comm region as `cell start` leaves it (jailhouse-x86-cell.md §3.4).
 fn comm_region_page() -> Vec<u8> {
-    let mut c = vec![0u8; 0x1000];
-    c[0..6].copy_from_slice(b"JHCOMM");
-    c[6..8].copy_from_slice(&2u16.to_le_bytes());
+    let mut c = comm::page();
     // console: address 0x3f8, size 0, type 2 (8250), flags 0 (PIO)
     c[0x18..0x20].copy_from_slice(&0x3f8u64.to_le_bytes());
     c[0x24..0x26].copy_from_slice(&2u16.to_le_bytes());
@@ -299,21 +291,22 @@ impl Device {
     }
 }
 
-/// QEMU as a Jailhouse cell.
-struct Cell {
-    process: QemuProcess,
-    ram: SharedRam,
-}
+/// The x86 rig: q35 with the rig's firmware as a Jailhouse cell.
+struct Q35;
 
-impl Cell {
-    fn start(socket: &Path, device: Device, cmdline: &str) -> Cell {
-        Self::start_with(Some((socket, device)), cmdline, &comm_region_page())
-    }
+/// QEMU as the rig's cell.
+type Cell = jailhouse::Cell<Q35>;
 
-    /// A cell with an optional ivshmem link (the server's socket and the
-    /// device on it) and the comm region `comm`; as many CPUs as the comm
-    /// region's `num_cpus`.
-    fn start_with(link: Option<(&Path, Device)>, cmdline: &str, comm: &[u8]) -> Cell {
+impl Rig for Q35 {
+    type Device = Device;
+    const COMM_REGION: u64 = COMM_REGION;
+
+    /// As many CPUs as the comm region's `num_cpus`.
+    fn start(
+        link: Option<(&Path, Device)>,
+        cmdline: &str,
+        comm: &[u8],
+    ) -> (QemuProcess, SharedRam) {
         let cpus = u16::from_le_bytes([comm[0x42], comm[0x43]]).max(1);
         let ivshmem2_qemu;
         let (qemu, data) = match link {
@@ -332,8 +325,7 @@ impl Cell {
         let dir = scratch_dir("ivnet-jhcell");
         // `jailhouse cell load ivnet-inmate ivnet-guest.bin -s "…" -a 0x1000`
         let mut img = fs::read(image).unwrap();
-        let mut s = cmdline.as_bytes().to_vec();
-        s.push(0);
+        let s = load_string(cmdline);
         let end = CMDLINE_ADDRESS + s.len();
         if img.len() < end {
             img.resize(end, 0);
@@ -375,49 +367,22 @@ impl Cell {
                 .args(["-device", device.qemu_device()]);
         }
         let process = QemuProcess::spawn(&mut cmd, dir, Accel::Tcg, "jailhouse cell").unwrap();
-        Cell { process, ram }
+        (process, ram)
     }
 
-    fn serial(&self) -> String {
-        self.process.serial()
+    fn comm_region_page() -> Vec<u8> {
+        comm_region_page()
     }
 
-    fn trace(&self) -> String {
-        fs::read_to_string(self.process.dir().join("trace.log")).unwrap_or_default()
-    }
-
-    fn diagnostics(&self) -> String {
-        format!(
-            "--- cell serial:\n{}\n--- qemu stderr:\n{}",
-            tail(&self.serial()),
-            self.process.qemu_stderr()
-        )
-    }
-
-    fn cell_state(&self) -> u32 {
-        self.ram.read_u32(COMM_REGION + comm::CELL_STATE)
-    }
-
-    fn wait_serial(&mut self, needle: &str, timeout: Duration) {
-        let ok = netns::wait_until(timeout, Duration::from_millis(20), || {
-            self.serial().contains(needle) || self.process.exit().is_some()
-        });
-        assert!(
-            ok.is_ok() && self.serial().contains(needle),
-            "no {needle:?} on the cell's console\n{}",
-            self.diagnostics()
-        );
-    }
-
-    /// What Jailhouse would have killed the cell for (see the module docs).
-    fn violations(&self) -> Vec<String> {
-        let serial = self.serial();
+    /// See the module docs.
+    fn violations(cell: &Cell) -> Vec<String> {
+        let serial = cell.serial();
         // "pci 00:03.0: BAR0 …": the ivshmem function the cell owns.
         let bdf = console_bdf(&serial);
-        let mut bad = check_trace(&self.trace(), PM_TIMER_PORT, bdf, &bar_ranges(&serial));
+        let mut bad = check_trace(&cell.qemu_log(), PM_TIMER_PORT, bdf, &bar_ranges(&serial));
         // The 2.0 device reports writes into its read-only sections itself
         // (they are dropped; Jailhouse would stop the cell).
-        let stderr = self.process.qemu_stderr();
+        let stderr = cell.process.qemu_stderr();
         bad.extend(
             stderr
                 .lines()
@@ -425,32 +390,6 @@ impl Cell {
                 .map(|l| format!("write into a read-only ivshmem section: {l}")),
         );
         bad
-    }
-
-    fn kill(&mut self) {
-        self.process.kill();
-    }
-
-    /// Waits until the guest has stopped itself (`cell_state` terminal).
-    fn wait_cell_state(&mut self, timeout: Duration) -> u32 {
-        let ok = netns::wait_until(timeout, Duration::from_millis(20), || {
-            self.cell_state() != comm::CELL_RUNNING || self.process.exit().is_some()
-        });
-        assert!(ok.is_ok(), "the cell did not stop\n{}", self.diagnostics());
-        self.cell_state()
-    }
-
-    /// Kills QEMU and fails on anything Jailhouse would have made fatal.
-    fn stop_and_check(&mut self) {
-        self.kill();
-        let bad = self.violations();
-        assert!(
-            bad.is_empty(),
-            "{} accesses a Jailhouse cell may not make:\n{}\n{}",
-            bad.len(),
-            bad.iter().take(20).cloned().collect::<Vec<_>>().join("\n"),
-            self.diagnostics()
-        );
     }
 }
 
@@ -537,53 +476,10 @@ fn check_trace(
 // ---------------------------------------------------------------------------
 // The network around it.
 
-struct Rig {
-    host: HostLink,
-    cell: Cell,
-}
-
-const CMDLINE: &str = "ip=10.77.0.2/24 gw=10.77.0.1 stats=5";
-
-impl Rig {
-    fn start(device: Device) -> Rig {
-        let host = HostLink::new("jhcell", &[], TAP, HOST, GUEST);
-        let mut cell = Cell::start(&host.server.socket, device, CMDLINE);
-        cell.wait_serial("platform: jailhouse cell", LINK_TIMEOUT);
-        let mut rig = Rig { host, cell };
-        let started = rig.host.start_bridge(16384);
-        rig.check(started);
-        rig.wait_carrier(true);
-        rig
-    }
-
-    fn logs(&self) -> String {
-        format!("{}\n{}", self.host.logs(), self.cell.diagnostics())
-    }
-
-    /// The result of a host-side step; on an error, with the cell's logs.
-    fn check<T>(&self, r: Result<T, String>) -> T {
-        r.unwrap_or_else(|e| panic!("{e}\n{}", self.cell.diagnostics()))
-    }
-
-    fn wait_carrier(&self, on: bool) -> Duration {
-        self.check(self.host.wait_carrier(on, LINK_TIMEOUT))
-    }
-
-    fn ping(&self, count: u32) {
-        self.check(self.host.ping(count, None));
-    }
-
-    fn udp_echo(&self) {
-        self.check(self.host.udp_echo(&[1, 100, 1472, 8000, 16356]));
-    }
-
-    fn tcp_echo(&self, len: usize) {
-        self.check(self.host.tcp_echo(len));
-    }
-
-    fn stop_and_check(&mut self) {
-        self.cell.stop_and_check();
-    }
+/// The link side of the rig: namespace `jhcell`, the server with its
+/// default two vectors (MSI-X), `ivj0`.
+fn host_link() -> HostLink {
+    HostLink::new("jhcell", &[], TAP, HOST_IP, GUEST_IP)
 }
 
 /// The flat image boots from the reset entry, links with `ivnet-bridge`
@@ -620,9 +516,8 @@ fn flat_image_runs_as_a_jailhouse_cell_on_the_ivshmem2_device() {
 fn run_cell(device: Device) {
     let _serial = netns::serial();
     let started = Instant::now();
-    let mut rig = Rig::start(device);
+    let mut rig = LinkedCell::<Q35>::start(host_link(), device, "platform: jailhouse cell");
     eprintln!("{device:?}: cell linked after {:?}", started.elapsed());
-    assert_eq!(rig.cell.cell_state(), comm::CELL_RUNNING, "{}", rig.logs());
     let serial = rig.cell.serial();
     assert!(serial.contains("apic: X2Apic"), "{serial}");
     let profile = match device {
@@ -631,46 +526,10 @@ fn run_cell(device: Device) {
     };
     assert!(serial.contains(profile), "{serial}");
 
-    rig.ping(3);
+    rig.ping(3, None);
     rig.udp_echo();
     rig.tcp_echo(1 << 20);
-
-    // Informational and unknown messages.
-    let reply = send_message(
-        &rig.cell.ram,
-        COMM_REGION,
-        comm::MSG_RECONFIG_COMPLETED,
-        LINK_TIMEOUT,
-    );
-    assert_eq!(reply, Some(comm::REPLY_RECEIVED), "{}", rig.logs());
-    let reply = send_message(&rig.cell.ram, COMM_REGION, 0x77, LINK_TIMEOUT);
-    assert_eq!(reply, Some(comm::REPLY_UNKNOWN), "{}", rig.logs());
-    rig.ping(1);
-
-    // SHUTDOWN_REQUEST: the link goes down first, then the approval.
-    let reply = send_message(
-        &rig.cell.ram,
-        COMM_REGION,
-        comm::MSG_SHUTDOWN_REQUEST,
-        LINK_TIMEOUT,
-    );
-    assert_eq!(reply, Some(comm::REPLY_REQUEST_APPROVED), "{}", rig.logs());
-    let down = rig.wait_carrier(false);
-    eprintln!("carrier off {down:?} after the approval");
-    let serial = rig.cell.serial();
-    let reset = serial.find("link: carrier off");
-    let approved = serial.find("comm: shutdown approved");
-    assert!(
-        reset.is_some() && approved.is_some() && reset < approved,
-        "the link must go down before the approval\n{serial}"
-    );
-    rig.stop_and_check();
-
-    // `cell load` + `cell start` again: a fresh cell relinks.
-    rig.cell = Cell::start(&rig.host.server.socket, device, CMDLINE);
-    rig.wait_carrier(true);
-    rig.ping(3);
-    rig.stop_and_check();
+    rig.messages_shutdown_and_restart();
     eprintln!("{device:?}: rig test done after {:?}", started.elapsed());
 }
 
@@ -678,63 +537,21 @@ fn run_cell(device: Device) {
 /// with FAILED; neither touches `isa-debug-exit` (not even present here).
 #[test]
 fn exits_set_the_cell_state() {
-    let _serial = netns::serial();
-    for (cmdline, state, says) in [
-        (
-            "ip=10.77.0.2/24 selftest=boot",
-            comm::CELL_SHUT_DOWN,
-            "selftest boot: ok",
-        ),
-        (
-            "ip=10.77.0.2/24 selftest=panic",
-            comm::CELL_FAILED,
-            "PANIC: ",
-        ),
-    ] {
-        let mut cell = Cell::start_with(None, cmdline, &comm_region_page());
-        assert_eq!(
-            cell.wait_cell_state(LINK_TIMEOUT),
-            state,
-            "{cmdline}\n{}",
-            cell.diagnostics()
-        );
-        assert!(cell.serial().contains(says), "{}", cell.diagnostics());
-        cell.stop_and_check();
-    }
+    jailhouse::exits_set_the_cell_state::<Q35>();
 }
 
 /// A `-s` string longer than the 1024-byte buffer runs into the bss, not
 /// the code: the guest boots, finds no NUL in the buffer and fails the cell.
 #[test]
 fn overlong_command_line_fails_the_cell() {
-    let _serial = netns::serial();
     let long = format!("ip=10.77.0.2/24 {}", "x".repeat(100_000));
-    let mut cell = Cell::start_with(None, &long, &comm_region_page());
-    assert_eq!(
-        cell.wait_cell_state(LINK_TIMEOUT),
-        comm::CELL_FAILED,
-        "{}",
-        cell.diagnostics()
-    );
-    let serial = cell.serial();
-    assert!(serial.contains("command line is too long"), "{serial}");
-    cell.stop_and_check();
+    jailhouse::command_line_too_long_fails_the_cell::<Q35>(&long);
 }
 
 /// A comm region of another ABI revision: FAILED_COMM_REV, nothing else.
 #[test]
 fn wrong_comm_region_revision_fails_with_comm_rev() {
-    let _serial = netns::serial();
-    let mut comm = comm_region_page();
-    comm[6..8].copy_from_slice(&3u16.to_le_bytes());
-    let mut cell = Cell::start_with(None, "ip=10.77.0.2/24", &comm);
-    assert_eq!(
-        cell.wait_cell_state(LINK_TIMEOUT),
-        comm::CELL_FAILED_COMM_REV,
-        "{}",
-        cell.diagnostics()
-    );
-    cell.stop_and_check();
+    jailhouse::wrong_comm_region_revision_fails_with_comm_rev::<Q35>();
 }
 
 /// Address of the image's CPU ticket counter (`jailhouse_cpu_tickets`).
@@ -757,7 +574,7 @@ fn second_cpu_parks_at_the_reset_entry() {
     let _serial = netns::serial();
     let mut comm = comm_region_page();
     comm[0x42..0x44].copy_from_slice(&2u16.to_le_bytes());
-    let mut cell = Cell::start_with(None, "ip=10.77.0.2/24 selftest=boot", &comm);
+    let mut cell = Cell::start(None, "ip=10.77.0.2/24 selftest=boot", &comm);
     assert_eq!(
         cell.wait_cell_state(LINK_TIMEOUT),
         comm::CELL_SHUT_DOWN,

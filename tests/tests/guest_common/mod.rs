@@ -5,6 +5,7 @@
 use std::net::UdpSocket;
 use std::time::Duration;
 
+pub use ivnet_e2e::jailhouse::pattern;
 use ivnet_e2e::qemu::in_netns;
 
 /// A counter value from the guest's `key=value` stats line.
@@ -13,20 +14,6 @@ pub fn stat(line: &str, key: &str) -> u64 {
         .find_map(|w| w.strip_prefix(&format!("{key}=")))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {key} in {line}"))
-}
-
-/// Deterministic pseudo-random bytes (xorshift), so mismatches are
-/// reproducible.
-pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// UDP echo of datagrams of one to ten fragments at MTU 1500, byte-exact
