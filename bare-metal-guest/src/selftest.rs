@@ -94,23 +94,25 @@ fn recurse(depth: u64) -> u64 {
     recurse(depth + 1) + u64::from(frame[0])
 }
 
-/// Rings the peer on vector 1, then waits for the peer to ring back on
-/// vector 1 (through MSI-X into the LAPIC), re-ringing every second in case
-/// the peer was not listening yet.
+/// Rings the peer on the data vector (the driver core's choice: 1 with two
+/// or more vectors, 0 on a one-vector device such as an INTx-only ivshmem
+/// 2.0 device), then waits for the peer to ring back on it, re-ringing
+/// every second in case the peer was not listening yet.
 fn doorbell(nic: &NicDevice) -> ! {
-    let data_event = idt::event_doorbell(1);
+    let vector = ivnet_driver::data_vector(u32::from(nic.vectors));
+    let data_event = idt::event_doorbell(vector as u8);
     let deadline = time::now_us() + DOORBELL_TIMEOUT_US;
     let mut rung = 0u32;
     loop {
-        if !nic.ring(1) {
+        if !nic.ring(vector) {
             fail(
                 ExitCode::SelfTestFailed,
-                format_args!("ringing vector 1 refused"),
+                format_args!("ringing vector {vector} refused"),
             );
         }
         rung += 1;
         println!(
-            "selftest doorbell: rang peer {} vector 1 ({rung})",
+            "selftest doorbell: rang peer {} vector {vector} ({rung})",
             nic.peer
         );
         time::arm_alarm_us(1_000_000);
@@ -118,9 +120,10 @@ fn doorbell(nic: &NicDevice) -> ! {
             let events = idt::wait_for_events();
             if events & data_event != 0 {
                 println!(
-                    "selftest doorbell: ok (vector 1 interrupt from peer {}, {} so far)",
+                    "selftest doorbell: ok (vector {vector} interrupt from peer {}, {} so far)",
                     nic.peer,
-                    idt::IRQ_COUNTERS.doorbell[1].load(core::sync::atomic::Ordering::Relaxed)
+                    idt::IRQ_COUNTERS.doorbell[usize::from(vector)]
+                        .load(core::sync::atomic::Ordering::Relaxed)
                 );
                 exit::exit(ExitCode::Success);
             }
