@@ -52,7 +52,7 @@
  *   +0x1000 EL1's x0..x30 and XZR while a trap is handled
  *   +0x2000 stage-2 tables (level 1 first)
  *
- * Built by tests/tests/jailhouse_arm64_syndromes.rs:
+ * Built by tests/src/jailhouse_arm64.rs (`assemble`):
  *   llvm-mc -triple=aarch64 -filetype=obj -I tests/jailhouse-rig;
  *   llvm-objcopy -O binary -j .text
  */
@@ -74,44 +74,27 @@
 el2_start:
 	b	el2_setup
 
+/* One entry of the vector table: 128 bytes, a branch to `target`. */
+	.macro	vector target
+	.balign	128
+	b	\target
+	.endm
+
 	.balign	2048
 el2_vectors:
-	/* current EL, SP_EL0 */
-	.balign	128
-	b	el2_self
-	.balign	128
-	b	el2_self
-	.balign	128
-	b	el2_self
-	.balign	128
-	b	el2_self
-	/* current EL, SP_ELx */
-	.balign	128
-	b	el2_self
-	.balign	128
-	b	el2_self
-	.balign	128
-	b	el2_self
-	.balign	128
-	b	el2_self
-	/* lower EL, AArch64 */
-	.balign	128
-	b	el1_sync
-	.balign	128
-	b	el2_self
-	.balign	128
-	b	el2_self
-	.balign	128
-	b	el2_self
+	/* current EL with SP_EL0, then with SP_ELx: sync, IRQ, FIQ, SError */
+	.rept	8
+	vector	el2_self
+	.endr
+	/* lower EL, AArch64: sync (the cell's traps), IRQ, FIQ, SError */
+	vector	el1_sync
+	.rept	3
+	vector	el2_self
+	.endr
 	/* lower EL, AArch32 */
-	.balign	128
-	b	el2_self
-	.balign	128
-	b	el2_self
-	.balign	128
-	b	el2_self
-	.balign	128
-	b	el2_self
+	.rept	4
+	vector	el2_self
+	.endr
 	.balign	128
 
 el2_setup:
@@ -144,27 +127,50 @@ el2_setup:
 	dsb	sy
 	b	jh_reset
 
+/* x0..x29 to (`op` = stp) or from (ldp) the frame at sp: slot n at 8n. */
+	.macro	frame_x0_x29 op
+	\op	x0, x1, [sp, #0]
+	\op	x2, x3, [sp, #16]
+	\op	x4, x5, [sp, #32]
+	\op	x6, x7, [sp, #48]
+	\op	x8, x9, [sp, #64]
+	\op	x10, x11, [sp, #80]
+	\op	x12, x13, [sp, #96]
+	\op	x14, x15, [sp, #112]
+	\op	x16, x17, [sp, #128]
+	\op	x18, x19, [sp, #144]
+	\op	x20, x21, [sp, #160]
+	\op	x22, x23, [sp, #176]
+	\op	x24, x25, [sp, #192]
+	\op	x26, x27, [sp, #208]
+	\op	x28, x29, [sp, #224]
+	.endm
+
+/* The access of `x23` = SAS (1 << SAS bytes) at x21 with register x27
+ * (w27 below 8 bytes): instruction `op8`, `op16`, `op32` or `op64`. */
+	.macro	by_size op8, op16, op32, op64
+	cmp	x23, #1
+	b.lo	101f
+	b.eq	102f
+	cmp	x23, #2
+	b.eq	104f
+	\op64	x27, [x21]
+	b	109f
+101:	\op8	w27, [x21]
+	b	109f
+102:	\op16	w27, [x21]
+	b	109f
+104:	\op32	w27, [x21]
+109:
+	.endm
+
 /* A synchronous exception from EL1. */
 el1_sync:
 	msr	tpidr_el2, x0
 	ldr	x0, =FRAME
 	mov	sp, x0
 	mrs	x0, tpidr_el2
-	stp	x0, x1, [sp, #0]
-	stp	x2, x3, [sp, #16]
-	stp	x4, x5, [sp, #32]
-	stp	x6, x7, [sp, #48]
-	stp	x8, x9, [sp, #64]
-	stp	x10, x11, [sp, #80]
-	stp	x12, x13, [sp, #96]
-	stp	x14, x15, [sp, #112]
-	stp	x16, x17, [sp, #128]
-	stp	x18, x19, [sp, #144]
-	stp	x20, x21, [sp, #160]
-	stp	x22, x23, [sp, #176]
-	stp	x24, x25, [sp, #192]
-	stp	x26, x27, [sp, #208]
-	stp	x28, x29, [sp, #224]
+	frame_x0_x29	stp
 	stp	x30, xzr, [sp, #240]	/* slot 31: XZR */
 
 	mrs	x19, esr_el2
@@ -205,18 +211,7 @@ el1_sync:
 3:	ubfx	x26, x19, #16, #5	/* SRT */
 	tbnz	x19, #6, 5f		/* WnR */
 	/* a read */
-	cmp	x23, #1
-	b.lo	10f
-	b.eq	11f
-	cmp	x23, #2
-	b.eq	12f
-	ldr	x27, [x21]
-	b	4f
-10:	ldrb	w27, [x21]
-	b	4f
-11:	ldrh	w27, [x21]
-	b	4f
-12:	ldr	w27, [x21]
+	by_size	ldrb, ldrh, ldr, ldr
 4:	tbz	x19, #21, 6f		/* SSE: sign-extend from the access size */
 	lsl	x28, x24, #3
 	mov	x29, #64
@@ -231,18 +226,7 @@ el1_sync:
 	b	8f
 	/* a write */
 5:	ldr	x27, [sp, x26, lsl #3]	/* slot 31 reads 0 */
-	cmp	x23, #1
-	b.lo	20f
-	b.eq	21f
-	cmp	x23, #2
-	b.eq	22f
-	str	x27, [x21]
-	b	8f
-20:	strb	w27, [x21]
-	b	8f
-21:	strh	w27, [x21]
-	b	8f
-22:	str	w27, [x21]
+	by_size	strb, strh, str, str
 
 	/* counted, the instruction skipped */
 8:	ldr	x28, [x25, #24]
@@ -255,21 +239,7 @@ el1_sync:
 	mrs	x28, elr_el2
 	add	x28, x28, #4
 	msr	elr_el2, x28
-	ldp	x0, x1, [sp, #0]
-	ldp	x2, x3, [sp, #16]
-	ldp	x4, x5, [sp, #32]
-	ldp	x6, x7, [sp, #48]
-	ldp	x8, x9, [sp, #64]
-	ldp	x10, x11, [sp, #80]
-	ldp	x12, x13, [sp, #96]
-	ldp	x14, x15, [sp, #112]
-	ldp	x16, x17, [sp, #128]
-	ldp	x18, x19, [sp, #144]
-	ldp	x20, x21, [sp, #160]
-	ldp	x22, x23, [sp, #176]
-	ldp	x24, x25, [sp, #192]
-	ldp	x26, x27, [sp, #208]
-	ldp	x28, x29, [sp, #224]
+	frame_x0_x29	ldp
 	ldr	x30, [sp, #240]
 	eret
 

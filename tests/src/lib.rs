@@ -7,6 +7,7 @@ pub mod guest_device;
 pub mod hostile;
 pub mod ivshmem2;
 pub mod jailhouse;
+pub mod jailhouse_arm64;
 pub mod linuxvm;
 pub mod netns;
 pub mod qemu;

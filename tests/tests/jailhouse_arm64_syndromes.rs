@@ -59,46 +59,31 @@
 //! worktree's.
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ivnet_e2e::aarch64::{QEMU_AARCH64, aarch64_image, ensure_qemu_aarch64_installed};
 use ivnet_e2e::jailhouse::{
-    self, GUEST_IP, HOST_IP, HostLink, LINK_TIMEOUT, LinkedCell, Rig, SharedRam, bar_ranges, comm,
-    load_string, rig_dir, scratch_dir,
+    self, GUEST_IP, LINK_TIMEOUT, LinkedCell, Rig, SharedRam, comm, rig_dir,
 };
-use ivnet_e2e::linuxvm::run;
+use ivnet_e2e::jailhouse_arm64::{
+    self as arm64, BAR0, CELL_RAM, COMM_REGION, ECAM, GICD, GICR_CPU0, IMAGE_ADDRESS, Machine,
+    PL011, SHMEM_BASE,
+};
 use ivnet_e2e::netns;
-use ivnet_e2e::qemu::{Accel, QemuProcess, repo_root};
+use ivnet_e2e::qemu::QemuProcess;
 
 mod guest_common;
 
 const TAP: &str = "ivje0";
 
-// The machine and the cell (ivnet-inmate-qemu-arm64.c), as in the EL1 rig.
-const RAM_BASE: u64 = 0x4000_0000;
-const RAM_SIZE: usize = 2 << 30;
-const CELL_RAM: (u64, u64) = (0x4000_0000, 0x4020_0000);
-const IMAGE_ADDRESS: u64 = 0x4008_0000;
-const CMDLINE_ADDRESS: u64 = 0x4008_1000;
-const CMDLINE_SIZE: usize = 1024;
-const COMM_REGION: u64 = 0x8000_0000;
-const PL011: (u64, u64) = (0x0900_0000, 0x0900_1000);
-const GICD: (u64, u64) = (0x0800_0000, 0x0801_0000);
-const GICR_CPU0: (u64, u64) = (0x080a_0000, 0x080c_0000);
-/// virt's ECAM with highmem; the cell's is bus 0 only (1 MiB).
-const ECAM: u64 = 0x40_1000_0000;
+// The cell as the stub sees it (the layout is ivnet_e2e::jailhouse_arm64's,
+// as in the EL1 rig).
+/// The cell's ECAM: bus 0 only (1 MiB).
 const ECAM_BUS0: (u64, u64) = (ECAM, ECAM + (1 << 20));
-/// Where the guest puts BAR0 (the interface: 0x10000000, 4 KiB).
-const BAR0: (u64, u64) = (0x1000_0000, 0x1000_1000);
-const VPCI_IRQ_BASE: u32 = 4;
 /// JAILHOUSE_SHMEM_NET_REGIONS(0x7fb00000, id): the state table
 /// (read-only), then one output section per peer, read-write only for the
 /// cell's own ID. The cell config makes the cell peer 1; in the rig the ID
 /// is the one `ivshmem-server` gives QEMU's device (its first client: 0).
-const SHMEM_BASE: u64 = 0x7fb0_0000;
 const SHMEM_STATE_TABLE: u64 = 0x1000;
 const SHMEM_OUTPUT_SECTION: u64 = 0x7f000;
 const SHMEM_PEERS: u64 = 2;
@@ -125,63 +110,14 @@ const UNHANDLED_TRAP: u64 = 3;
 // ---------------------------------------------------------------------------
 // Building the rig's parts.
 
-/// Assembles `src` (with `include` as `.include` directory) with LLVM's
-/// assembler into a flat binary `name.bin` in the rig directory.
-fn assemble(src: &Path, include: &Path, name: &str) -> Result<PathBuf, String> {
-    let dir = rig_dir();
-    fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let obj = dir.join(format!("{name}.o"));
-    let bin = dir.join(format!("{name}.bin"));
-    run(
-        Command::new("llvm-mc")
-            .args(["-triple=aarch64", "-filetype=obj", "-I"])
-            .arg(include)
-            .arg("-o")
-            .arg(&obj)
-            .arg(src),
-        &format!("llvm-mc {name}"),
-    )?;
-    run(
-        Command::new("llvm-objcopy")
-            .args(["-O", "binary", "-j", ".text"])
-            .arg(&obj)
-            .arg(&bin),
-        &format!("llvm-objcopy {name}"),
-    )?;
-    Ok(bin)
-}
-
-/// The stub, assembled from tests/jailhouse-rig/jh-el2-arm64.s.
-fn firmware() -> &'static Result<PathBuf, String> {
-    static FW: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    FW.get_or_init(|| {
-        let dir = repo_root().join("tests/jailhouse-rig");
-        assemble(&dir.join("jh-el2-arm64.s"), &dir, "jh-el2-arm64")
-    })
-}
-
 /// A small test image from assembly `text` (entered at 0x40080000).
 fn test_image(name: &str, text: &str) -> Vec<u8> {
     let dir = rig_dir();
     fs::create_dir_all(&dir).unwrap();
     let src = dir.join(format!("{name}.s"));
     fs::write(&src, format!("\t.text\n{text}\n\t.ltorg\n")).unwrap();
-    let bin = assemble(&src, &dir, name).unwrap_or_else(|e| panic!("{e}"));
+    let bin = arm64::assemble(&src, &dir, name).unwrap_or_else(|e| panic!("{e}"));
     fs::read(bin).unwrap()
-}
-
-/// The comm region as `cell start` leaves it (as the EL1 rig's).
-fn comm_region_page() -> Vec<u8> {
-    let mut c = comm::page();
-    c[0x18..0x20].copy_from_slice(&PL011.0.to_le_bytes());
-    c[0x24..0x26].copy_from_slice(&3u16.to_le_bytes());
-    c[0x26..0x28].copy_from_slice(&3u16.to_le_bytes());
-    c[0x38..0x40].copy_from_slice(&ECAM.to_le_bytes());
-    c[0x40] = 3; // gic_version
-    c[0x48..0x50].copy_from_slice(&GICD.0.to_le_bytes());
-    c[0x58..0x60].copy_from_slice(&GICR_CPU0.0.to_le_bytes());
-    c[0x60..0x64].copy_from_slice(&VPCI_IRQ_BASE.to_le_bytes());
-    c
 }
 
 /// Stage-2 descriptor bits: Normal Outer+Inner WB (MemAttr 0b1111), inner
@@ -291,85 +227,39 @@ impl StubRecord {
     }
 }
 
-/// QEMU with the stub as firmware, `image` at 0x40080000, the command line
-/// (if any) at 0x40081000 and the comm region `comm`, on the ivshmem 2.0
-/// device on `link` if given.
+/// QEMU with the stub as firmware (tests/jailhouse-rig/jh-el2-arm64.s,
+/// the CPU starting at EL2; QEMU logs guest errors), `image` at
+/// 0x40080000, the command line (if any) at 0x40081000 and the comm region
+/// `comm`, on the ivshmem 2.0 device on `link` if given; before the CPU
+/// runs, the stub's page with the stage-2 tables for the device's ID.
 fn start_el2(
     image: &[u8],
     link: Option<&Path>,
     cmdline: Option<&str>,
     comm: &[u8],
 ) -> (QemuProcess, SharedRam) {
-    let qemu = match link {
-        Some(_) => ivnet_e2e::ivshmem2::qemu_binary_aarch64().unwrap_or_else(|e| panic!("{e}")),
-        None => {
-            ensure_qemu_aarch64_installed().unwrap_or_else(|e| panic!("{e}"));
-            PathBuf::from(QEMU_AARCH64)
-        }
+    let firmware = arm64::firmware("jh-el2-arm64").unwrap_or_else(|e| panic!("{e}"));
+    let machine = Machine {
+        firmware: &firmware,
+        el2: true,
+        log_args: &["-d", "guest_errors"],
+        scratch: "ivnet-jhel2",
+        name: "jailhouse arm64 cell at EL2",
     };
-    let fw = firmware().as_ref().unwrap_or_else(|e| panic!("{e}"));
-    let dir = scratch_dir("ivnet-jhel2");
-    let ram = SharedRam::create(&dir.join("ram"), RAM_BASE, RAM_SIZE);
-    let mut cmd = Command::new(qemu);
-    cmd.args([
-        "-machine",
-        "virt,gic-version=3,its=off,virtualization=on,memory-backend=ram",
-    ])
-    .args(["-cpu", "cortex-a57", "-m", "2G", "-smp", "1"])
-    .arg("-object")
-    .arg(format!(
-        "memory-backend-file,id=ram,size=2G,mem-path={},share=on",
-        dir.join("ram").display()
-    ))
-    .args(["-accel", "tcg", "-S"])
-    .args(["-nodefaults", "-display", "none", "-no-reboot"])
-    .arg("-serial")
-    .arg(format!("file:{}", dir.join("serial.log").display()))
-    .arg("-qmp")
-    .arg(format!(
-        "unix:{},server=on,wait=off",
-        dir.join("qmp.sock").display()
-    ))
-    .arg("-bios")
-    .arg(fw)
-    .args(["-d", "guest_errors"])
-    .arg("-D")
-    .arg(dir.join("trace.log"));
-    if let Some(socket) = link {
-        cmd.arg("-chardev")
-            .arg(format!("socket,path={},id=ivs", socket.display()))
-            .arg("-device")
-            .arg(format!(
-                "ivshmem2,chardev=ivs,vectors=0,addr=01.0,base={SHMEM_BASE:#x},over-ram=on"
-            ));
-    }
-    let mut process =
-        QemuProcess::spawn(&mut cmd, dir, Accel::Tcg, "jailhouse arm64 cell at EL2").unwrap();
-    if let Err(e) = process.qmp("query-status") {
-        panic!("{e}\n{}", process.qemu_stderr());
-    }
-    ram.zero(CELL_RAM.0, (CELL_RAM.1 - CELL_RAM.0) as usize);
-    ram.load(IMAGE_ADDRESS, image);
-    if let Some(cmdline) = cmdline {
-        ram.load(CMDLINE_ADDRESS, &load_string(cmdline));
-    }
-    ram.load(COMM_REGION, comm);
-    // The device's ID, as it says when it has joined the server (before
-    // QMP answers): "ivshmem2: peer N of 2".
-    let shmem_id = link.map(|_| {
-        let stderr = process.qemu_stderr();
-        stderr
-            .split("ivshmem2: peer ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
-            .filter(|&id| id < SHMEM_PEERS)
-            .unwrap_or_else(|| panic!("no ivshmem2 peer ID from QEMU:\n{stderr}"))
-    });
-    write_stub_page(&ram, shmem_id);
-    if let Err(e) = process.qmp("cont") {
-        panic!("{e}\n{}", process.qemu_stderr());
-    }
-    (process, ram)
+    arm64::start(&machine, link, image, cmdline, comm, |process, ram| {
+        // The device's ID, as it says when it has joined the server
+        // (before QMP answers): "ivshmem2: peer N of 2".
+        let shmem_id = link.map(|_| {
+            let stderr = process.qemu_stderr();
+            stderr
+                .split("ivshmem2: peer ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+                .filter(|&id| id < SHMEM_PEERS)
+                .unwrap_or_else(|| panic!("no ivshmem2 peer ID from QEMU:\n{stderr}"))
+        });
+        write_stub_page(ram, shmem_id);
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -383,18 +273,12 @@ impl Rig for VirtArm64El2 {
     const COMM_REGION: u64 = COMM_REGION;
 
     fn start(link: Option<(&Path, ())>, cmdline: &str, comm: &[u8]) -> (QemuProcess, SharedRam) {
-        let image = aarch64_image().unwrap_or_else(|e| panic!("{e}"));
-        let image = fs::read(&image).unwrap_or_else(|e| panic!("{}: {e}", image.display()));
-        let buffer = image.get(0x1000..0x1000 + CMDLINE_SIZE);
-        assert!(
-            buffer.is_some_and(|b| b.iter().all(|&x| x == 0)),
-            "the image has no zero-filled {CMDLINE_SIZE}-byte command line buffer at +0x1000"
-        );
+        let image = arm64::cell_image();
         start_el2(&image, link.map(|(s, ())| s), Some(cmdline), comm)
     }
 
     fn comm_region_page() -> Vec<u8> {
-        comm_region_page()
+        arm64::comm_region_page()
     }
 
     /// A fatal trap the stub recorded (an access without a syndrome, one
@@ -411,26 +295,13 @@ impl Rig for VirtArm64El2 {
         if record.fatal != 0 {
             bad.push(format!("a fatal trap to EL2: {record:#x?}"));
         }
-        for (start, end) in cell.ram.written_ranges() {
-            let inside = |(s, e): (u64, u64)| start >= s && end <= e;
-            if !inside(CELL_RAM)
-                && !inside((COMM_REGION, COMM_REGION + 0x1000))
-                && !inside(STUB_AREA)
-            {
-                bad.push(format!(
-                    "RAM written outside the cell: {start:#x}..{end:#x}"
-                ));
-            }
-        }
+        bad.extend(arm64::shared_findings(
+            &cell.ram,
+            &cell.process.qemu_stderr(),
+            &[STUB_AREA],
+        ));
         for l in cell.qemu_log().lines().filter(|l| !l.is_empty()) {
             bad.push(format!("QEMU reports a guest error: {l}"));
-        }
-        for l in cell.process.qemu_stderr().lines() {
-            if l.contains("WRITE VIOLATION") {
-                bad.push(format!("write into a read-only ivshmem section: {l}"));
-            } else if l.contains("-byte register") {
-                bad.push(format!("ivshmem BAR0 access not 32-bit aligned: {l}"));
-            }
         }
         bad
     }
@@ -438,10 +309,6 @@ impl Rig for VirtArm64El2 {
 
 // ---------------------------------------------------------------------------
 // The tests.
-
-fn host_link() -> HostLink {
-    HostLink::new("jhel2", &["--vectors", "1"], TAP, HOST_IP, GUEST_IP)
-}
 
 /// The EL1 rig's link scenario under the stub: boot, link, ping (5 idle
 /// pings woken by INTx, 2 of 16000 bytes), UDP echo, 16 MiB TCP echo, the
@@ -459,13 +326,7 @@ fn every_mmio_access_of_the_guest_has_a_syndrome() {
     }
     let _serial = netns::serial();
     let started = Instant::now();
-    let mut rig = LinkedCell::<VirtArm64El2>::start(host_link(), (), "platform: jailhouse arm64");
-    eprintln!("cell linked after {:?}", started.elapsed());
-    let serial = rig.cell.serial();
-    assert!(
-        bar_ranges(&serial).first() == Some(&BAR0),
-        "BAR0 is not at {BAR0:#x?}:\n{serial}"
-    );
+    let mut rig = arm64::start_linked::<VirtArm64El2>("jhel2", TAP);
     let stats = |rig: &LinkedCell<VirtArm64El2>| {
         guest_common::guest_stats(rig.host.ns.name(), GUEST_IP, &|| rig.logs())
     };
@@ -514,7 +375,7 @@ fn exits_set_the_cell_state_under_el2() {
 /// leaves RUNNING: its console, the record, the RAM.
 fn run_test_image(name: &str, text: &str) -> (QemuProcess, SharedRam, String, StubRecord) {
     let image = test_image(name, text);
-    let (mut process, ram) = start_el2(&image, None, None, &comm_region_page());
+    let (mut process, ram) = start_el2(&image, None, None, &arm64::comm_region_page());
     let ok = netns::wait_until(LINK_TIMEOUT, Duration::from_millis(10), || {
         ram.read_u32(COMM_REGION + comm::CELL_STATE) != comm::CELL_RUNNING
             || process.exit().is_some()
