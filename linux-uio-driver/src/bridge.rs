@@ -148,6 +148,26 @@ enum Control {
     Quit(Signal),
 }
 
+/// Blocks the signals the bridge handles through its signalfd (SIGINT,
+/// SIGTERM: leave the link and exit 0; SIGUSR1: counters; SIGHUP), and
+/// returns them. From then on such a signal waits in the queue for the
+/// signalfd instead of killing a half set-up process: `main` calls this
+/// before it creates the TAP (the first thing a supervisor or a test sees
+/// and may answer with SIGTERM), [`Bridge::new`] again (idempotent).
+pub fn block_handled_signals() -> Result<SigSet, BridgeError> {
+    let mut mask = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGUSR1,
+        Signal::SIGHUP,
+    ] {
+        mask.add(s);
+    }
+    mask.thread_block().map_err(sys("blocking signals"))?;
+    Ok(mask)
+}
+
 impl Bridge {
     /// Sets up the endpoint over the backend's sections and the epoll set.
     pub fn new(backend: Box<dyn Backend>, tap: Tap, cfg: LoopConfig) -> Result<Self, BridgeError> {
@@ -192,16 +212,7 @@ impl Bridge {
         let forced_poll = backend.forced_poll();
         let driver = Driver::new(backend, ep, DriverConfig::default());
 
-        let mut mask = SigSet::empty();
-        for s in [
-            Signal::SIGINT,
-            Signal::SIGTERM,
-            Signal::SIGUSR1,
-            Signal::SIGHUP,
-        ] {
-            mask.add(s);
-        }
-        mask.thread_block().map_err(sys("blocking signals"))?;
+        let mask = block_handled_signals()?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(sys("signalfd"))?;
         let timer = TimerFd::new(

@@ -97,6 +97,8 @@ fn run(args: &Args) -> Result<(), String> {
     let mac = args
         .mac
         .unwrap_or_else(|| MacAddr::for_peer(backend.own_id()));
+    // A SIGTERM after the TAP exists is a clean shutdown, not a kill.
+    bridge::block_handled_signals().map_err(|e| e.to_string())?;
     let tap = Tap::open(&args.tap, mtu, mac, args.offload == cli::OffloadMode::Auto)
         .map_err(|e| e.to_string())?;
     info!(
