@@ -430,25 +430,49 @@ pub fn action_for(msg: u32) -> Action {
     }
 }
 
+/// The `u32` fields of the comm page a cell accesses while it runs (the
+/// header is copied out once, before). Naming them as a type keeps every
+/// [`CommPage`] access inside the page and 4-aligned whatever the caller
+/// passes, so the platforms' volatile accesses stay behind safe functions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    /// `cell_state` (written by the cell).
+    CellState,
+    /// `msg_to_cell` (written by the hypervisor, cleared by the cell).
+    MsgToCell,
+    /// `reply_from_cell` (written by the cell).
+    ReplyFromCell,
+}
+
+impl Field {
+    /// The field's offset in the page (4-aligned, inside the header).
+    pub const fn offset(self) -> usize {
+        match self {
+            Field::CellState => OFF_CELL_STATE,
+            Field::MsgToCell => OFF_MSG_TO_CELL,
+            Field::ReplyFromCell => OFF_REPLY_FROM_CELL,
+        }
+    }
+}
+
 /// The comm page as a platform reaches it: volatile accesses of naturally
 /// aligned `u32` fields at the page's address (the `unsafe` stays in the
 /// platform's implementation; the protocol below is the same on x86 and
 /// arm64).
 pub trait CommPage {
-    /// Reads the `u32` field at `off`.
-    fn read_u32(&self, off: usize) -> u32;
-    /// Writes the `u32` field at `off` (`cell_state`, `msg_to_cell`,
-    /// `reply_from_cell`: the fields a cell may write).
-    fn write_u32(&self, off: usize, value: u32);
+    /// Reads `field`.
+    fn read_u32(&self, field: Field) -> u32;
+    /// Writes `field` (all of them are fields a cell may write).
+    fn write_u32(&self, field: Field, value: u32);
 }
 
 /// `jailhouse_send_reply_from_cell`: clear the message, full fence, then
 /// the reply (the hypervisor cleared the reply before writing the message,
 /// and spins on it).
 pub fn reply(page: &impl CommPage, reply: u32) {
-    page.write_u32(OFF_MSG_TO_CELL, 0);
+    page.write_u32(Field::MsgToCell, 0);
     core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
-    page.write_u32(OFF_REPLY_FROM_CELL, reply);
+    page.write_u32(Field::ReplyFromCell, reply);
 }
 
 /// Answers the hypervisor's pending message, if any. The cell configs are
@@ -467,7 +491,7 @@ pub fn serve_message(
     take_link_down: impl FnOnce(),
     mut log: impl FnMut(fmt::Arguments<'_>),
 ) -> bool {
-    let msg = page.read_u32(OFF_MSG_TO_CELL);
+    let msg = page.read_u32(Field::MsgToCell);
     match action_for(msg) {
         Action::Nothing => false,
         Action::ShutDown => {
@@ -657,11 +681,11 @@ mod tests {
     struct FakePage(core::cell::RefCell<[u32; 8]>);
 
     impl CommPage for FakePage {
-        fn read_u32(&self, off: usize) -> u32 {
-            self.0.borrow()[off / 4]
+        fn read_u32(&self, field: Field) -> u32 {
+            self.0.borrow()[field.offset() / 4]
         }
-        fn write_u32(&self, off: usize, value: u32) {
-            self.0.borrow_mut()[off / 4] = value;
+        fn write_u32(&self, field: Field, value: u32) {
+            self.0.borrow_mut()[field.offset() / 4] = value;
         }
     }
 
@@ -673,31 +697,31 @@ mod tests {
         // Nothing pending: no reply, no link change.
         assert!(!serve_message(&page, || down = true, |_| lines += 1));
         assert!(!down);
-        assert_eq!(page.read_u32(OFF_REPLY_FROM_CELL), 0);
+        assert_eq!(page.read_u32(Field::ReplyFromCell), 0);
         // RECONFIG_COMPLETED: RECEIVED, message cleared.
-        page.write_u32(OFF_MSG_TO_CELL, MSG_RECONFIG_COMPLETED);
+        page.write_u32(Field::MsgToCell, MSG_RECONFIG_COMPLETED);
         assert!(!serve_message(&page, || down = true, |_| lines += 1));
-        assert_eq!(page.read_u32(OFF_MSG_TO_CELL), 0);
-        assert_eq!(page.read_u32(OFF_REPLY_FROM_CELL), REPLY_RECEIVED);
+        assert_eq!(page.read_u32(Field::MsgToCell), 0);
+        assert_eq!(page.read_u32(Field::ReplyFromCell), REPLY_RECEIVED);
         assert!(!down);
         // Unknown: UNKNOWN and one log line.
-        page.write_u32(OFF_MSG_TO_CELL, 99);
+        page.write_u32(Field::MsgToCell, 99);
         assert!(!serve_message(&page, || down = true, |_| lines += 1));
-        assert_eq!(page.read_u32(OFF_REPLY_FROM_CELL), REPLY_UNKNOWN);
+        assert_eq!(page.read_u32(Field::ReplyFromCell), REPLY_UNKNOWN);
         assert_eq!(lines, 1);
         // SHUTDOWN_REQUEST: link down first, then approved, then halt.
-        page.write_u32(OFF_MSG_TO_CELL, MSG_SHUTDOWN_REQUEST);
+        page.write_u32(Field::MsgToCell, MSG_SHUTDOWN_REQUEST);
         let halt = serve_message(
             &page,
             || {
-                assert_eq!(page.read_u32(OFF_REPLY_FROM_CELL), REPLY_UNKNOWN);
+                assert_eq!(page.read_u32(Field::ReplyFromCell), REPLY_UNKNOWN);
                 down = true;
             },
             |_| lines += 1,
         );
         assert!(halt && down);
-        assert_eq!(page.read_u32(OFF_MSG_TO_CELL), 0);
-        assert_eq!(page.read_u32(OFF_REPLY_FROM_CELL), REPLY_REQUEST_APPROVED);
+        assert_eq!(page.read_u32(Field::MsgToCell), 0);
+        assert_eq!(page.read_u32(Field::ReplyFromCell), REPLY_REQUEST_APPROVED);
     }
 
     #[test]

@@ -17,7 +17,7 @@
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use ivnet_guest::comm_region::{
-    self, CommError, CommInfo, CommPage, OFF_CELL_STATE, TimerSource, cell_state,
+    self, CommError, CommInfo, CommPage, Field, TimerSource, cell_state,
 };
 use ivnet_guest::exit_code::ExitCode;
 
@@ -60,21 +60,22 @@ impl CommRegion {
     }
 
     fn set_cell_state(self, state: u32) {
-        self.write_u32(OFF_CELL_STATE, state);
+        self.write_u32(Field::CellState, state);
     }
 }
 
 impl CommPage for CommRegion {
-    fn read_u32(&self, off: usize) -> u32 {
-        // SAFETY: as in `read_u8`; every u32 field is 4-byte aligned.
-        unsafe { ((COMM_REGION_BASE as usize + off) as *const u32).read_volatile() }
+    fn read_u32(&self, field: Field) -> u32 {
+        // SAFETY: as in `read_u8`: `Field::offset` is 4-aligned and inside
+        // the header, so inside the page.
+        unsafe { ((COMM_REGION_BASE as usize + field.offset()) as *const u32).read_volatile() }
     }
 
-    fn write_u32(&self, off: usize, value: u32) {
-        // SAFETY: as in `read_u32`; the cell may write `cell_state`,
-        // `msg_to_cell` and `reply_from_cell` (the only callers' offsets),
-        // the region is mapped writable (JAILHOUSE_MEM_WRITE).
-        unsafe { ((COMM_REGION_BASE as usize + off) as *mut u32).write_volatile(value) }
+    fn write_u32(&self, field: Field, value: u32) {
+        // SAFETY: as in `read_u32`; every `Field` is one the cell may write
+        // (`cell_state`, `msg_to_cell`, `reply_from_cell`), and the region
+        // is mapped writable (JAILHOUSE_MEM_WRITE).
+        unsafe { ((COMM_REGION_BASE as usize + field.offset()) as *mut u32).write_volatile(value) }
     }
 }
 

@@ -19,7 +19,7 @@ use core::fmt;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use ivnet_guest::cmdline::CmdlineError;
-use ivnet_guest::comm_region::{self, ArmCommInfo, CommPage, ConsoleChoice, Gic, OFF_CELL_STATE};
+use ivnet_guest::comm_region::{self, ArmCommInfo, CommPage, ConsoleChoice, Field, Gic};
 use ivnet_guest::exit_code::ExitCode;
 
 use crate::mmu::{self, Kind, MapError};
@@ -85,15 +85,16 @@ impl CommRegion {
 }
 
 impl CommPage for CommRegion {
-    fn read_u32(&self, off: usize) -> u32 {
-        // SAFETY: as in `header`; every u32 field is 4-byte aligned.
-        unsafe { ((COMM_REGION_BASE as usize + off) as *const u32).read_volatile() }
+    fn read_u32(&self, field: Field) -> u32 {
+        // SAFETY: as in `header`: `Field::offset` is 4-aligned and inside
+        // the header, so inside the page.
+        unsafe { ((COMM_REGION_BASE as usize + field.offset()) as *const u32).read_volatile() }
     }
 
-    fn write_u32(&self, off: usize, value: u32) {
-        // SAFETY: as in `read_u32`; the cell may write `cell_state`,
-        // `msg_to_cell` and `reply_from_cell` (the only callers' offsets).
-        unsafe { ((COMM_REGION_BASE as usize + off) as *mut u32).write_volatile(value) }
+    fn write_u32(&self, field: Field, value: u32) {
+        // SAFETY: as in `read_u32`; every `Field` is one the cell may write
+        // (`cell_state`, `msg_to_cell`, `reply_from_cell`).
+        unsafe { ((COMM_REGION_BASE as usize + field.offset()) as *mut u32).write_volatile(value) }
     }
 }
 
@@ -123,7 +124,7 @@ pub fn init() -> Result<Cell, MapError> {
     let info = match comm_region::parse_arm(&comm.header()) {
         Ok(info) => info,
         Err(e) => {
-            comm.write_u32(OFF_CELL_STATE, e.cell_state());
+            comm.write_u32(Field::CellState, e.cell_state());
             halt_forever();
         }
     };
@@ -258,7 +259,7 @@ pub fn poll_messages(take_link_down: impl FnOnce()) {
 /// (if the comm region was valid), then halts for good.
 pub fn stop_cell(code: ExitCode) -> ! {
     if COMM_VALID.load(Ordering::Relaxed) {
-        CommRegion.write_u32(OFF_CELL_STATE, comm_region::cell_state_for_exit(code));
+        CommRegion.write_u32(Field::CellState, comm_region::cell_state_for_exit(code));
     }
     halt_forever()
 }
