@@ -81,9 +81,14 @@ pub fn payload_matches(ident: u16, seq: u16, data: &[u8], skip: usize) -> bool {
             .all(|(i, &b)| b == payload_byte(ident, seq, i))
 }
 
+/// The request interval in microseconds.
+fn interval_us(config: &EchoClientConfig) -> u64 {
+    u64::from(config.interval_ms) * 1000
+}
+
 /// How long a request waits for its reply (microseconds).
 pub fn reply_timeout_us(config: &EchoClientConfig) -> u64 {
-    (u64::from(config.interval_ms) * 1000).max(MIN_REPLY_TIMEOUT_US)
+    interval_us(config).max(MIN_REPLY_TIMEOUT_US)
 }
 
 /// A request to send now.
@@ -220,7 +225,7 @@ impl EchoClient {
         match self.window_start_us {
             None => true,
             Some(start) => {
-                now_us.saturating_sub(start) >= u64::from(self.config.interval_ms) * 1000
+                now_us.saturating_sub(start) >= interval_us(&self.config)
                     || self.window_sent < BURST
             }
         }
@@ -247,9 +252,10 @@ impl EchoClient {
 
     /// Records that `request` went out at `now_us`.
     pub fn sent(&mut self, request: Request, now_us: u64) {
-        let interval_us = u64::from(self.config.interval_ms) * 1000;
         match self.window_start_us {
-            Some(start) if now_us.saturating_sub(start) < interval_us => self.window_sent += 1,
+            Some(start) if now_us.saturating_sub(start) < interval_us(&self.config) => {
+                self.window_sent += 1
+            }
             _ => {
                 self.window_start_us = Some(now_us);
                 self.window_sent = 1;
@@ -321,7 +327,7 @@ impl EchoClient {
             return Some(now_us);
         }
         self.window_start_us
-            .map(|s| s.saturating_add(u64::from(self.config.interval_ms) * 1000))
+            .map(|s| s.saturating_add(interval_us(&self.config)))
     }
 
     /// The summary line, prefixed with `name` (the command-line key).
@@ -380,9 +386,7 @@ mod tests {
     }
 
     fn payload(p: &EchoClient, r: Request) -> Vec<u8> {
-        let mut v = vec![0; r.len];
-        fill_payload(p.ident(), r.seq, &mut v);
-        v
+        payload_for(p, r.seq)
     }
 
     /// Sends the next request and answers it after `rtt` µs.
