@@ -31,14 +31,8 @@ BRIDGE_ARGS=${BRIDGE_ARGS:-}
 SERVER_ARGS=${SERVER_ARGS:-}
 OUT=${OUT:-$(cd "$(dirname "$0")/.." && pwd)/benchmarks/bridge}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-TAG=ivbench$$
-WORK=$(mktemp -d /tmp/ivnet-bench.XXXXXX)
-A=$TAG-a
-B=$TAG-b
-
 # shellcheck source=scripts/bench-lib.sh
-source "$ROOT/scripts/bench-lib.sh"
+source "$ROOT/scripts/bench-lib.sh" ivbench
 need=()
 command -v ip >/dev/null || need+=(iproute2)
 command -v ping >/dev/null || need+=(iputils-ping)
@@ -54,17 +48,6 @@ BRIDGE=$TARGET/release/ivnet-bridge
 SERVER=$TARGET/release/ivshmem-server
 RELAY=$TARGET/release/tap-relay
 
-
-ns_up() {
-    ip netns add "$A"; ip netns add "$B"
-    for ns in "$A" "$B"; do ip -n "$ns" link set lo up; done
-}
-ns_down() { for ns in "$A" "$B"; do ip netns del "$ns"; done; }
-addrs() {  # IFNAME
-    ip -n "$A" addr add 10.77.0.1/24 dev "$1"; ip -n "$B" addr add 10.77.0.2/24 dev "$1"
-    for ns in "$A" "$B"; do wait_for 20 "carrier on $1 in $ns" carrier_on "$ns" "$1" || exit 1; done
-    ip netns exec "$A" ping -c 3 -i 0.05 -q 10.77.0.2 >/dev/null
-}
 # measure CONFIG MTU PIDS... -> one row "config mtu rtt ab ba doorbells cpu_s_per_gb"
 measure() {
     local cfg=$1 mtu=$2; shift 2
@@ -89,28 +72,6 @@ measure() {
     echo "$cfg $mtu $rtt $ab $ba $db $cpu" | tee -a "$WORK/rows"
 }
 
-start_bridges() {  # MTU OFFLOAD
-    # shellcheck disable=SC2086
-    "$SERVER" --socket "$WORK/s.sock" --ready-file "$WORK/ready" $SERVER_ARGS 2>"$WORK/server.err" &
-    SRV=$!; PIDS+=($SRV)
-    wait_for 10 "ivshmem-server readiness" test -e "$WORK/ready" || { cat "$WORK/server.err"; exit 1; }
-    # shellcheck disable=SC2086
-    "$BRIDGE" --server "$WORK/s.sock" --netns "$A" --tap ivn0 --mtu "$1" --mode "$MODE" --offload "$2" \
-        --stats-json $BRIDGE_ARGS >"$WORK/a.json" 2>"$WORK/a.err" &
-    PA=$!; PIDS+=($PA)
-    # shellcheck disable=SC2086
-    "$BRIDGE" --server "$WORK/s.sock" --netns "$B" --tap ivn0 --mtu "$1" --mode "$MODE" --offload "$2" \
-        --stats-json $BRIDGE_ARGS >"$WORK/b.json" 2>"$WORK/b.err" &
-    PB=$!; PIDS+=($PB)
-    for ns in "$A" "$B"; do wait_for 20 "TAP ivn0 in $ns" tap_exists "$ns" || { cat "$WORK"/*.err; exit 1; }; done
-}
-stop_all() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    PIDS=()
-    rm -f "$WORK/ready" "$WORK/s.sock" "$WORK"/a.json "$WORK"/b.json
-}
-
 echo "# ivnet-bridge benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, $(uname -r), mode $MODE, iperf3 ${DURATION}s, $PINGS pings"
 echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
 echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -130,7 +91,7 @@ for MTU in $MTUS; do
     # TAP<->TAP relay with the same offloads
     ns_up
     "$RELAY" "$A" "$B" rl0 "$MTU" offload >"$WORK/relay.out" 2>"$WORK/relay.err" &
-    PR=$!; PIDS+=($PR)
+    PR=$!; PIDS+=("$PR")
     wait_for 10 "tap-relay ready" grep -q ready "$WORK/relay.out" || { cat "$WORK/relay.err"; exit 1; }
     addrs rl0
     measure relay "$MTU" "$PR"
@@ -138,7 +99,9 @@ for MTU in $MTUS; do
     # ivnet plain and with offloads
     for cfg in plain offload; do
         ns_up
-        start_bridges "$MTU" "$([ $cfg = plain ] && echo off || echo auto)"
+        # shellcheck disable=SC2086
+        start_bridges "$SERVER" "$BRIDGE" --mtu "$MTU" --mode "$MODE" \
+            --offload "$([ $cfg = plain ] && echo off || echo auto)" $BRIDGE_ARGS
         addrs ivn0
         measure "$cfg" "$MTU" "$PA" "$PB"
         if [ "$cfg" = offload ]; then

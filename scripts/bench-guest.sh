@@ -98,7 +98,7 @@ start_ivnet() {  # $1 = mode
   target/release/ivnet-bridge --server "$work/s.sock" --tap "$tap" --netns "$ns" --mode "$1" \
     --mtu "$mtu" --stats-json >"$work/bridge.json" 2>"$work/bridge.log" &
   bridge=$!
-  pids+=($bridge) cpu_pids+=($bridge)
+  pids+=("$bridge") cpu_pids+=("$bridge")
   wait_for 20 "TAP $tap in $ns" tap_exists || { cat "$work/bridge.log"; exit 1; }
   ip -n "$ns" addr add 10.77.0.1/24 dev "$tap"
   ip -n "$ns" link set "$tap" up

@@ -2,12 +2,22 @@
 # What the bridge benchmarks (bench-bridge.sh, bench-regression.sh,
 # bench-wakeups.sh) share: two network namespaces $A and $B, a work directory
 # $WORK, background processes in PIDS (killed, and the namespaces and $WORK
-# removed, on exit), and the measurements they take. Source it once ROOT,
-# WORK, A and B are set; ping_avg reads PINGS, tcp_gbit DURATION.
+# removed, on exit), the link between the namespaces (ivshmem-server and two
+# bridges) and the measurements they take. Source it once ROOT is set, with
+# the benchmark's short name (namespace and /tmp prefix) as argument:
+#   source "$ROOT/scripts/bench-lib.sh" ivbench
+# ping_avg reads PINGS (and INTERVAL, default 0.002), tcp_gbit DURATION,
+# start_bridges SERVER_ARGS.
 
 [ "$(id -u)" = 0 ] || { echo "run as root (network namespaces, TAP devices)" >&2; exit 1; }
 # shellcheck source=scripts/wait-for.sh
 source "$ROOT/scripts/wait-for.sh"
+# shellcheck disable=SC2034 # read by the scripts that source this one
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+TAG=$1$$
+WORK=$(mktemp -d "/tmp/$1.XXXXXX")
+A=$TAG-a
+B=$TAG-b
 
 PIDS=()
 cleanup() {
@@ -19,7 +29,7 @@ cleanup() {
 trap cleanup EXIT
 
 ping_avg() {  # NS DST -> average RTT in microseconds
-    ip netns exec "$1" ping -n -q -c "$PINGS" -i 0.002 -s 56 "$2" \
+    ip netns exec "$1" ping -n -q -c "$PINGS" -i "${INTERVAL:-0.002}" -s 56 "$2" \
         | awk -F'/' '/^rtt/ { printf "%.1f\n", $5 * 1000 }'
 }
 iperf3_listening() { [ -n "$(ip netns exec "$1" ss -Hltn 'sport = :5201')" ]; }  # NS
@@ -52,3 +62,32 @@ PY
 }
 tap_exists() { ip -n "$1" link show "${2:-ivn0}" >/dev/null 2>&1; }  # NS [TAP]
 carrier_on() { [ "$(ip netns exec "$1" cat "/sys/class/net/${2:-ivn0}/carrier" 2>/dev/null)" = 1 ]; }  # NS [TAP]
+
+ns_up() {
+    ip netns add "$A"; ip netns add "$B"
+    for ns in "$A" "$B"; do ip -n "$ns" link set lo up; done
+}
+ns_down() { for ns in "$A" "$B"; do ip netns del "$ns"; done; }
+addrs() {  # IFNAME -> 10.77.0.1 in $A, .2 in $B, carrier on, a first ping through
+    ip -n "$A" addr add 10.77.0.1/24 dev "$1"; ip -n "$B" addr add 10.77.0.2/24 dev "$1"
+    for ns in "$A" "$B"; do wait_for 20 "carrier on $1 in $ns" carrier_on "$ns" "$1" || exit 1; done
+    ip netns exec "$A" ping -c 3 -i 0.05 -q 10.77.0.2 >/dev/null
+}
+start_bridges() {  # SERVER BRIDGE ARG... -> the server and a bridge (PA, PB) per namespace, TAP ivn0; ARGs to both bridges
+    local server=$1 bridge=$2; shift 2
+    # shellcheck disable=SC2086
+    "$server" --socket "$WORK/s.sock" --ready-file "$WORK/ready" ${SERVER_ARGS:-} 2>"$WORK/server.err" &
+    PIDS+=("$!")
+    wait_for 10 "ivshmem-server readiness" test -e "$WORK/ready" || { cat "$WORK/server.err"; exit 1; }
+    "$bridge" --server "$WORK/s.sock" --netns "$A" --tap ivn0 --stats-json "$@" >"$WORK/a.json" 2>"$WORK/a.err" &
+    PA=$!; PIDS+=("$PA")
+    "$bridge" --server "$WORK/s.sock" --netns "$B" --tap ivn0 --stats-json "$@" >"$WORK/b.json" 2>"$WORK/b.err" &
+    PB=$!; PIDS+=("$PB")
+    for ns in "$A" "$B"; do wait_for 20 "TAP ivn0 in $ns" tap_exists "$ns" || { cat "$WORK"/*.err; exit 1; }; done
+}
+stop_all() {  # ends what start_bridges (or a caller) put in PIDS
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    PIDS=()
+    rm -f "$WORK/ready" "$WORK/s.sock" "$WORK"/a.json "$WORK"/b.json
+}

@@ -31,14 +31,10 @@ MTUS=${MTUS:-"1500 16384"}
 DURATION=${DURATION:-4}
 PINGS=${PINGS:-300}
 export IVNET_BENCH_SECS=${IVNET_BENCH_SECS:-0.4} IVNET_BENCH_REPS=${IVNET_BENCH_REPS:-3}
-export IVNET_BENCH_SIZES=${IVNET_BENCH_SIZES:-$(echo $SIZES | tr ' ' ,)}
+export IVNET_BENCH_SIZES=${IVNET_BENCH_SIZES:-$(echo "$SIZES" | tr ' ' ,)}
 OUT=${OUT:-$ROOT/benchmarks/regression}
-TAG=ivreg$$
-WORK=$(mktemp -d /tmp/ivnet-regression.XXXXXX)
-A=$TAG-a
-B=$TAG-b
 # shellcheck source=scripts/bench-lib.sh
-source "$ROOT/scripts/bench-lib.sh"
+source "$ROOT/scripts/bench-lib.sh" ivreg
 
 # ---- build both trees (each its own target directory) ------------------------
 [ -d "$BASE_TREE" ] || git -C "$ROOT" worktree add --detach "$BASE_TREE" "$BASE"
@@ -88,24 +84,12 @@ done
 
 # ---- bridge ------------------------------------------------------------------
 bridge_round() {  # old|new MTU
-    local t=$1 mtu=$2 tree bin off=() ns
+    local t=$1 mtu=$2 tree bin off=()
     tree=$(tree_of "$t"); bin=$tree/target/release
     "$bin/ivnet-bridge" --help | grep -q -- --offload && off=(--offload off)
-    ip netns add "$A"; ip netns add "$B"
-    for ns in "$A" "$B"; do ip -n "$ns" link set lo up; done
-    "$bin/ivshmem-server" --socket "$WORK/s.sock" --ready-file "$WORK/ready" 2>"$WORK/server.err" &
-    PIDS+=($!)
-    wait_for 10 "ivshmem-server readiness" test -e "$WORK/ready" || { cat "$WORK/server.err"; exit 1; }
-    "$bin/ivnet-bridge" --server "$WORK/s.sock" --netns "$A" --tap ivn0 --mtu "$mtu" --mode event "${off[@]}" \
-        --stats-json >"$WORK/a.json" 2>"$WORK/a.err" &
-    PA=$!; PIDS+=($PA)
-    "$bin/ivnet-bridge" --server "$WORK/s.sock" --netns "$B" --tap ivn0 --mtu "$mtu" --mode event "${off[@]}" \
-        --stats-json >"$WORK/b.json" 2>"$WORK/b.err" &
-    PB=$!; PIDS+=($PB)
-    for ns in "$A" "$B"; do wait_for 20 "TAP ivn0 in $ns" tap_exists "$ns" || { cat "$WORK"/*.err; exit 1; }; done
-    ip -n "$A" addr add 10.77.0.1/24 dev ivn0; ip -n "$B" addr add 10.77.0.2/24 dev ivn0
-    for ns in "$A" "$B"; do wait_for 20 "carrier on ivn0 in $ns" carrier_on "$ns" ivn0 || exit 1; done
-    ip netns exec "$A" ping -c 3 -i 0.05 -q 10.77.0.2 >/dev/null
+    ns_up
+    start_bridges "$bin/ivshmem-server" "$bin/ivnet-bridge" --mtu "$mtu" --mode event "${off[@]}"
+    addrs ivn0
     local rtt s0a s0b s1a s1b c0 c1 ab ba db cpu
     rtt=$(ping_avg "$A" 10.77.0.2)
     s0a=$(snapshot "$PA" "$WORK/a.json"); s0b=$(snapshot "$PB" "$WORK/b.json")
@@ -118,10 +102,7 @@ bridge_round() {  # old|new MTU
     cpu=$(python3 -c 'import sys; t,ab,ba,d=map(float,sys.argv[1:]); gb=(ab+ba)*d/8; print("%.3f" % (t/100/gb) if gb else "nan")' \
         "$((c1 - c0))" "$ab" "$ba" "$DURATION")
     echo "$t $mtu $rtt $ab $ba $db $cpu $(cut -d' ' -f1 /proc/loadavg)" | tee -a "$WORK/bridge"
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    PIDS=(); rm -f "$WORK/ready" "$WORK/s.sock" "$WORK"/a.json "$WORK"/b.json
-    for ns in "$A" "$B"; do ip netns del "$ns"; done
+    stop_all; ns_down
 }
 echo "# bridge rows: tree mtu rtt_us tcp_ab_gbit tcp_ba_gbit doorbells_per_frame cpu_s_per_gb load1"
 for r in $(seq "$ROUNDS"); do

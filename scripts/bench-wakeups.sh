@@ -22,20 +22,14 @@ MODE=${MODE:-event}
 OFFLOAD=${OFFLOAD:-off}
 DURATION=${DURATION:-5}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-TAG=ivwake$$
-WORK=$(mktemp -d /tmp/ivnet-wake.XXXXXX)
-A=$TAG-a
-B=$TAG-b
 # shellcheck source=scripts/bench-lib.sh
-source "$ROOT/scripts/bench-lib.sh"
+source "$ROOT/scripts/bench-lib.sh" ivwake
 if [ -z "${BRIDGE:-}" ]; then
     cargo build --release -q --manifest-path "$ROOT/Cargo.toml" --target-dir "$TARGET" \
         -p ivnet-bridge -p ivshmem-server
     BRIDGE=$TARGET/release/ivnet-bridge
 fi
 SERVER=${SERVER:-$TARGET/release/ivshmem-server}
-
 
 ctxt() {  # PID... -> "voluntary nonvoluntary" summed over all threads
     local v=0 n=0 p t
@@ -62,20 +56,9 @@ perf_breakdown() {  # FILE DIVISOR -> system calls by name, per DIVISOR
     awk -F, -v n="$2" '$3 ~ /^syscalls:sys_enter_/ && $1 > 0 {sub("syscalls:sys_enter_", "", $3); printf " %s %.2f", $3, $1 / n}' "$1"
 }
 
-ip netns add "$A"; ip netns add "$B"
-for ns in "$A" "$B"; do ip -n "$ns" link set lo up; done
-"$SERVER" --socket "$WORK/s.sock" --ready-file "$WORK/ready" 2>"$WORK/server.err" &
-PIDS+=($!)
-wait_for 10 "ivshmem-server readiness" test -e "$WORK/ready" || { cat "$WORK/server.err"; exit 1; }
-"$BRIDGE" --server "$WORK/s.sock" --netns "$A" --tap ivn0 --mtu 1500 --mode "$MODE" --offload "$OFFLOAD" \
-    --stats-json >"$WORK/a.json" 2>"$WORK/a.err" &
-PA=$!; PIDS+=($PA)
-"$BRIDGE" --server "$WORK/s.sock" --netns "$B" --tap ivn0 --mtu 1500 --mode "$MODE" --offload "$OFFLOAD" \
-    --stats-json >"$WORK/b.json" 2>"$WORK/b.err" &
-PB=$!; PIDS+=($PB)
-for ns in "$A" "$B"; do wait_for 20 "TAP ivn0 in $ns" tap_exists "$ns" || { cat "$WORK"/*.err; exit 1; }; done
-ip -n "$A" addr add 10.77.0.1/24 dev ivn0; ip -n "$B" addr add 10.77.0.2/24 dev ivn0
-for ns in "$A" "$B"; do wait_for 20 "carrier in $ns" carrier_on "$ns" || exit 1; done
+ns_up
+start_bridges "$SERVER" "$BRIDGE" --mtu 1500 --mode "$MODE" --offload "$OFFLOAD"
+addrs ivn0
 ip netns exec "$A" ping -c 20 -i 0.01 -q 10.77.0.2 >/dev/null
 
 echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, $(uname -r), mode $MODE, offload $OFFLOAD, bridge $BRIDGE"
@@ -84,7 +67,7 @@ echo "# load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 sa0=$(snapshot "$PA" "$WORK/a.json"); sb0=$(snapshot "$PB" "$WORK/b.json")
 read -r v0 n0 < <(ctxt "$PA" "$PB")
 [ $PERF = 1 ] && { perf_counts "$WORK/perf-ping" "$PA,$PB"; PP=$!; }
-rtt=$(ip netns exec "$A" ping -n -q -c "$PINGS" -i "$INTERVAL" -s 56 10.77.0.2 | awk -F'/' '/^rtt/ {printf "%.1f", $5 * 1000}')
+rtt=$(ping_avg "$A" 10.77.0.2)
 [ $PERF = 1 ] && { kill -INT "$PP"; wait "$PP" || true; }
 read -r v1 n1 < <(ctxt "$PA" "$PB")
 sa1=$(snapshot "$PA" "$WORK/a.json"); sb1=$(snapshot "$PB" "$WORK/b.json")
@@ -102,12 +85,10 @@ if [ $PERF = 1 ]; then
 fi
 # 2. TCP: system calls per frame moved
 command -v iperf3 >/dev/null || exit 0
-ip netns exec "$B" iperf3 -s -1 -D -I "$WORK/iperf.pid" >/dev/null
-wait_for 10 "iperf3 server" iperf3_listening "$B" || exit 1
 sa0=$(snapshot "$PA" "$WORK/a.json"); sb0=$(snapshot "$PB" "$WORK/b.json")
 read -r v0 n0 < <(ctxt "$PA" "$PB")
 [ $PERF = 1 ] && { perf_counts "$WORK/perf-tcp" "$PA,$PB"; PP=$!; }
-gbit=$(ip netns exec "$A" iperf3 -c 10.77.0.2 -t "$DURATION" -J | python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))')
+gbit=$(tcp_gbit "$A" "$B" 10.77.0.2)
 [ $PERF = 1 ] && { kill -INT "$PP"; wait "$PP" || true; }
 read -r v1 n1 < <(ctxt "$PA" "$PB")
 sa1=$(snapshot "$PA" "$WORK/a.json"); sb1=$(snapshot "$PB" "$WORK/b.json")
