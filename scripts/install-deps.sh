@@ -39,8 +39,11 @@ declare -A pkg_for=(
   [ethtool]=ethtool
   # objcopy (flat Jailhouse image), as/ld (the Jailhouse rig's firmware)
   [objcopy]=binutils
-  # the aarch64 Image (Debian's binutils objcopy knows no aarch64 ELF)
+  # the aarch64 Image (Debian's binutils objcopy knows no aarch64 ELF) and
+  # the arm64 Jailhouse rigs' firmware (llvm-mc assembles, llvm-objcopy
+  # flattens; Debian's llvm links both unversioned into /usr/bin)
   [llvm-objcopy]=llvm
+  [llvm-mc]=llvm
 )
 missing=()
 for cmd in "${!pkg_for[@]}"; do
@@ -53,6 +56,7 @@ for pkg in ninja-build flex bison pkg-config libglib2.0-dev libpixman-1-dev \
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   echo "install-deps: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   "${sudo_cmd[@]}" apt-get update -qq
