@@ -642,7 +642,7 @@ impl Bridge {
                         .read_split(&mut hdr, slot.as_mut_ptr(), slot.capacity())
                 }
             };
-            self.catcher.saw(!matches!(read, Ok(None)));
+            self.catcher.saw(matches!(read, Ok(Some(_))));
             match read {
                 Ok(Some(len)) if len > 0 && len <= slot.capacity() => {
                     self.counters.tap_read_frames += 1;
