@@ -155,15 +155,12 @@ enum Control {
 /// before it creates the TAP (the first thing a supervisor or a test sees
 /// and may answer with SIGTERM), [`Bridge::new`] again (idempotent).
 pub fn block_handled_signals() -> Result<SigSet, BridgeError> {
-    let mut mask = SigSet::empty();
-    for s in [
+    let mask = SigSet::from_iter([
         Signal::SIGINT,
         Signal::SIGTERM,
         Signal::SIGUSR1,
         Signal::SIGHUP,
-    ] {
-        mask.add(s);
-    }
+    ]);
     mask.thread_block().map_err(sys("blocking signals"))?;
     Ok(mask)
 }

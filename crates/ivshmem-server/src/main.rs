@@ -245,15 +245,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
 
     // Signals are handled in the poll loop through a signalfd; block them
     // first so that one arriving during startup waits for the loop.
-    let mut mask = SigSet::empty();
-    for sig in [
+    let mask = SigSet::from_iter([
         Signal::SIGTERM,
         Signal::SIGINT,
         Signal::SIGHUP,
         Signal::SIGUSR1,
-    ] {
-        mask.add(sig);
-    }
+    ]);
     mask.thread_block()
         .map_err(|e| (EXIT_FAILURE, format!("block signals: {e}")))?;
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
