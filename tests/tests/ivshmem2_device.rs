@@ -1100,6 +1100,10 @@ fn intx_mode_has_no_msix_and_the_jailhouse_pin() {
         qt.cfg_writeb(0x43, 1);
         assert_eq!(qt.cfg_readb(0x43), 1);
         qt.cfg_writeb(0x43, 0);
+        let command = qt.cfg_readl(0x04) as u16;
+        qt.cfg_writew(0x04, command | 0x0400);
+        assert_eq!(qt.cfg_readl(0x04) & 0x0400, 0x0400, "Command.INTX_DISABLE");
+        qt.cfg_writew(0x04, command);
     }
     assert!(
         m.stderr().contains("INTx pin B"),
