@@ -599,9 +599,12 @@ impl<R: Rig> Cell<R> {
     }
 
     /// QEMU's `-D` log (`trace.log` in its directory: the trace events and
-    /// `-d` output the rig's checker reads).
+    /// `-d` output the rig's checker reads). QEMU creates it at startup, so
+    /// a missing log is a broken rig, never a clean run (the EL2 rig reads
+    /// an empty log as "no guest errors").
     pub fn qemu_log(&self) -> String {
-        std::fs::read_to_string(self.process.dir().join("trace.log")).unwrap_or_default()
+        let path = self.process.dir().join("trace.log");
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
     pub fn cell_state(&self) -> u32 {
