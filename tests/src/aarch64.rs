@@ -6,7 +6,7 @@
 //! statuses through semihosting SYS_EXIT (the x86 `isa-debug-exit` values),
 //! the `ivshmem-doorbell` on the server socket as on x86.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
@@ -97,7 +97,7 @@ pub(crate) fn start(cfg: &GuestConfig) -> Result<QemuProcess, String> {
         Arch::Aarch64El2 => "virt,gic-version=2,virtualization=on",
         _ => "virt,gic-version=2",
     };
-    let mut cmd = Command::new(QEMU_AARCH64);
+    let mut cmd = Command::new(cfg.qemu.as_deref().unwrap_or(Path::new(QEMU_AARCH64)));
     cmd.args(["-machine", machine, "-cpu", "cortex-a57", "-m", &cfg.memory]);
     console_args(&mut cmd, cfg, &dir);
     cmd.args(["-accel", "tcg"])

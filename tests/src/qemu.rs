@@ -437,8 +437,9 @@ pub struct GuestConfig {
     pub extra_args: Vec<String>,
     /// Which guest (x86_64 by default; see `crate::aarch64`).
     pub arch: Arch,
-    /// The QEMU binary; `None` = [`QEMU`] (e.g. the one with the ivshmem
-    /// 2.0 device, `crate::ivshmem2::qemu_binary`).
+    /// The QEMU binary; `None` = [`QEMU`] (aarch64 guests:
+    /// `crate::aarch64::QEMU_AARCH64`), e.g. the one with the ivshmem 2.0
+    /// device, `crate::ivshmem2::qemu_binary`.
     pub qemu: Option<PathBuf>,
 }
 
