@@ -42,6 +42,18 @@ pub fn fragmented_udp_echo(sock: &UdpSocket, logs: &dyn Fn() -> String) {
     }
 }
 
+/// The virtio-net guest's counters in event mode: it slept and was woken by
+/// receive interrupts, and it kicked the device (at least for the first
+/// transmit), fewer times than it sent frames (event-index suppression).
+pub fn assert_virtio_event_mode(stats: &str) {
+    assert!(stat(stats, "interrupts") > 0, "{stats}");
+    assert!(stat(stats, "notifications") > 0, "{stats}");
+    assert!(
+        stat(stats, "notifications") < stat(stats, "tx_frames"),
+        "a kick per frame: event-index suppression broken\n{stats}"
+    );
+}
+
 /// The guest's counters line, fetched over UDP (`stats` to port 7777 of
 /// `guest`) from inside the network namespace `ns`; five tries.
 pub fn guest_stats(ns: &str, guest: &str, logs: &dyn Fn() -> String) -> String {
