@@ -49,7 +49,7 @@ use core::net::Ipv4Addr;
 use ivnet_guest::cmdline::{EchoClientConfig, GuestConfig, Mode};
 use ivnet_guest::console_budget::{Admit, ByteBudget};
 use ivnet_guest::echo_client::{self, EchoClient, Reply, Request};
-use ivnet_guest::fragment_guard::{self, GuardState, Verdict};
+use ivnet_guest::fragment_guard::{GuardState, Verdict};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet, SocketStorage};
 use smoltcp::phy::{self, TxToken as _};
 use smoltcp::socket::{icmp, tcp, udp};
@@ -148,6 +148,16 @@ pub fn frame_buffers() -> (&'static mut [u8; MAX_FRAME], &'static mut [u8; MAX_F
 pub trait NetDevice: phy::Device {
     /// The NIC's name on the counters line (`nic=`).
     const NAME: &'static str;
+    /// `phy::TxToken::consume` with a say in it: `build` writes the frame
+    /// and returns whether to send it (`false`: the token is spent, nothing
+    /// goes out; the fragment guard holds such a frame back).
+    fn build_frame<'a, R>(
+        token: Self::TxToken<'a>,
+        len: usize,
+        build: impl FnOnce(&mut [u8]) -> (R, bool),
+    ) -> R
+    where
+        Self: 'a;
     /// Starts a main-loop round (the clock the NIC may read).
     fn set_now(&mut self, now_us: u64);
     /// Steps the link, if the NIC has link state of its own.
@@ -696,30 +706,25 @@ impl fmt::Display for ClientWords<'_> {
 /// smoltcp no receive token and, within one `poll_egress`, only its first
 /// transmit token, which `poll_egress` spends on the next pending fragment
 /// before the sockets get their turn (medium Ethernet, no IPv6 or multicast
-/// features); the first fragment of a fragmented ICMP packet is built
-/// aside, held, and sent last with the checksum of the packet's own bytes.
+/// features); the first fragment of a fragmented ICMP packet is copied
+/// aside instead of sent (`NetDevice::build_frame`), held, and sent last
+/// with the checksum of the packet's own bytes. Every other frame is
+/// written once, into the NIC's own buffer.
 struct FragmentGuard {
     state: GuardState,
     /// Transmit tokens asked for since the current `poll_egress` began.
     tokens: u32,
-    /// Length of a frame that may be a first fragment (built aside).
-    first_fragment_len: usize,
-    /// Where such frames are built.
-    aside: &'static mut [u8; MAX_FRAME],
     /// The held first fragment.
     held: &'static mut [u8; MAX_FRAME],
 }
 
-static FRAGMENT_ASIDE: ConstStaticCell<[u8; MAX_FRAME]> = ConstStaticCell::new([0; MAX_FRAME]);
 static FRAGMENT_HELD: ConstStaticCell<[u8; MAX_FRAME]> = ConstStaticCell::new([0; MAX_FRAME]);
 
 impl FragmentGuard {
-    fn new(ip_mtu: usize) -> Self {
+    fn new() -> Self {
         FragmentGuard {
             state: GuardState::new(),
             tokens: 0,
-            first_fragment_len: fragment_guard::first_fragment_frame_len(ip_mtu),
-            aside: FRAGMENT_ASIDE.take(),
             held: FRAGMENT_HELD.take(),
         }
     }
@@ -745,33 +750,29 @@ struct Guarded<'a, N> {
 }
 
 /// A transmit token that shows the guard what smoltcp wrote.
-struct GuardedTx<'a, T> {
-    token: T,
+struct GuardedTx<'a, N: NetDevice + 'a> {
+    token: N::TxToken<'a>,
     guard: &'a mut FragmentGuard,
 }
 
-impl<T: phy::TxToken> phy::TxToken for GuardedTx<'_, T> {
+impl<'a, N: NetDevice + 'a> phy::TxToken for GuardedTx<'a, N> {
     fn consume<R, F>(self, len: usize, f: F) -> R
     where
         F: FnOnce(&mut [u8]) -> R,
     {
         let GuardedTx { token, guard } = self;
-        if len != guard.first_fragment_len || len > guard.aside.len() {
-            return token.consume(len, |buf| {
-                let r = f(buf);
-                guard.state.track(buf, false);
-                r
-            });
-        }
-        // Possibly the first fragment of an ICMP packet: built aside, so
-        // that it can be held (a dropped token sends nothing).
-        let frame = &mut guard.aside[..len];
-        let r = f(frame);
-        match guard.state.track(frame, true) {
-            Verdict::Send => token.consume(len, |buf| buf.copy_from_slice(frame)),
-            Verdict::Hold => guard.held[..len].copy_from_slice(frame),
-        }
-        r
+        N::build_frame(token, len, |frame| {
+            let r = f(frame);
+            let can_hold = frame.len() <= guard.held.len();
+            let send = match guard.state.track(frame, can_hold) {
+                Verdict::Send => true,
+                Verdict::Hold => {
+                    guard.held[..frame.len()].copy_from_slice(frame);
+                    false
+                }
+            };
+            (r, send)
+        })
     }
 
     fn set_meta(&mut self, meta: phy::PacketMeta) {
@@ -785,7 +786,7 @@ impl<N: NetDevice> phy::Device for Guarded<'_, N> {
     where
         Self: 'a;
     type TxToken<'a>
-        = GuardedTx<'a, N::TxToken<'a>>
+        = GuardedTx<'a, N>
     where
         Self: 'a;
 
@@ -908,7 +909,7 @@ pub fn run<N: NetDevice>(nic: &'static mut N, config: &GuestConfig) -> ! {
     let stats_interval_us = u64::from(config.stats_interval_s) * 1_000_000;
     let mut next_stats = time::now_us() + stats_interval_us;
     let mut next_link_tick = 0;
-    let mut guard = FragmentGuard::new(nic.mtu());
+    let mut guard = FragmentGuard::new();
     loop {
         // Interrupts only wake the loop: every round re-reads the peer's
         // state entry (one load), so a vector-0 interrupt — on a one-vector

@@ -260,13 +260,18 @@ pub struct NicTxToken<'a> {
     scratch: &'a mut [u8; MAX_FRAME],
 }
 
-impl phy::TxToken for NicTxToken<'_> {
-    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+impl NicTxToken<'_> {
+    /// Builds a frame of `len` bytes with `build` and sends it if `build`
+    /// says so (`NetDevice::build_frame`).
+    fn build<R>(self, len: usize, build: impl FnOnce(&mut [u8]) -> (R, bool)) -> R {
         // Built in the guest's scratch buffer (smoltcp wants a `&mut [u8]`,
         // and none may point into shared memory), then copied into the own
         // section by the ring.
         let n = len.min(MAX_FRAME);
-        let r = f(&mut self.scratch[..n]);
+        let (r, send) = build(&mut self.scratch[..n]);
+        if !send {
+            return r;
+        }
         match self.endpoint.send(&self.scratch[..n]) {
             Ok(()) => {}
             Err(TxError::TooLong { .. }) => self.counters.tx_oversize += 1,
@@ -275,6 +280,12 @@ impl phy::TxToken for NicTxToken<'_> {
             Err(_) => self.counters.tx_token_no_slot += 1,
         }
         r
+    }
+}
+
+impl phy::TxToken for NicTxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        self.build(len, |frame| (f(frame), true))
     }
 }
 
@@ -327,6 +338,17 @@ impl phy::Device for Nic {
 /// ring's part of the boot and counters lines.
 impl NetDevice for Nic {
     const NAME: &'static str = "ivnet";
+
+    fn build_frame<'a, R>(
+        token: Self::TxToken<'a>,
+        len: usize,
+        build: impl FnOnce(&mut [u8]) -> (R, bool),
+    ) -> R
+    where
+        Self: 'a,
+    {
+        token.build(len, build)
+    }
 
     fn set_now(&mut self, now_us: u64) {
         Nic::set_now(self, now_us)

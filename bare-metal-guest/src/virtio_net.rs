@@ -720,10 +720,15 @@ pub struct VirtioTxToken<'a> {
     scratch: &'a mut [u8; MAX_FRAME],
 }
 
-impl phy::TxToken for VirtioTxToken<'_> {
-    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+impl VirtioTxToken<'_> {
+    /// Builds a frame of `len` bytes with `build` and queues it if `build`
+    /// says so (`NetDevice::build_frame`).
+    fn build<R>(self, len: usize, build: impl FnOnce(&mut [u8]) -> (R, bool)) -> R {
         let n = len.min(MAX_FRAME);
-        let r = f(&mut self.scratch[..n]);
+        let (r, send) = build(&mut self.scratch[..n]);
+        if !send {
+            return r;
+        }
         if n > BUF_LEN - NET_HDR {
             self.counters.tx_oversize += 1;
             return r;
@@ -750,6 +755,12 @@ impl phy::TxToken for VirtioTxToken<'_> {
         self.counters.tx_frames += 1;
         self.counters.tx_bytes += n as u64;
         r
+    }
+}
+
+impl phy::TxToken for VirtioTxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        self.build(len, |frame| (f(frame), true))
     }
 }
 
@@ -806,6 +817,17 @@ impl phy::Device for VirtioNic {
 /// own (the device is up once `DRIVER_OK` is set).
 impl NetDevice for VirtioNic {
     const NAME: &'static str = "virtio";
+
+    fn build_frame<'a, R>(
+        token: Self::TxToken<'a>,
+        len: usize,
+        build: impl FnOnce(&mut [u8]) -> (R, bool),
+    ) -> R
+    where
+        Self: 'a,
+    {
+        token.build(len, build)
+    }
 
     fn set_now(&mut self, _now_us: u64) {}
 
